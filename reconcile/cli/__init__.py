@@ -1,0 +1,48 @@
+"""The `reconcile` command line: one sub-command group per stage.
+
+Heavy imports (pandas, Great Expectations, Airflow) stay inside the commands that need them so
+`reconcile --help` and `reconcile local up` start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from reconcile.errors import ReconcileError
+
+from . import config_cmd, demo_cmd, local_cmd, workload_cmd
+
+app = typer.Typer(
+    name="reconcile",
+    help="Shadow-write reconciliation: move a ledger from Aurora PostgreSQL to Aurora DSQL and prove it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(local_cmd.app, name="local")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(workload_cmd.app, name="workload")
+app.command("demo")(demo_cmd.demo)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    """Entry point of the console script: errors become one sentence on stderr and exit code 2."""
+    try:
+        app()
+    except ReconcileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None

@@ -1,0 +1,49 @@
+"""Error classes shared by every stage.
+
+One root, :class:`ReconcileError`. Each error carries a one-sentence message that says what is
+wrong and what to do; the CLI prints it and exits non-zero. Retryability lives in the type
+(:class:`TransientError` vs :class:`TerminalError`), so callers (the OCC retry helper, Airflow
+tasks) decide without parsing text. Errors stay picklable: they cross process boundaries.
+"""
+
+from __future__ import annotations
+
+
+class ReconcileError(Exception):
+    """Root of every error raised on purpose by reconcile."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # keep picklable with a single positional arg
+        return (self.__class__, (self.message,))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(ReconcileError):
+    """Retrying the same work later may succeed."""
+
+
+class TerminalError(ReconcileError):
+    """Retrying the same work will fail the same way; a person must act."""
+
+
+class ConfigError(TerminalError):
+    """The configuration file or environment is invalid."""
+
+
+class ConnectionFailed(TransientError):
+    """A database could not be reached (message never contains a secret)."""
+
+
+class LocalStackError(TerminalError):
+    """The embedded local PostgreSQL servers could not be started, stopped or found."""
+
+
+class LimitExceeded(TerminalError):
+    """Work does not fit a DSQL transaction limit (SQLSTATE 54000); split it, never retry it."""
