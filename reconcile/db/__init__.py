@@ -1,0 +1,1 @@
+"""Database dialects: what differs between plain PostgreSQL and Aurora DSQL, and nothing else."""
