@@ -47,3 +47,26 @@ class LocalStackError(TerminalError):
 
 class LimitExceeded(TerminalError):
     """Work does not fit a DSQL transaction limit (SQLSTATE 54000); split it, never retry it."""
+
+
+class RetriesExhausted(TransientError):
+    """A target transaction kept failing with a retryable error until the retry policy gave up."""
+
+    def __init__(self, sqlstate: str | None, attempts: int, marker: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        self.attempts = attempts
+        self.marker = marker
+        what = f"SQLSTATE {sqlstate}" if sqlstate else "a dropped connection"
+        if marker:
+            what += f" ({marker})"
+        super().__init__(
+            f"Gave up after {attempts} attempts: the target transaction kept failing with {what}; "
+            "lower the write concurrency or raise the retry policy's max_attempts, then rerun."
+        )
+
+    def __reduce__(self):
+        return (self.__class__, (self.sqlstate, self.attempts, self.marker))
+
+
+class MigrationFailed(TerminalError):
+    """A control-schema migration step could not be applied."""

@@ -11,15 +11,22 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="RECONCILE_CONFIG",
                              help="Path to reconcile.toml (default: ./reconcile.toml, else built-in local defaults).")
 
 
+def load(config_path: Path | None):
+    """The resolved configuration (see reconcile.config.load_config)."""
+    from reconcile.config import load_config
+
+    return load_config(config_path)
+
+
 def open_source(config_path: Path | None, *, autocommit: bool = True) -> psycopg.Connection:
     """A connection to the configured source database."""
-    from reconcile.local import stack
+    from reconcile.connections import connect
 
-    return psycopg.connect(stack.url("source"), autocommit=autocommit)
+    return connect(load(config_path).source, autocommit=autocommit)
 
 
 def open_target(config_path: Path | None, *, autocommit: bool = True) -> psycopg.Connection:
-    """A connection to the configured target database."""
-    from reconcile.local import stack
+    """A connection to the configured target database (a DsqlConnection)."""
+    from reconcile.connections import connect
 
-    return psycopg.connect(stack.url("target"), autocommit=autocommit)
+    return connect(load(config_path).target, autocommit=autocommit)
