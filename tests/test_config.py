@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -444,10 +443,8 @@ def test_cli_check_raises_config_error(tmp_path):
 
 
 def test_cli_main_exit_code_and_message(tmp_path):
-    path = write(tmp_path, '[target]\nhots = "x"\n', name="bad.toml")
-    uv = shutil.which("uv")
-    command = ([uv, "run", "--frozen", "--quiet", "--project", str(REPO), "reconcile"] if uv
-               else [str(Path(sys.executable).with_name("reconcile"))])
+    write(tmp_path, "[target]\nhots = \"x\"\n", name="bad.toml")
+    command = [str(Path(sys.executable).with_name("reconcile"))]  # the venv's console script
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE")}
     proc = subprocess.run([*command, "config", "check", "--config", "bad.toml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)

@@ -1,0 +1,5 @@
+"""`python -m reconcile` runs the command line."""
+
+from reconcile.cli import main
+
+main()
