@@ -13,7 +13,7 @@ import typer
 
 from reconcile.errors import ReconcileError
 
-from . import config_cmd, demo_cmd, local_cmd, workload_cmd
+from . import audit_cmd, config_cmd, demo_cmd, local_cmd, schema_cmd, workload_cmd
 
 app = typer.Typer(
     name="reconcile",
@@ -25,6 +25,8 @@ app = typer.Typer(
 app.add_typer(local_cmd.app, name="local")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(workload_cmd.app, name="workload")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(schema_cmd.app, name="schema")
 app.command("demo")(demo_cmd.demo)
 
 
