@@ -13,7 +13,7 @@ import typer
 
 from reconcile.errors import ReconcileError
 
-from . import audit_cmd, config_cmd, demo_cmd, local_cmd, schema_cmd, workload_cmd
+from . import audit_cmd, backfill_cmd, config_cmd, demo_cmd, local_cmd, schema_cmd, workload_cmd
 
 app = typer.Typer(
     name="reconcile",
@@ -27,6 +27,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(workload_cmd.app, name="workload")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(schema_cmd.app, name="schema")
+app.add_typer(backfill_cmd.app, name="backfill")
 app.command("demo")(demo_cmd.demo)
 
 

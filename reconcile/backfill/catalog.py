@@ -1,0 +1,223 @@
+"""What the backfill needs to know about one table on both sides, read once from the catalogs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from reconcile.backfill.errors import TableNotReady
+from reconcile.backfill.keys import KeyColumn
+from reconcile.budget import Budget, TableCost, split_table_name, table_cost
+from reconcile.config import TableSpec
+from reconcile.errors import LimitExceeded
+
+log = logging.getLogger(__name__)
+
+CONTROL_ROWS = 2
+"""DSQL rows reserved in every data transaction for the chunk checkpoint written with it (the
+``chunks`` row, plus its secondary index when index tuples count)."""
+CONTROL_BYTES = 4096
+"""Bytes reserved for the same checkpoint."""
+
+_C_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
+
+# Types are named without their modifier (format_type(oid, -1): "character varying", "numeric",
+# "bpchar", "bit"): an explicit CAST to varchar(10) or char(3) would silently truncate a value the
+# target must refuse. The column's own modifier still applies when the value is assigned.
+_COLUMNS = """
+SELECT a.attname::text, format_type(a.atttypid, -1), a.attcollation <> 0,
+       a.attgenerated <> '', a.attidentity = 'a'
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+# Unique, non-partial, non-expression indexes: their key columns in order, with each column's
+# collation name ('' when the column is not collatable).
+_UNIQUE = """
+SELECT i.indexrelid,
+       array_agg(a.attname::text ORDER BY k.ord),
+       array_agg(coalesce(c.collname::text, '') ORDER BY k.ord)
+FROM pg_catalog.pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+LEFT JOIN pg_catalog.pg_collation c ON c.oid = i.indcollation[k.ord - 1]
+WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND k.ord <= i.indnkeyatts
+GROUP BY i.indexrelid
+HAVING bool_and(k.attnum <> 0)
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    collatable: bool
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table, as both sides and the budget see it."""
+
+    name: str
+    """``schema.table``, the same on both sides."""
+    key: tuple[str, ...]
+    columns: tuple[str, ...]
+    """Columns copied, in source order (every source column; target-only columns get defaults)."""
+    target_types: tuple[str, ...]
+    """Target type of each copied column without its modifier, for the upserts' casts."""
+    source_key: tuple[KeyColumn, ...]
+    target_key: tuple[KeyColumn, ...]
+    key_positions: tuple[int, ...]
+    """Where each key column sits in ``columns`` (and so in a COPY line)."""
+    index_ordered: bool
+    """The source can read C-ordered key ranges from an index (else each read sorts a chunk)."""
+    overriding: bool
+    """The target has a GENERATED ALWAYS identity column among ``columns``."""
+    cost: TableCost
+    rows_cap: int
+    """Most rows one batch may write: the budget's fraction, minus the checkpoint's reserve."""
+    row_dsql_rows: int
+    """DSQL rows one table row costs (1, plus its secondary indexes when index tuples count)."""
+    index_key_bytes: int
+    """Bytes added to a row's measured size for its secondary-index entries (largest sampled)."""
+
+    @property
+    def update_columns(self) -> tuple[str, ...]:
+        """Columns an upsert overwrites (all but the key)."""
+        return tuple(c for c in self.columns if c not in self.key)
+
+
+def _relation(conn: psycopg.Connection, name: str, side: str) -> int:
+    schema, table = split_table_name(name)
+    row = conn.execute(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", (schema, table)).fetchone()
+    if row is None:
+        fix = ("create it first (reconcile schema apply, or your own DDL)" if side == "target"
+               else "fix the table name in the config")
+        raise TableNotReady(f"table {name} does not exist on the {side}; {fix}")
+    return row[0]
+
+
+def _columns(conn: psycopg.Connection, oid: int) -> list[tuple[str, str, bool, bool, bool]]:
+    return [tuple(r) for r in conn.execute(_COLUMNS, (oid,)).fetchall()]  # type: ignore[misc]
+
+
+def _unique_keys(conn: psycopg.Connection, oid: int) -> list[tuple[list[str], list[str]]]:
+    return [(cols, colls) for _, cols, colls in conn.execute(_UNIQUE, (oid,)).fetchall()]
+
+
+def _database_is_c(conn: psycopg.Connection) -> bool:
+    (collate,) = conn.execute(
+        "SELECT datcollate FROM pg_catalog.pg_database WHERE datname = current_database()").fetchone()
+    return collate in _C_COLLATIONS
+
+
+def _budget_caps(budget: Budget, cost: TableCost) -> tuple[int, TableCost]:
+    """Rows per batch for ``cost``; a sampled row too big for any transaction is priced at the average."""
+    try:
+        per_batch = budget.rows_per_batch(cost)
+    except LimitExceeded:
+        log.warning("%s: a sampled row exceeds one DSQL transaction (%d bytes); batches are sized from "
+                    "the average row and such rows are rejected", cost.table, cost.bytes_per_row)
+        cost = dataclasses.replace(cost, max_row_bytes=2 * cost.avg_row_bytes,
+                                   index_key_bytes=2 * cost.avg_index_key_bytes)
+        per_batch = budget.rows_per_batch(cost)
+    one_rows = budget.dsql_rows(cost)
+    by_rows = max(1, (budget.row_cap - CONTROL_ROWS) // one_rows)
+    by_bytes = max(1, (budget.byte_cap - CONTROL_BYTES) // cost.bytes_per_row)
+    return max(1, min(per_batch, by_rows, by_bytes)), cost
+
+
+def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: TableSpec,
+                  budget: Budget) -> TableInfo:
+    """Read both catalogs and price a row of ``spec`` for the budget.
+
+    Raises:
+        TableNotReady: the table is missing on a side, a source column is missing on the target,
+            or a side has no unique index on exactly the configured key columns.
+    """
+    name = spec.name
+    soid = _relation(source, name, "source")
+    toid = _relation(target, name, "target")
+    scols = _columns(source, soid)
+    tcols = {c[0]: c for c in _columns(target, toid)}
+
+    columns = [c[0] for c in scols if not c[3]]  # generated columns are computed, not copied
+    missing = [c for c in columns if c not in tcols]
+    if missing:
+        raise TableNotReady(f"{name}: the target lacks column(s) {', '.join(missing)}; add them to the target "
+                            "table (or recreate it from the source DDL) before the backfill")
+    generated = [c for c in columns if tcols[c][3]]
+    if generated:
+        raise TableNotReady(f"{name}: column(s) {', '.join(generated)} are generated on the target but stored "
+                            "on the source; make them plain columns on the target")
+    skipped = [c for c in tcols if c not in columns and not tcols[c][3]]
+    if skipped:
+        log.info("%s: target-only column(s) %s keep their defaults", name, ", ".join(skipped))
+
+    key = tuple(spec.key)
+    absent = [k for k in key if k not in columns]
+    if absent:
+        raise TableNotReady(f"{name}: key column(s) {', '.join(absent)} do not exist on the source; fix "
+                            "tables.key in the config")
+
+    def unique_on_key(conn: psycopg.Connection, oid: int, side: str) -> list[tuple[list[str], list[str]]]:
+        found = [(cols, colls) for cols, colls in _unique_keys(conn, oid) if set(cols) == set(key)]
+        if not found:
+            raise TableNotReady(
+                f"{name}: the {side} has no primary key or unique index on exactly ({', '.join(key)}); "
+                "keyset chunks and idempotent upserts need one: fix tables.key in the config or add the "
+                f"constraint on the {side}")
+        return found
+
+    source_unique = unique_on_key(source, soid, "source")
+    unique_on_key(target, toid, "target")
+
+    sinfo = {c[0]: c for c in scols}
+    source_key = tuple(KeyColumn(k, sinfo[k][1], sinfo[k][2]) for k in key)
+    target_key = tuple(KeyColumn(k, tcols[k][1], tcols[k][2]) for k in key)
+
+    # The source serves C-ordered ranges from an index only when one lists the key columns in key
+    # order and every collatable one is C-collated there.
+    db_is_c = _database_is_c(source)
+
+    def c_ordered(cols: list[str], colls: list[str]) -> bool:
+        if tuple(cols) != key:
+            return False
+        for kc, coll in zip(source_key, colls):
+            if kc.collatable and not (coll in _C_COLLATIONS or (coll == "default" and db_is_c)):
+                return False
+        return True
+
+    index_ordered = any(c_ordered(cols, colls) for cols, colls in source_unique)
+    if not index_ordered:
+        text_cols = [k.name for k in source_key if k.collatable]
+        log.warning(
+            "%s: no source index returns the key in C order%s, so each chunk is read with one sort of "
+            "its range; for large tables add one on the source, e.g. CREATE UNIQUE INDEX CONCURRENTLY "
+            "ON %s (%s)", name, f" (text key column(s) {', '.join(text_cols)})" if text_cols else "", name,
+            ", ".join(f'{k.name} COLLATE "C"' if k.collatable else k.name for k in source_key))
+
+    cost = table_cost(target, name, rows_conn=source)
+    rows_cap, cost = _budget_caps(budget, cost)
+    return TableInfo(
+        name=name, key=key, columns=tuple(columns),
+        target_types=tuple(tcols[c][1] for c in columns),
+        source_key=source_key, target_key=target_key,
+        key_positions=tuple(columns.index(k) for k in key),
+        index_ordered=index_ordered,
+        overriding=any(tcols[c][4] for c in columns),
+        cost=cost, rows_cap=rows_cap, row_dsql_rows=budget.dsql_rows(cost),
+        index_key_bytes=cost.index_key_bytes,
+    )
+
+
+def qualified(name: str) -> sql.Identifier:
+    """``schema.table`` as a quoted identifier."""
+    return sql.Identifier(*split_table_name(name))
