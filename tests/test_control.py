@@ -20,7 +20,8 @@ from reconcile.errors import MigrationFailed
 from reconcile.occ import run_with_retry
 
 ALL = [m.version for m in MIGRATIONS]
-TABLES = {"schema_migrations", "runs", "chunks", "replay_state", "dead_letters", "rejects", "audit_events"}
+TABLES = {"schema_migrations", "runs", "chunks", "replay_state", "dead_letters", "rejects", "audit_events",
+          "audit_runs", "audit_findings", "invariants", "source_sequences"}  # the last four: audit_tables
 
 
 # --- pure ------------------------------------------------------------------------------------
@@ -48,11 +49,25 @@ def test_index_steps_switch_dialect():
         m.statement("mysql")
 
 
-def test_register_appends_only_with_a_higher_version():
+def test_register_refuses_a_reused_version_and_keeps_version_order():
     before = list(MIGRATIONS)
-    with pytest.raises(ValueError, match="append new steps at the end"):
+    with pytest.raises(ValueError, match="reuses the version"):
         register(Migration(MIGRATIONS[-1].version, "late", sql.SQL("CREATE SCHEMA IF NOT EXISTS x")))
     assert MIGRATIONS == before
+    step = Migration(99, "in between", sql.SQL("CREATE SCHEMA IF NOT EXISTS x"))
+    assert step.version not in {m.version for m in before}
+    try:
+        register(step)
+        assert [m.version for m in MIGRATIONS] == sorted(m.version for m in [*before, step])
+    finally:
+        MIGRATIONS.remove(step)
+    assert MIGRATIONS == before
+
+
+def test_every_stage_registers_its_steps_in_the_one_list():
+    versions = {m.version for m in MIGRATIONS}
+    assert {300, 301, 302, 303} <= versions      # audit_tables
+    assert {401, 402, 403, 404} <= versions      # backfill_tables
 
 
 def _dsql_lint() -> str:

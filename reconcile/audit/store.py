@@ -19,7 +19,7 @@ from reconcile.audit.report import AuditReport
 from reconcile.audit.triggers import Invariant
 from reconcile.budget import Budget
 from reconcile.control import ident
-from reconcile.control.audit_tables import ensure
+from reconcile.control import migrate
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, run_with_retry
 
 __all__ = ["load_findings", "store_invariants", "store_report"]
@@ -73,7 +73,7 @@ def store_report(conn: psycopg.Connection, report: AuditReport, *, dialect: str 
         policy, counters: for the retry helper.
     """
     budget = budget or Budget()
-    ensure(conn, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
+    migrate(conn, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
     c = report.counts
     run = (report.run_id, report.started_at, report.finished_at, report.source_fingerprint, report.source,
            json.dumps(list(report.schemas)), json.dumps(report.checks, default=str, sort_keys=True), c["blocker"],
@@ -91,7 +91,7 @@ def store_invariants(conn: psycopg.Connection, invariants: Sequence[Invariant], 
                      counters: RetryCounters | None = None, migrate: bool = True) -> None:
     """Upsert invariants by name (the expectations stage reads ``reconcile.invariants``)."""
     if migrate:
-        ensure(conn, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
+        migrate(conn, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
     rows = [(i.name, i.kind, json.dumps(i.to_dict(), sort_keys=True), i.spec.get("replaces_trigger"), run_id)
             for i in invariants]
     _write_batches(conn, _INVARIANT, rows, budget=budget or Budget(), policy=policy, counters=counters,

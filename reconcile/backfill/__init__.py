@@ -38,8 +38,6 @@ Public API: :func:`run_backfill`, :func:`plan_chunks` and :func:`copy_chunk` (Ai
 rejects), :class:`BackfillSummary`.
 """
 
-from reconcile.control import backfill_tables as _backfill_tables  # noqa: F401  (registers migrations)
-
 from .checkpoints import Chunk, Control, Plan, Reject, TableStatus
 from .config import WRITE_METHODS, BackfillSettings
 from .copy import ChunkResult

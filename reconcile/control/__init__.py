@@ -24,6 +24,10 @@ from reconcile.control.migrations import (
     render,
 )
 
+# Every stage's steps, so MIGRATIONS (and a bare migrate()) always covers the whole schema.
+from reconcile.control import audit_tables as _audit_tables  # noqa: E402,F401
+from reconcile.control import backfill_tables as _backfill_tables  # noqa: E402,F401
+
 __all__ = [
     "BOOKKEEPING_TABLE",
     "DIALECTS",

@@ -2,39 +2,22 @@
 
 Versions 300-399 are reserved for these steps. They follow the control schema's conventions
 (see :mod:`reconcile.control.migrations`): one idempotent DDL statement per step, no SERIAL, no
-triggers, explicit types, JSON documents stored as text.
-
-How they run: :func:`ensure` migrates the control schema with the core steps *and* these, in
-version order, through :func:`reconcile.control.migrate` (one DDL per transaction, bookkeeping
-in ``reconcile.schema_migrations``). They are not appended to the global
-:data:`reconcile.control.MIGRATIONS` on import, so importing the audit never changes what a bare
-``migrate(conn)`` does; :func:`register_all` appends them there for a caller that wants one list.
+triggers, explicit types, JSON documents stored as text. :mod:`reconcile.control` imports this
+module, so the steps are part of every :func:`reconcile.control.migrate`.
 """
 
 from __future__ import annotations
 
-from typing import LiteralString
+from reconcile.control.migrations import Migration, register, table_step
 
-import psycopg
-from psycopg import sql
-
-from reconcile.control.migrations import MIGRATIONS, Dialect, Migration, ident, migrate, register
-from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy
-
-__all__ = ["AUDIT_MIGRATIONS", "VERSIONS", "all_migrations", "ensure", "register_all"]
+__all__ = ["AUDIT_MIGRATIONS", "VERSIONS"]
 
 VERSIONS = range(300, 400)
 """Version numbers reserved for the audit/schema stages."""
 
-
-def _table(version: int, name: str, table: str, body: LiteralString) -> Migration:
-    return Migration(version, name,
-                     sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + body + "\n)").format(ident(table)))
-
-
 AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     # One row per `reconcile audit` run: which source (fingerprint of its schema) and the verdict.
-    _table(300, "audit runs", "audit_runs", """
+    table_step(300, "audit runs", "audit_runs", """
     run_id uuid PRIMARY KEY,
     started_at timestamptz NOT NULL,
     finished_at timestamptz,
@@ -48,7 +31,7 @@ AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     infos integer NOT NULL DEFAULT 0,
     exit_code integer NOT NULL DEFAULT 0"""),
     # Every finding of a run; finding_id is code:object, stable across runs.
-    _table(301, "audit findings", "audit_findings", """
+    table_step(301, "audit findings", "audit_findings", """
     run_id uuid NOT NULL,
     finding_no integer NOT NULL,
     finding_id text NOT NULL,
@@ -64,7 +47,7 @@ AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     PRIMARY KEY (run_id, finding_no)"""),
     # Invariants the source kept by code (triggers) that the checks must now verify; the latest
     # audit or schema apply wins (upsert by name).
-    _table(302, "invariants", "invariants", """
+    table_step(302, "invariants", "invariants", """
     name text PRIMARY KEY,
     kind text NOT NULL,
     spec text NOT NULL,
@@ -73,7 +56,7 @@ AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     recorded_at timestamptz NOT NULL DEFAULT now()"""),
     # Source sequences behind generated keys, recorded by `schema apply`: the target's key
     # generator must start above last_value at cutover.
-    _table(303, "source sequences", "source_sequences", """
+    table_step(303, "source sequences", "source_sequences", """
     sequence_name text PRIMARY KEY,
     table_name text,
     column_name text,
@@ -82,24 +65,5 @@ AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     recorded_at timestamptz NOT NULL DEFAULT now()"""),
 )
 
-
-def all_migrations() -> list[Migration]:
-    """The core control steps and these, each version once, in version order."""
-    steps = {m.version: m for m in MIGRATIONS}
-    for m in AUDIT_MIGRATIONS:
-        steps.setdefault(m.version, m)
-    return [steps[v] for v in sorted(steps)]
-
-
-def ensure(conn: psycopg.Connection, *, dialect: Dialect = "postgres", policy: RetryPolicy = DEFAULT_POLICY,
-           counters: RetryCounters | None = None) -> list[int]:
-    """Bring the control schema up to date, audit tables included; returns the versions applied."""
-    return migrate(conn, dialect=dialect, migrations=all_migrations(), policy=policy, counters=counters)
-
-
-def register_all() -> None:
-    """Append these steps to the global :data:`~reconcile.control.MIGRATIONS` (once)."""
-    present = {m.version for m in MIGRATIONS}
-    for m in AUDIT_MIGRATIONS:
-        if m.version not in present:
-            register(m)
+for _step in AUDIT_MIGRATIONS:
+    register(_step)

@@ -1,6 +1,6 @@
 """Control-schema steps the backfill needs beyond the base tables (``chunks``, ``rejects``, ``runs``).
 
-Imported by :mod:`reconcile.backfill`, which registers these steps. Columns only, no new tables or
+Imported by :mod:`reconcile.control`, so these steps are part of every ``migrate``. Columns only, no new tables or
 indexes: DSQL allows ``ADD COLUMN`` without inline DEFAULT or NOT NULL, so the new counters are
 nullable and read with ``coalesce``. The versions start at 401 (issue 4) so that steps registered by
 other stages' modules do not collide with them.
@@ -23,7 +23,7 @@ from typing import LiteralString
 
 from psycopg import sql
 
-from reconcile.control.migrations import MIGRATIONS, Migration, ident, register
+from reconcile.control.migrations import Migration, ident, register
 
 
 def _add_column(version: int, name: str, table: str, column: LiteralString, type_: LiteralString) -> Migration:
@@ -38,7 +38,5 @@ STEPS: tuple[Migration, ...] = (
     _add_column(404, "rejects.chunk_id", "rejects", "chunk_id", "bigint"),
 )
 
-# Importing twice (or after a test re-imported the module) must not register twice.
 for _step in STEPS:
-    if not any(m.version == _step.version for m in MIGRATIONS):
-        register(_step)
+    register(_step)

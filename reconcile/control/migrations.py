@@ -10,8 +10,10 @@ Dialects differ in one place, index creation: DSQL refuses a plain ``CREATE INDE
 indexes in the background (``CREATE INDEX ASYNC`` returns a job id; the runner blocks on
 ``sys.wait_for_job``), while PostgreSQL and the local stand-in build them synchronously.
 
-Adding a step: append a ``register(...)`` (or ``register_index(...)``) call at the end of the
-"Steps" section below with the next version number. Never edit, renumber or remove a step that has
+Adding a step: a ``register(...)`` (or ``register_index(...)``) call with a version of its own. Core
+steps live in the "Steps" section below (1-99); each stage keeps its steps in a module of this
+package with its own version range (``audit_tables`` 300-399, ``backfill_tables`` 400-499), and
+``reconcile.control`` imports every such module, so :data:`MIGRATIONS` is always the whole schema. Never edit, renumber or remove a step that has
 shipped; change a table with a new step instead (mind DSQL's ALTER rules: no ``ADD COLUMN`` with
 an inline DEFAULT or NOT NULL, no ``ALTER COLUMN TYPE``).
 """
@@ -112,17 +114,19 @@ def create_index(
 
 
 MIGRATIONS: list[Migration] = []
-"""Every step, in version order. Append through :func:`register`; never reorder."""
+"""Every step, in version order. Add through :func:`register`; never renumber."""
 
 
 def register(migration: Migration) -> Migration:
-    """Append a step to :data:`MIGRATIONS`; its version must be above every registered one."""
-    if MIGRATIONS and migration.version <= MIGRATIONS[-1].version:
+    """Add a step to :data:`MIGRATIONS` in version order; a version may be registered only once."""
+    clash = next((m for m in MIGRATIONS if m.version == migration.version), None)
+    if clash is not None:
         raise ValueError(
-            f"migration {migration.version} ({migration.name}) must have a version above "
-            f"{MIGRATIONS[-1].version} ({MIGRATIONS[-1].name}); append new steps at the end"
+            f"migration {migration.version} ({migration.name}) reuses the version of "
+            f"{clash.name!r}; give each step its own version"
         )
     MIGRATIONS.append(migration)
+    MIGRATIONS.sort(key=lambda m: m.version)
     return migration
 
 
@@ -131,7 +135,8 @@ def register_index(version: int, name: str, **kwargs: object) -> Migration:
     return register(create_index(version, name, **kwargs))  # type: ignore[arg-type]
 
 
-def _table(version: int, name: str, table: str, body: LiteralString) -> Migration:
+def table_step(version: int, name: str, table: str, body: LiteralString) -> Migration:
+    """A ``CREATE TABLE IF NOT EXISTS reconcile.<table> (<body>)`` step."""
     return Migration(version, name, sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + body + "\n)").format(ident(table)))
 
 
@@ -143,13 +148,13 @@ def _table(version: int, name: str, table: str, body: LiteralString) -> Migratio
 
 register(Migration(1, "create schema", sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))))
 
-register(_table(2, "schema_migrations", BOOKKEEPING_TABLE, """
+register(table_step(2, "schema_migrations", BOOKKEEPING_TABLE, """
     version integer PRIMARY KEY,
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()"""))
 
 # One row per pipeline run (backfill, replay session, diff, check, gate evaluation).
-register(_table(3, "runs", "runs", """
+register(table_step(3, "runs", "runs", """
     run_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     kind text NOT NULL,
     status text NOT NULL,
@@ -159,7 +164,7 @@ register(_table(3, "runs", "runs", """
     summary text"""))
 
 # Backfill checkpoints: one row per key range [lo, hi) of a table; lo/hi are encoded keys.
-register(_table(4, "chunks", "chunks", """
+register(table_step(4, "chunks", "chunks", """
     table_name text NOT NULL,
     chunk_id bigint NOT NULL,
     run_id uuid,
@@ -175,7 +180,7 @@ register(_table(4, "chunks", "chunks", """
 
 # Replay watermark, written in the same target transaction as the changes it covers. LSNs are
 # stored in PostgreSQL's text form ('16/B374D848'); DSQL has no pg_lsn column type.
-register(_table(5, "replay_state", "replay_state", """
+register(table_step(5, "replay_state", "replay_state", """
     slot_name text PRIMARY KEY,
     last_commit_lsn text NOT NULL,
     last_xid bigint,
@@ -183,7 +188,7 @@ register(_table(5, "replay_state", "replay_state", """
     updated_at timestamptz NOT NULL DEFAULT now()"""))
 
 # Source transactions the replay could not apply (too big for one DSQL transaction, refused).
-register(_table(6, "dead_letters", "dead_letters", """
+register(table_step(6, "dead_letters", "dead_letters", """
     dead_letter_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     slot_name text NOT NULL,
     xid bigint,
@@ -197,7 +202,7 @@ register(_table(6, "dead_letters", "dead_letters", """
     resolved_at timestamptz"""))
 
 # Single rows the target refused during backfill or replay (e.g. a value out of range).
-register(_table(7, "rejects", "rejects", """
+register(table_step(7, "rejects", "rejects", """
     reject_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     run_id uuid,
     stage text NOT NULL,
@@ -209,7 +214,7 @@ register(_table(7, "rejects", "rejects", """
     created_at timestamptz NOT NULL DEFAULT now()"""))
 
 # Gate trail: append-only by convention (DSQL has no triggers to enforce it); never UPDATE/DELETE.
-register(_table(8, "audit_events", "audit_events", """
+register(table_step(8, "audit_events", "audit_events", """
     event_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     occurred_at timestamptz NOT NULL DEFAULT now(),
     gate text,

@@ -305,10 +305,10 @@ def record_plan(conn: psycopg.Connection, plan: SchemaPlan, *, budget: Budget | 
     invariants are what the balance checks verify. Both upsert, so recording twice is harmless.
     """
     from reconcile.audit.store import store_invariants
-    from reconcile.control.audit_tables import ensure
+    from reconcile.control import migrate
 
     budget = budget or Budget()
-    ensure(conn, dialect=plan.dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
+    migrate(conn, dialect=plan.dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
     rows = [(r.sequence, r.table, r.column, r.last_value, r.strategy) for r in plan.sequences]
     for batch in budget.batches(rows, lambda r: (1, 200), what="sequence record"):
         items = list(batch)
