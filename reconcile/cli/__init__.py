@@ -11,8 +11,8 @@ import sys
 
 import typer
 
-from reconcile.errors import ReconcileError
 
+from ._common import run_app
 from . import audit_cmd, backfill_cmd, config_cmd, demo_cmd, local_cmd, schema_cmd, workload_cmd
 
 app = typer.Typer(
@@ -44,8 +44,4 @@ def _root(
 
 def main() -> None:
     """Entry point of the console script: errors become one sentence on stderr and exit code 2."""
-    try:
-        app()
-    except ReconcileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code) from None
+    run_app(app)

@@ -11,6 +11,17 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", envvar="RECONCILE_CONFIG",
                              help="Path to reconcile.toml (default: ./reconcile.toml, else built-in local defaults).")
 
 
+def run_app(app: typer.Typer) -> None:
+    """Run a typer app as a console script: a ReconcileError becomes one line on stderr and its exit code."""
+    from reconcile.errors import ReconcileError
+
+    try:
+        app()
+    except ReconcileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+
+
 def load(config_path: Path | None):
     """The resolved configuration (see reconcile.config.load_config)."""
     from reconcile.config import load_config

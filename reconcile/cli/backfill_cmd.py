@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load
+from ._common import CONFIG_OPTION, load, run_app
 
 app = typer.Typer(help="Copy the source tables into the target in resumable, budget-sized chunks.",
                   invoke_without_command=True)
@@ -221,13 +221,7 @@ def status_cmd(
 
 def main() -> None:
     """Run this group alone (``python -m reconcile.cli.backfill_cmd``), as the console script would."""
-    from reconcile.errors import ReconcileError
-
-    try:
-        app()
-    except ReconcileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code) from None
+    run_app(app)
 
 
 if __name__ == "__main__":
