@@ -584,6 +584,37 @@ class Config:
     """The file the settings came from, or None for defaults and environment only."""
     env_overrides: tuple[str, ...] = ()
     """Names of the ``RECONCILE__*`` variables that overrode the file or defaults."""
+    stages: Mapping[str, Any] = field(default_factory=dict)
+    """Each stage's own settings section (``[replay]``, ``[diff]``, ``[checks]``, ``[gates]``), built by
+    the dataclass :data:`STAGE_SECTIONS` names; a section absent from the file gets its defaults."""
+
+    def stage(self, section: str) -> Any:
+        """The settings of one stage section (see :data:`STAGE_SECTIONS`), defaults when not set."""
+        if section not in STAGE_SECTIONS:
+            raise ValueError(f"unknown stage section {section!r}; valid: {', '.join(STAGE_SECTIONS)}")
+        if section not in self.stages:
+            return _stage_class(section)()
+        return self.stages[section]
+
+    @property
+    def replay(self) -> Any:
+        """``[replay]`` settings (:class:`reconcile.replay.settings.ReplaySettings`)."""
+        return self.stage("replay")
+
+    @property
+    def diff(self) -> Any:
+        """``[diff]`` settings (:class:`reconcile.diff.settings.DiffSettings`)."""
+        return self.stage("diff")
+
+    @property
+    def checks(self) -> Any:
+        """``[checks]`` settings (:class:`reconcile.checks.settings.CheckSettings`)."""
+        return self.stage("checks")
+
+    @property
+    def gates(self) -> Any:
+        """``[gates]`` settings (:class:`reconcile.gates.settings.GateSettings`)."""
+        return self.stage("gates")
 
     def __post_init__(self) -> None:
         if self.source.side != "source" or self.target.side != "target":
@@ -632,7 +663,54 @@ class Config:
             "budget": budget,
             "retry": {f.name: getattr(self.retry, f.name) for f in fields(self.retry)},
             "tables": [t.describe() for t in self.tables],
+            **{name: _describe_stage(self.stage(name)) for name in STAGE_SECTIONS},
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Stage sections: each stage owns a frozen dataclass of its settings in its own package; its
+# __post_init__ validates values and raises InvalidSetting. The keys and their types come from the
+# dataclass fields (int, float, bool, str, str | None, tuple[str, ...]).
+
+STAGE_SECTIONS: dict[str, str] = {
+    "replay": "reconcile.replay.settings:ReplaySettings",
+    "diff": "reconcile.diff.settings:DiffSettings",
+    "checks": "reconcile.checks.settings:CheckSettings",
+    "gates": "reconcile.gates.settings:GateSettings",
+}
+
+
+def _stage_class(section: str) -> type:
+    import importlib
+
+    module, _, name = STAGE_SECTIONS[section].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _stage_schema(cls: type) -> dict[str, str]:
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kinds: dict[str, str] = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) and len(args) == 1 \
+            else hint
+        if typing.get_origin(base) is tuple:
+            kinds[f.name] = _STRLIST
+        else:
+            kinds[f.name] = {bool: _BOOL, int: _INT, float: _NUM, str: _STR}.get(base, _STR)
+    return kinds
+
+
+def _describe_stage(settings: Any) -> dict[str, Any]:
+    out = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else (
+            str(value) if isinstance(value, Path) else value)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,8 +732,8 @@ _SECTION_KEYS: dict[str, dict[str, str]] = {
 }
 _TABLE_KEYS: dict[str, str] = {"name": _STR, "key": _STRLIST, "role": _STR,
                                **{c: _STR for c in _ALL_ROLE_COLUMNS}}
-_TOP_KEYS = ("source", "target", "local", "budget", "retry", "tables")
-_ENV_SECTIONS = ("source", "target", "local", "budget", "retry")
+_TOP_KEYS = ("source", "target", "local", "budget", "retry", "tables", *STAGE_SECTIONS)
+_ENV_SECTIONS = ("source", "target", "local", "budget", "retry", *STAGE_SECTIONS)
 _VAR_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 
 
@@ -738,11 +816,12 @@ class _Loader:
         budget = self._section("budget", BudgetSettings)
         retry = self._section("retry", RetrySettings)
         tables = self._tables(raw.get("tables"))
+        stages = {name: self._stage(name) for name in STAGE_SECTIONS}
         overrides = tuple(sorted([v for s in self.env_raw.values() for _, v in s.values()]
                                  + self.aliases))
         try:
             return Config(source=source, target=target, local=local, budget=budget, retry=retry,
-                          tables=tables, path=self.file, env_overrides=overrides)
+                          tables=tables, path=self.file, env_overrides=overrides, stages=stages)
         except InvalidSetting as exc:
             raise exc.located(self.in_file) from None
 
@@ -900,6 +979,24 @@ class _Loader:
         except InvalidSetting as exc:
             raise exc.located(self._origin(exc, section)) from None
 
+    def _stage(self, section: str) -> Any:
+        cls = _stage_class(section)
+        schema = _stage_schema(cls)
+        merged = self._merged(section, schema)
+        for key, value in merged.items():
+            try:
+                _check_type(section, key, value, schema[key])
+            except InvalidSetting as exc:
+                raise exc.located(self._origin(exc, section)) from None
+            if schema[key] == _STRLIST:
+                merged[key] = tuple(value)
+            elif schema[key] == _NUM:
+                merged[key] = float(value)
+        try:
+            return cls(**merged)
+        except InvalidSetting as exc:
+            raise exc.located(self._origin(exc, section)) from None
+
     def _tables(self, raw_tables: list[dict[str, Any]] | None) -> tuple[TableSpec, ...]:
         if raw_tables is None:
             return DEMO_TABLES
@@ -929,6 +1026,8 @@ def _coerce_env(section: str, key: str, text: str, kind: str, var: str) -> Any:
     try:
         if kind == _STR:
             return text
+        if kind == _STRLIST:
+            return [part.strip() for part in text.split(",") if part.strip()]
         if kind == _INT:
             return int(value)
         if kind == _NUM:

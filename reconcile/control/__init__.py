@@ -27,6 +27,10 @@ from reconcile.control.migrations import (
 # Every stage's steps, so MIGRATIONS (and a bare migrate()) always covers the whole schema.
 from reconcile.control import audit_tables as _audit_tables  # noqa: E402,F401
 from reconcile.control import backfill_tables as _backfill_tables  # noqa: E402,F401
+from reconcile.control import replay_tables as _replay_tables  # noqa: E402,F401
+from reconcile.control import diff_tables as _diff_tables  # noqa: E402,F401
+from reconcile.control import check_tables as _check_tables  # noqa: E402,F401
+from reconcile.control import gate_tables as _gate_tables  # noqa: E402,F401
 
 __all__ = [
     "BOOKKEEPING_TABLE",

@@ -1,0 +1,14 @@
+"""The [diff] section of reconcile.toml (also `RECONCILE__DIFF__<KEY>`).
+
+Keys and their types come from the fields below (int, float, bool, str, str | None, tuple[str, ...]);
+`__post_init__` validates values and raises :class:`reconcile.config.InvalidSetting`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DiffSettings:
+    """Settings of the diff stage."""
