@@ -1,7 +1,193 @@
-"""`reconcile gate ...`: Cutover gates: evaluate criteria, approve, roll back, publish the state."""
+"""`reconcile gate ...`: Cutover gates: evaluate criteria, approve, roll back, publish the state.
+
+Results go to stdout (text, or ``--json``). Exit codes: 0 success (a gate passes, an approval or
+rollback is recorded, the trail is intact), 1 the gate refuses (criteria failing, wrong state, a
+second approver needed, a broken audit trail), 2 an error.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
 
+from ._common import CONFIG_OPTION, load, run_app
+
 app = typer.Typer(help="Cutover gates: evaluate criteria, approve, roll back, publish the state.", no_args_is_help=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+BY_OPTION = typer.Option(..., "--by", envvar="RECONCILE_GATE_BY", help="Who acts (recorded in the audit trail).")
+REASON_OPTION = typer.Option(..., "--reason", envvar="RECONCILE_GATE_REASON", help="Why (recorded in the audit trail).")
+# No environment twin on purpose: an exported override would silently override every later approval.
+OVERRIDE_OPTION = typer.Option(None, "--override",
+                               help="Act although the gate refuses; the text is the override's own reason (recorded).")
+GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover) or write (read_cutover -> write_cutover).")
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str) if as_json else text)
+
+
+def _refused(exc: Exception, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"refused": str(exc), "failing": list(getattr(exc, "failing", ()))}, indent=2))
+    typer.echo(f"refused: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def _criteria_lines(ev: dict[str, Any]) -> list[str]:
+    lines = [f"  {ev['gate']} gate: {'PASS' if ev['passed'] else 'FAIL'}  (evidence {ev['evidence_hash'][:12]})"]
+    for c in ev["criteria"]:
+        lines.append(f"    [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['message']}")
+    return lines
+
+
+def _chain_lines(chain: dict[str, Any]) -> list[str]:
+    if chain["ok"]:
+        return [f"audit trail: intact ({chain['events']} events, head {chain['head_seq']})"]
+    lines = [f"audit trail: BROKEN ({len(chain['breaks'])} problem(s))"]
+    lines += [f"  event {b['seq'] if b['seq'] is not None else '-'}: {b['problem']}" for b in chain["breaks"]]
+    return lines
+
+
+@app.command("status")
+def status_cmd(config: Optional[Path] = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Current state, the audit-trail check, and each criterion of the next gate(s) with its evidence.
+
+    Exit 1 when the audit trail is broken.
+    """
+    from reconcile.gates import gate_status
+
+    st = gate_status(load(config))
+    lines = [f"state: {st['state']} (since {st['entered_at']}, by {st['changed_by'] or '-'})",
+             f"published: {st['published']['state'] or '-'}"
+             + (f" (SSM {st['published']['ssm_parameter']})" if st["published"]["ssm_parameter"] else "")]
+    if st["pending"]:
+        p = st["pending"]
+        lines.append(f"pending: {p['gate']} gate approved by {p['by']} at {p['at']}; needs a second approver")
+    lines += _chain_lines(st["chain"])
+    for ev in st["gates"].values():
+        lines += _criteria_lines(ev)
+    if not st["gates"]:
+        lines.append("no gate left to approve")
+    _emit(st, as_json, "\n".join(lines))
+    raise typer.Exit(0 if st["chain"]["ok"] else 1)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    gate: str = GATE_ARG,
+    by: Optional[str] = typer.Option(None, "--by", envvar="RECONCILE_GATE_BY", help="Who asks (recorded)."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Record the evaluation (runs row and event)."),
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Evaluate a gate's criteria from the stored history (exit 0 all pass, 1 some fail)."""
+    from reconcile.gates import evaluate
+
+    ev = evaluate(load(config), gate, record=record, actor=by).to_dict()
+    _emit(ev, as_json, "\n".join(_criteria_lines(ev)))
+    raise typer.Exit(0 if ev["passed"] else 1)
+
+
+@app.command("approve")
+def approve_cmd(
+    gate: str = GATE_ARG,
+    by: str = BY_OPTION,
+    reason: str = REASON_OPTION,
+    override: Optional[str] = OVERRIDE_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Approve a gate: records the approval only when every criterion passes (or --override), then transitions."""
+    from reconcile.gates import GateRefused, approve
+
+    try:
+        result = approve(load(config), gate, by=by, reason=reason, override_reason=override)
+    except GateRefused as exc:
+        _refused(exc, as_json)
+    if result["status"] == "pending":
+        text = f"{gate} gate approved by {by}; waiting for a second, different approver (two-person rule)"
+    else:
+        text = (f"{gate} gate {'OVERRIDDEN' if result['override'] else 'approved'} by {', '.join(result['approvers'])}: "
+                f"{result['from']} -> {result['to']}; published: {result['published']['state']}")
+    _emit(result, as_json, text)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    by: str = BY_OPTION,
+    reason: str = REASON_OPTION,
+    override: Optional[str] = OVERRIDE_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Move the state one step back (from write_cutover only with --override: no reverse sync exists yet)."""
+    from reconcile.gates import GateRefused, rollback
+
+    try:
+        result = rollback(load(config), by=by, reason=reason, override_reason=override)
+    except GateRefused as exc:
+        _refused(exc, as_json)
+    _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
+                           + (" (override recorded)" if result["override"] else ""))
+
+
+@app.command("acknowledge")
+def acknowledge_cmd(
+    finding: str = typer.Argument(..., help="The audit finding id (code:object), e.g. plain_numeric:ledger.x.y."),
+    by: str = BY_OPTION,
+    reason: str = REASON_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged)."""
+    from reconcile.gates import acknowledge
+
+    result = acknowledge(load(config), finding, by=by, reason=reason)
+    text = (f"{finding} acknowledged by {by}" if result["status"] == "acknowledged"
+            else f"{finding} was acknowledged already by {result['acknowledged_by']} at {result['acknowledged_at']}")
+    _emit(result, as_json, text)
+
+
+@app.command("history")
+def history_cmd(
+    limit: int = typer.Option(50, "--limit", help="Show the last N events (0: all); the check covers all."),
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The audit trail (who, when, why, evidence hash) and its hash-chain check (exit 1 when broken)."""
+    from reconcile.gates import history
+
+    h = history(load(config), limit=limit or None)
+    lines = []
+    for e in h["events"]:
+        ev_hash = f" evidence {e['evidence_hash'][:12]}" if e.get("evidence_hash") else ""
+        lines.append(f"{e['seq'] if e['seq'] is not None else '-':>4} {e['occurred_at']} {e['event']:<15} "
+                     f"{e['gate'] or '-':<5} {e['actor'] or '-'}: {e['reason'] or ''}{ev_hash}")
+    lines += _chain_lines(h["chain"])
+    _emit(h, as_json, "\n".join(lines))
+    raise typer.Exit(0 if h["chain"]["ok"] else 1)
+
+
+@app.command("publish")
+def publish_cmd(config: Optional[Path] = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Publish the current state (control table, and the SSM parameter when gates.ssm_parameter is set)."""
+    from reconcile.gates import publish
+
+    result = publish(load(config))
+    ssm = result.get("ssm")
+    text = (f"published {result['state']}: control table {'updated' if result['control_changed'] else 'unchanged'}"
+            + (f", SSM {ssm['name']} {'updated' if ssm['changed'] else 'unchanged'}" if ssm else ""))
+    _emit(result, as_json, text)
+
+
+def main() -> None:
+    """Run this group alone (``python -m reconcile.cli.gate_cmd``), as the console script would."""
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""reconcile_cutover: evaluate a gate, ask a person, then move the cutover state and publish it.
+
+Manual, one gate per run (``read``: shadow -> read_cutover, ``write``: read_cutover -> write_cutover).
+evaluate_gate -> approve_gate (Airflow's human-in-the-loop ApprovalOperator; its body is the
+evidence summary) -> transition (the responder is recorded as the approver) -> publish -> verify.
+Reject skips everything downstream, so the state stays as it was. The gate's criteria come from
+the stored history (reconcile.gates); a failing gate stops at evaluate_gate unless the run is
+triggered with override_reason. Logic lives in reconcile.pipeline.gates.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task
+from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, reconcile_errors, task_config
+
+EVALUATION = "ti.xcom_pull(task_ids='evaluate_gate')"
+
+
+@dag(
+    dag_id="reconcile_cutover",
+    schedule=None,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
+    doc_md=__doc__,
+    params={
+        "gate": Param("read", type="string", enum=["read", "write"], description="The gate to pass."),
+        "reason": Param("cutover approved in Airflow", type="string", minLength=1,
+                        description="Why this gate is being passed (recorded in the audit trail)."),
+        "override_reason": Param(None, type=["null", "string"],
+                                 description="Go ahead although criteria fail, and why (recorded as an override)."),
+    },
+)
+def reconcile_cutover():
+    @task
+    def evaluate_gate(params=None, run_id=None) -> dict:
+        from reconcile.pipeline.gates import gate_evaluate
+
+        with reconcile_errors():
+            return gate_evaluate(task_config(), params["gate"], actor=f"airflow:{run_id}",
+                                 override_reason=params["override_reason"])
+
+    approve_gate = ApprovalOperator(
+        task_id="approve_gate",
+        subject="Approve the {{ params.gate }} gate? {{ " + EVALUATION + "['summary'] }}",
+        body="{{ " + EVALUATION + "['body'] }}",
+        response_timeout=timedelta(hours=24),
+        retries=0,
+    )
+
+    @task(retries=3)
+    def transition(evaluation: dict, response: dict, params=None) -> dict:
+        from reconcile.pipeline.gates import gate_transition
+
+        user = response.get("responded_by_user") or {}
+        by = user.get("name") or user.get("id") or "unknown approver"
+        with reconcile_errors():
+            return gate_transition(task_config(), params["gate"], by=by, reason=params["reason"],
+                                   override_reason=params["override_reason"], evaluation=evaluation)
+
+    @task(retries=3)
+    def publish(moved: dict) -> dict:
+        from reconcile.pipeline.gates import gate_publish
+
+        with reconcile_errors():
+            return gate_publish(task_config(), actor=(moved.get("approvers") or [None])[-1])
+
+    @task
+    def verify(moved: dict, published: dict, params=None) -> dict:
+        from reconcile.pipeline.gates import gate_verify
+
+        with reconcile_errors():
+            return gate_verify(task_config(), params["gate"], transition=moved)
+
+    evaluation = evaluate_gate()
+    evaluation >> approve_gate
+    moved = transition(evaluation, approve_gate.output)
+    verify(moved, publish(moved))
+
+
+reconcile_cutover()

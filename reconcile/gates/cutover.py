@@ -1,0 +1,536 @@
+"""Cutover state machine: evaluate, approve, roll back, acknowledge, publish; the public API.
+
+States and transitions::
+
+    shadow ──approve read──► read_cutover ──approve write──► write_cutover
+    shadow ◄──rollback────── read_cutover ◄──rollback (override only: no reverse sync yet)
+
+The state is one row of ``reconcile.gate_state`` (key ``'cutover'``), and every change to it is
+written through :func:`reconcile.occ.run_with_retry` in the same transaction as its events in the
+audit trail (:mod:`reconcile.gates.trail`). Concurrency without locks: a transition reads the state
+and writes the new one (``WHERE version = <read version>``) in one REPEATABLE READ transaction, and
+appending its events moves the chain head; of two concurrent approvals the later commit fails with
+40001 (DSQL's OCC), is retried, sees the new state and is refused cleanly.
+
+Evaluations are recorded as ``reconcile.runs`` rows of kind ``'gate'`` (status ``green`` when every
+criterion passes, else ``red``; summary: the evaluation document with its ``evidence_hash``) and as
+an ``evaluation`` event. Refusals are recorded too (event ``refusal``), with the failing criteria.
+
+Every function takes the loaded :class:`reconcile.config.Config`; ``conn`` (an autocommit target
+connection) is optional and reused when given, else one is opened and closed. Results are JSON-able
+dicts (or an :class:`~reconcile.gates.evidence.Evaluation`, whose ``to_dict()`` is).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reconcile.control import ident, migrate
+from reconcile.gates import trail
+from reconcile.gates.criteria import evaluate_criteria
+from reconcile.gates.errors import GateError, GateRefused
+from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
+from reconcile.gates.ssm import publish_ssm, resolve_region
+from reconcile.occ import RetryPolicy, run_with_retry
+
+__all__ = ["STATES", "acknowledge", "approve", "current_state", "evaluate", "gate_status", "history", "publish",
+           "rollback"]
+
+STATES = ("shadow", "read_cutover", "write_cutover")
+STATE_KEY = "cutover"
+_STEP = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover")}
+_BACK = {"read_cutover": "shadow", "write_cutover": "read_cutover"}
+_NEXT_GATES = {"shadow": ("read", "write"), "read_cutover": ("write",), "write_cutover": ()}
+
+_STATE_COLS = ("state", "version", "entered_at", "changed_by", "reason", "last_event_id", "pending",
+               "published_state", "published_version", "published_at")
+_READ_STATE = sql.SQL("SELECT {} FROM {} WHERE gate_key = %s").format(
+    sql.SQL(", ").join(map(sql.Identifier, _STATE_COLS)), ident("gate_state"))
+_INIT_STATE = sql.SQL("INSERT INTO {} (gate_key, state, version, entered_at) VALUES (%s, 'shadow', 0, now()) "
+                      "ON CONFLICT (gate_key) DO NOTHING").format(ident("gate_state"))
+_MOVE_STATE = sql.SQL("UPDATE {} SET state = %s, version = version + 1, entered_at = now(), changed_by = %s, "
+                      "reason = %s, last_event_id = %s, pending = NULL, updated_at = now() "
+                      "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
+_SET_PENDING = sql.SQL("UPDATE {} SET pending = %s, version = version + 1, updated_at = now() "
+                       "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
+_SET_PUBLISHED = sql.SQL("UPDATE {} SET published_state = state, published_version = version, published_at = now() "
+                         "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
+_GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary) "
+                    "VALUES (%s, 'gate', %s, %s, now(), %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+
+
+class _Refused(Exception):
+    """Raised inside a transaction to roll it back; turned into a recorded GateRefused outside."""
+
+    def __init__(self, message: str, failing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message, self.failing = message, failing
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+
+def _policy(config: Any) -> RetryPolicy:
+    r = config.retry
+    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
+
+
+def _dialect(config: Any) -> str:
+    return "dsql" if getattr(config.target, "kind", "") == "dsql" else "postgres"
+
+
+def _tx(conn: psycopg.Connection, config: Any, fn: Any, label: str, *, writes: bool = True) -> Any:
+    # Writes append to the trail: a commit of unknown outcome (XX000) is not blindly retried.
+    return run_with_retry(conn, fn, policy=_policy(config), idempotent=not writes, label=label)
+
+
+@contextmanager
+def _target(config: Any, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    """The target connection, with the control schema current and the state and chain rows present."""
+    if conn is None:
+        from reconcile.connections import connect
+
+        owned = connect(config.target)
+    else:
+        owned = None
+    c = conn if conn is not None else owned
+    try:
+        migrate(c, dialect=_dialect(config), policy=_policy(config))  # type: ignore[arg-type]
+
+        def init(t: psycopg.Connection) -> None:
+            t.execute(_INIT_STATE, (STATE_KEY,))
+            trail.ensure_head(t)
+
+        _tx(c, config, init, "gate state init", writes=False)
+        yield c
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _read_state(t: psycopg.Connection) -> dict[str, Any]:
+    row = t.execute(_READ_STATE, (STATE_KEY,)).fetchone()
+    if row is None:
+        raise GateError("The cutover state row (reconcile.gate_state) is missing; run `reconcile gate status` "
+                        "to recreate it and check `reconcile gate history` for a broken trail.")
+    st = dict(zip(_STATE_COLS, row))
+    st["last_event_id"] = None if st["last_event_id"] is None else str(st["last_event_id"])
+    st["pending"] = json.loads(st["pending"]) if st["pending"] else None
+    return st
+
+
+def _check_gate(gate: str) -> None:
+    if gate not in GATES:
+        raise GateError(f"Unknown gate {gate!r}; use one of: {', '.join(GATES)}.")
+
+
+def _required(value: str | None, what: str) -> str:
+    if value is None or not str(value).strip():
+        raise GateError(f"{what} is required and must not be empty; say who acts and why.")
+    return str(value).strip()
+
+
+def _optional(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise GateError(f"{what} needs its own reason; give a non-empty text.")
+    return str(value).strip()
+
+
+def _record_refusal(c: psycopg.Connection, config: Any, *, gate: str | None, by: str | None, reason: str | None,
+                    refusal: _Refused, action: str, evidence_hash: str | None = None) -> GateRefused:
+    event = {"event": "refusal", "gate": gate, "actor": by, "reason": reason, "evidence_hash": evidence_hash,
+             "details": {"action": action, "refused": refusal.message, "failing": list(refusal.failing)}}
+    _tx(c, config, lambda t: trail.append(t, [event]), "gate refusal event")
+    return GateRefused(refusal.message, refusal.failing)
+
+
+def _verify(c: psycopg.Connection, config: Any) -> dict[str, Any]:
+    def read(t: psycopg.Connection) -> dict[str, Any]:
+        return trail.verify(t, state=_read_state(t)["state"])
+
+    return _tx(c, config, read, "gate trail check", writes=False)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def _evaluate(c: psycopg.Connection, config: Any, gate: str) -> Evaluation:
+    def read(t: psycopg.Connection) -> Evaluation:
+        (now,) = t.execute("SELECT now()").fetchone()
+        st = _read_state(t)
+        criteria = evaluate_criteria(t, gate, config.gates, st, now)
+        return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
+
+    return _tx(c, config, read, f"{gate} gate evaluation", writes=False)
+
+
+def _record_evaluation(c: psycopg.Connection, config: Any, ev: Evaluation, actor: str | None) -> Evaluation:
+    run_id = str(uuid.uuid4())
+    recorded = Evaluation(ev.gate, ev.state, ev.evaluated_at, ev.criteria, run_id)
+    settings = canonical({f: getattr(config.gates, f) for f in config.gates.__dataclass_fields__})
+    event = {"event": "evaluation", "gate": ev.gate, "actor": actor, "run_id": run_id,
+             "evidence_hash": ev.evidence_hash,
+             "details": {"passed": ev.passed, "failing": list(ev.failing), "state": ev.state}}
+
+    def write(t: psycopg.Connection) -> None:
+        t.execute(_GATE_RUN, (run_id, "green" if ev.passed else "red", ev.evaluated_at, settings,
+                              canonical(recorded.to_dict())))
+        trail.append(t, [event])
+
+    _tx(c, config, write, "gate evaluation record")
+    return recorded
+
+
+def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None = None,
+             conn: psycopg.Connection | None = None) -> Evaluation:
+    """Evaluate every criterion of ``gate`` ('read' or 'write') from the stored history.
+
+    Args:
+        config: the loaded configuration (thresholds in ``[gates]``).
+        gate: ``read`` or ``write``.
+        record: store the evaluation (a ``runs`` row of kind 'gate' and an ``evaluation`` event).
+        actor: who asked (recorded with the event).
+        conn: an autocommit target connection to reuse.
+
+    Returns:
+        The :class:`Evaluation`: ``.passed``, ``.criteria``, ``.evidence_hash``, ``.to_dict()``.
+    """
+    _check_gate(gate)
+    with _target(config, conn) as c:
+        ev = _evaluate(c, config, gate)
+        return _record_evaluation(c, config, ev, actor) if record else ev
+
+
+# --- approve ----------------------------------------------------------------------------------
+
+
+def _usable(evaluation: Evaluation | dict[str, Any] | None, gate: str, config: Any, state: str) -> Evaluation | None:
+    """The evaluation handed in, when it is of this gate, made in the current state and recent enough."""
+    if evaluation is None:
+        return None
+    ev = evaluation if isinstance(evaluation, Evaluation) else Evaluation.from_dict(evaluation)
+    if ev.gate != gate:
+        raise GateError(f"The evaluation handed in is of the {ev.gate} gate, not the {gate} gate; evaluate the "
+                        f"{gate} gate and approve with that.")
+    age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(ev.evaluated_at)
+    fresh = age <= dt.timedelta(hours=config.gates.approval_ttl_hours) and ev.state == state
+    return ev if fresh else None
+
+
+def _failing_text(ev: Evaluation) -> str:
+    return "; ".join(f"{c.name} ({c.message})" for c in ev.criteria if not c.passed)
+
+
+def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: str | None = None,
+            evaluation: Evaluation | dict[str, Any] | None = None,
+            conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Approve ``gate``: record the approval and move the state one step forward, then publish.
+
+    The approval is recorded only when every criterion passes, or with ``override_reason`` (recorded
+    as an ``override`` event naming the failing criteria). With ``[gates] two_person``, the first
+    approval is recorded as pending and a second, different approver makes the transition.
+
+    Args:
+        config: the loaded configuration.
+        gate: ``read`` (shadow -> read_cutover) or ``write`` (read_cutover -> write_cutover).
+        by: who approves.
+        reason: why.
+        override_reason: approve although criteria fail (or the trail is broken), and why.
+        evaluation: an evaluation of this gate made earlier (an Evaluation or its ``to_dict()``);
+            re-evaluated when absent, made in another state, or older than ``approval_ttl_hours``.
+        conn: an autocommit target connection to reuse.
+
+    Returns:
+        ``{"status": "approved" | "pending", "gate", "from", "to", "approvers", "override", "events",
+        "evidence_hash", "evaluation_run_id", "published"}``.
+
+    Raises:
+        GateRefused: a criterion fails (named), the state does not allow this gate, the same person
+            approved first, or the audit trail is broken.
+        PublishFailed: the transition was made but publishing it failed (rerun ``gate publish``).
+    """
+    _check_gate(gate)
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    override_reason = _optional(override_reason, "--override")
+    s = config.gates
+    with _target(config, conn) as c:
+        chain = _verify(c, config)
+        state = _tx(c, config, _read_state, "gate state read", writes=False)["state"]
+        ev = _usable(evaluation, gate, config, state)
+        if ev is None:
+            ev = _record_evaluation(c, config, _evaluate(c, config, gate), by)
+        elif ev.run_id is None:
+            ev = _record_evaluation(c, config, ev, by)
+        problems: list[str] = []
+        failing = ev.failing
+        if not ev.passed:
+            problems.append(f"{len(failing)} criteria fail: {_failing_text(ev)}")
+        if not chain["ok"]:
+            failing += ("audit_trail",)
+            problems.append(f"the audit trail is broken ({chain['breaks'][0]['problem']})")
+        if problems and override_reason is None:
+            raise _record_refusal(c, config, gate=gate, by=by, reason=reason, evidence_hash=ev.evidence_hash,
+                                  action=f"approve {gate}", refusal=_Refused(
+                                      f"The {gate} gate refuses approval: {'; and '.join(problems)}. Fix them and "
+                                      "evaluate again, or approve with --override REASON.", failing))
+        overriding = bool(problems)
+        frm, to = _STEP[gate]
+
+        def transact(t: psycopg.Connection) -> dict[str, Any]:
+            st = _read_state(t)
+            if st["state"] != frm:
+                hint = ("approve the read gate first" if gate == "write" and st["state"] == "shadow"
+                        else "nothing to approve")
+                raise _Refused(f"The {gate} gate moves {frm} to {to}, but the state is {st['state']}; {hint}.",
+                               ("state",))
+            decision = {"event": "override" if overriding else "approval", "gate": gate, "actor": by,
+                        "reason": override_reason if overriding else reason, "evidence_hash": ev.evidence_hash,
+                        "run_id": ev.run_id,
+                        "details": {"from": frm, "to": to, "passed": ev.passed, "failing": list(failing),
+                                    **({"approval_reason": reason} if overriding else {})}}
+            approvers = [by]
+            if s.two_person:
+                pending = st["pending"]
+                now = dt.datetime.now(dt.timezone.utc)
+                fresh = pending is not None and pending.get("gate") == gate and pending.get("from") == frm and \
+                    now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours)
+                if not fresh:
+                    decision["details"]["awaiting"] = "a second, different approver"
+                    (written,) = trail.append(t, [decision])
+                    doc = {"gate": gate, "from": frm, "by": by, "at": iso(now), "event_id": written["event_id"],
+                           "evidence_hash": ev.evidence_hash, "override": overriding}
+                    if t.execute(_SET_PENDING, (canonical(doc), STATE_KEY, st["version"])).rowcount != 1:
+                        raise GateError("The cutover state changed during the approval; run the command again.")
+                    return {"status": "pending", "gate": gate, "from": frm, "to": to, "approvers": [by],
+                            "override": overriding, "events": [written["event_id"]]}
+                if pending["by"] == by:
+                    raise _Refused(f"The two-person rule needs a second, different approver: {by} approved the "
+                                   f"{gate} gate already.", ("two_person",))
+                approvers = [pending["by"], by]
+                decision["details"]["first_approval"] = pending["event_id"]
+            move = {"event": "transition", "gate": gate, "actor": by, "reason": reason,
+                    "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
+                    "details": {"from": frm, "to": to, "version": st["version"] + 1, "approvers": approvers,
+                                "override": overriding}}
+            written = trail.append(t, [decision, move])
+            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
+                         ).rowcount != 1:
+                raise GateError("The cutover state changed during the approval; run the command again.")
+            return {"status": "approved", "gate": gate, "from": frm, "to": to, "approvers": approvers,
+                    "override": overriding, "events": [w["event_id"] for w in written]}
+
+        try:
+            result = _tx(c, config, transact, f"approve {gate} gate")
+        except _Refused as refusal:
+            raise _record_refusal(c, config, gate=gate, by=by, reason=reason, evidence_hash=ev.evidence_hash,
+                                  action=f"approve {gate}", refusal=refusal) from None
+        result.update(evidence_hash=ev.evidence_hash, evaluation_run_id=ev.run_id, failing=list(failing))
+        if result["status"] == "approved":
+            result["published"] = _publish(c, config, actor=by, after=f"approved the {gate} gate ({frm} -> {to})")
+        return result
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+
+def rollback(config: Any, *, by: str, reason: str, override_reason: str | None = None,
+             conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Move the state one step back, record it, then publish.
+
+    From ``write_cutover`` the target has been the system of record: going back needs a reverse
+    sync (target -> source) that does not exist yet, so it is refused unless ``override_reason``
+    is given (recorded as an ``override`` event). A broken audit trail does not block a rollback
+    (the safe direction); it does block approvals.
+
+    Returns:
+        ``{"status": "rolled_back", "from", "to", "override", "events", "published"}``.
+
+    Raises:
+        GateRefused: the state is ``shadow``, or ``write_cutover`` without an override.
+    """
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    override_reason = _optional(override_reason, "--override")
+    with _target(config, conn) as c:
+        def transact(t: psycopg.Connection) -> dict[str, Any]:
+            st = _read_state(t)
+            frm = st["state"]
+            if frm not in _BACK:
+                raise _Refused(f"The state is {frm}; there is nothing to roll back.", ("state",))
+            to = _BACK[frm]
+            gate = "write" if frm == "write_cutover" else "read"
+            events = []
+            if frm == "write_cutover":
+                if override_reason is None:
+                    raise _Refused(
+                        "Rolling back from write_cutover needs a reverse sync (target -> source), which does not "
+                        "exist yet: the source lacks every write made since write cutover. Copy those writes back "
+                        "first, then roll back with --override REASON.", ("reverse_sync",))
+                events.append({"event": "override", "gate": gate, "actor": by, "reason": override_reason,
+                               "details": {"action": "rollback", "from": frm, "to": to, "rollback_reason": reason,
+                                           "overridden": "no reverse sync exists"}})
+            events.append({"event": "rollback", "gate": gate, "actor": by, "reason": reason,
+                           "details": {"from": frm, "to": to, "version": st["version"] + 1,
+                                       "override": override_reason is not None}})
+            written = trail.append(t, events)
+            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
+                         ).rowcount != 1:
+                raise GateError("The cutover state changed during the rollback; run the command again.")
+            return {"status": "rolled_back", "from": frm, "to": to, "override": override_reason is not None,
+                    "events": [w["event_id"] for w in written]}
+
+        try:
+            result = _tx(c, config, transact, "gate rollback")
+        except _Refused as refusal:
+            raise _record_refusal(c, config, gate=None, by=by, reason=reason, action="rollback",
+                                  refusal=refusal) from None
+        result["published"] = _publish(c, config, actor=by, after=f"rolled back ({result['from']} -> {result['to']})")
+        return result
+
+
+# --- acknowledge ------------------------------------------------------------------------------
+
+
+def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
+                conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged).
+
+    Insert-only: a finding acknowledged already stays as first acknowledged (``status: "already"``).
+
+    Raises:
+        GateError: the latest audit run has no such finding.
+    """
+    finding_id = _required(finding_id, "FINDING")
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    acks, runs, findings = ident("gate_acknowledgements"), ident("audit_runs"), ident("audit_findings")
+    with _target(config, conn) as c:
+        def transact(t: psycopg.Connection) -> dict[str, Any]:
+            row = t.execute(sql.SQL("SELECT f.run_id, f.severity FROM {f} f WHERE f.finding_id = %s AND f.run_id = "
+                                    "(SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 1)").format(
+                f=findings, r=runs), (finding_id,)).fetchone()
+            if row is None:
+                raise GateError(f"The latest audit run has no finding {finding_id!r}; copy the id (code:object) "
+                                "from `reconcile audit` or `reconcile gate status`.")
+            old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
+                acks), (finding_id,)).fetchone()
+            if old is not None:
+                return {"status": "already", "finding_id": finding_id, "acknowledged_by": old[0],
+                        "acknowledged_at": iso(old[1])}
+            (written,) = trail.append(t, [{"event": "acknowledgement", "gate": "write", "actor": by, "reason": reason,
+                                           "details": {"finding_id": finding_id, "severity": row[1],
+                                                       "audit_run": str(row[0])}}])
+            t.execute(sql.SQL("INSERT INTO {} (finding_id, audit_run_id, severity, acknowledged_by, reason, "
+                              "acknowledged_at, event_id) VALUES (%s, %s, %s, %s, %s, now(), %s) "
+                              "ON CONFLICT (finding_id) DO NOTHING").format(acks),
+                      (finding_id, row[0], row[1], by, reason, written["event_id"]))
+            return {"status": "acknowledged", "finding_id": finding_id, "severity": row[1], "acknowledged_by": by,
+                    "event": written["event_id"]}
+
+        return _tx(c, config, transact, "finding acknowledgement")
+
+
+# --- publish ----------------------------------------------------------------------------------
+
+
+def _publish(c: psycopg.Connection, config: Any, *, actor: str | None, after: str | None = None) -> dict[str, Any]:
+    from reconcile.gates.errors import PublishFailed
+
+    s = config.gates
+    for _ in range(5):
+        st = _tx(c, config, _read_state, "gate state read", writes=False)
+        ssm = None
+        try:
+            if s.ssm_parameter:
+                ssm = publish_ssm(s.ssm_parameter, st["state"], resolve_region(config))
+        except PublishFailed as exc:
+            if after is None:
+                raise
+            raise PublishFailed(f"The gate {after}, but publishing failed: {exc.message}") from None
+
+        def write(t: psycopg.Connection) -> dict[str, Any] | None:
+            now = _read_state(t)
+            if now["version"] != st["version"]:
+                return None  # the state moved meanwhile: publish the new one
+            control = (now["published_state"], now["published_version"]) != (now["state"], now["version"])
+            if control:
+                t.execute(_SET_PUBLISHED, (STATE_KEY, now["version"]))
+            out = {"state": now["state"], "version": now["version"], "control_changed": control,
+                   "ssm": ssm, "changed": control or bool(ssm and ssm["changed"])}
+            if out["changed"]:
+                head = t.execute(sql.SQL("SELECT seq, head_hash FROM {} WHERE chain = %s").format(
+                    ident("gate_chain")), (trail.CHAIN,)).fetchone()
+                (written,) = trail.append(t, [{"event": "publish", "actor": actor, "reason": after,
+                                               "details": {**out, "chain_head": {"seq": head[0], "hash": head[1]}}}])
+                out["event"] = written["event_id"]
+            return out
+
+        result = _tx(c, config, write, "gate publish")
+        if result is not None:
+            return jsonable(result)
+    raise GateError("The cutover state kept changing while it was being published; run `reconcile gate publish`.")
+
+
+def publish(config: Any, *, actor: str | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Publish the current state: the control table (``published_state``) and, when ``[gates] ssm_parameter``
+    is set, the SSM parameter. Idempotent: writes (and records a ``publish`` event) only what differs.
+
+    Returns:
+        ``{"state", "version", "control_changed", "ssm": {...} | None, "changed", "event"?}``.
+
+    Raises:
+        PublishFailed: SSM refused or could not be reached.
+    """
+    with _target(config, conn) as c:
+        return _publish(c, config, actor=actor)
+
+
+# --- read-only views --------------------------------------------------------------------------
+
+
+def current_state(config: Any, *, conn: psycopg.Connection | None = None) -> str:
+    """``shadow``, ``read_cutover`` or ``write_cutover``."""
+    with _target(config, conn) as c:
+        return _tx(c, config, _read_state, "gate state read", writes=False)["state"]
+
+
+def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """The current state, the trail check, and every criterion of the next gate(s) with its evidence.
+
+    Nothing is recorded. Returns ``{"state", "version", "entered_at", "changed_by", "reason", "pending",
+    "published", "next_gates", "gates": {gate: evaluation dict}, "chain": {"ok", "breaks", ...}}``.
+    """
+    with _target(config, conn) as c:
+        def read(t: psycopg.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
+            st = _read_state(t)
+            return st, trail.verify(t, state=st["state"])
+
+        st, chain = _tx(c, config, read, "gate status", writes=False)
+        gates = {g: _evaluate(c, config, g).to_dict() for g in _NEXT_GATES[st["state"]]}
+    return jsonable({
+        "state": st["state"], "version": st["version"], "entered_at": st["entered_at"],
+        "changed_by": st["changed_by"], "reason": st["reason"], "pending": st["pending"],
+        "published": {"state": st["published_state"], "version": st["published_version"], "at": st["published_at"],
+                      "ssm_parameter": config.gates.ssm_parameter},
+        "next_gates": list(_NEXT_GATES[st["state"]]), "gates": gates, "chain": chain,
+    })
+
+
+def history(config: Any, *, limit: int | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """The audit trail, oldest first (the last ``limit`` events), and the chain check over all of it."""
+    with _target(config, conn) as c:
+        def read(t: psycopg.Connection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            events = trail.read_events(t)
+            return events, trail.verify(t, events, state=_read_state(t)["state"])
+
+        events, chain = _tx(c, config, read, "gate history", writes=False)
+    shown = events[-limit:] if limit else events
+    return {"chain": jsonable(chain), "events": [trail.public(e) for e in shown]}

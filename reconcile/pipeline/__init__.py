@@ -1,0 +1,32 @@
+"""Pipeline steps for an orchestrator: what each Airflow task (and the demo) calls.
+
+Every step takes the loaded :class:`~reconcile.config.Config` plus JSON-able arguments and returns
+JSON-able data (what crosses an XCom); none imports Airflow, and each is idempotent and safe to
+retry because its state lives in the target's control schema. Heavy modules load inside the steps.
+
+Modules and their steps:
+
+- :mod:`.config`: :func:`load_pipeline_config` (``$RECONCILE_CONFIG`` / Variable ``reconcile_config``
+  / ``./reconcile.toml``, then Connections ``reconcile_source`` / ``reconcile_target`` over the
+  endpoints), :func:`endpoint_from_connection`.
+- :mod:`.backfill`: ``backfill_plan(config, params) -> ["schema.table/<chunk_id>", ...]``,
+  ``backfill_chunk(config, chunk_id, params, *, parallel) -> dict``,
+  ``backfill_summary(config, params, chunk_ids, *, run_label) -> dict``, ``backfill_params``.
+- :mod:`.replay`: ``replay_init(config)``, ``replay_tick(config, *, duration, max_txns) -> summary``,
+  ``replay_status(config)``, ``lag_metrics(summary)``.
+- :mod:`.diff`: ``diff_start(config, *, tables) -> {"run_id", "tables"}``,
+  ``diff_one_table(config, run_id, table)``, ``diff_balances_step(config, run_id)``,
+  ``checks_step(config)``, ``diff_finish(config, run_id, *, report_dir)``,
+  ``reconcile_verdict(diff, checks, evidence)`` (raises :class:`ReconcileRed` on a red run).
+- :mod:`.gates`: ``gate_evaluate(config, gate, *, actor, override_reason) -> evaluation + body``,
+  ``approval_body(evaluation)``, ``gate_transition(config, gate, *, by, reason, override_reason,
+  evaluation)``, ``gate_publish(config, *, actor)``, ``gate_verify(config, gate, *, transition)``,
+  ``gate_evidence(config, *, actor)``.
+
+Errors: terminal ones (:class:`~reconcile.errors.TerminalError`: bad parameters, a red run, a refused
+gate, a replay halted on a dead letter) must not be retried; transient ones may be.
+"""
+
+from reconcile.pipeline.config import load_pipeline_config
+
+__all__ = ["load_pipeline_config"]

@@ -1,0 +1,71 @@
+"""reconcile_cutover under dag.test(): the approval step answered from a helper thread, both ways."""
+# ruff: noqa: F811  (pytest fixtures imported from tests.airflow_support are used as parameters)
+
+from __future__ import annotations
+
+import pytest
+
+from tests.airflow_support import HitlResponder, run_dag, task_states, xcom
+from tests.airflow_support import airflow_env, dagbag  # noqa: F401  (pytest fixtures)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+gates = pytest.importorskip("reconcile.gates.cutover", reason="reconcile.gates.cutover (evaluate/approve) missing")
+
+
+@pytest.fixture
+def cutover_config(source_db, target_db, tmp_path, monkeypatch):
+    path = tmp_path / "reconcile.toml"
+    path.write_text(f'[source]\nkind = "postgres"\nconninfo = "{source_db}"\n\n'
+                    f'[target]\nkind = "postgres"\nconninfo = "{target_db}"\n')
+    monkeypatch.setenv("RECONCILE_CONFIG", str(path))
+    for side in ("SOURCE", "TARGET"):
+        monkeypatch.delenv(f"AIRFLOW_CONN_RECONCILE_{side}", raising=False)
+    from reconcile.config import load_config
+
+    return load_config(path)
+
+
+def test_approve_moves_the_state_publishes_it_and_records_the_responder(dagbag, cutover_config):
+    responder = HitlResponder("reconcile_cutover", "approve_gate", "Approve", user="alice")
+    dr = run_dag(dagbag, "reconcile_cutover", {"gate": "read", "reason": "diffs green for a week",
+                                               "override_reason": "test ledger has no history yet"},
+                 respond=[responder])
+    states = task_states(dr)
+    assert dr.state == "success", states
+    assert responder.seen is not None
+    assert "read gate: shadow → read_cutover" in responder.seen["body"]  # the evidence summary is shown
+    assert "| criterion | result | detail |" in responder.seen["body"]
+    assert responder.seen["options"] == ["Approve", "Reject"]
+    moved = xcom(dr, "transition")
+    assert moved["status"] == "approved" and moved["approvers"] == ["alice"] and moved["override"] is True
+    assert xcom(dr, "verify") == {"expected": "read_cutover", "state": "read_cutover", "published": "read_cutover",
+                                  "version": 1, "chain_ok": True}
+    from reconcile.gates import current_state, history
+
+    assert current_state(cutover_config) == "read_cutover"
+    events = history(cutover_config)["events"]
+    override = next(e for e in events if e["event"] == "override")
+    assert override["actor"] == "alice" and override["reason"] == "test ledger has no history yet"
+
+
+def test_reject_leaves_the_state_alone_and_skips_the_transition(dagbag, cutover_config):
+    responder = HitlResponder("reconcile_cutover", "approve_gate", "Reject", user="bob")
+    dr = run_dag(dagbag, "reconcile_cutover", {"gate": "read", "override_reason": "testing the reject path"},
+                 respond=[responder])
+    states = task_states(dr)
+    assert states["approve_gate"] == "success", states
+    assert states["transition"] == states["publish"] == states["verify"] == "skipped", states
+    from reconcile.gates import current_state
+
+    assert current_state(cutover_config) == "shadow"
+
+
+def test_failing_criteria_stop_before_asking_anyone(dagbag, cutover_config):
+    dr = run_dag(dagbag, "reconcile_cutover", {"gate": "read"}, timeout=60)
+    states = task_states(dr)
+    assert dr.state == "failed"
+    assert states["evaluate_gate"] == "failed" and states["approve_gate"] == "upstream_failed", states
+    from reconcile.gates import current_state
+
+    assert current_state(cutover_config) == "shadow"

@@ -1,0 +1,122 @@
+"""reconcile_shadow_replay and reconcile_reconcile under dag.test() against the embedded databases."""
+# ruff: noqa: F811  (pytest fixtures imported from tests.airflow_support are used as parameters)
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from tests.airflow_support import run_dag, task_states, xcom
+from tests.airflow_support import airflow_env, dagbag  # noqa: F401  (pytest fixtures)
+from tests.test_dags import _counts, _ledger_pair
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _need(module: str, *names: str):
+    mod = pytest.importorskip(module, reason=f"{module} is missing")
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        pytest.skip(f"{module}.{', '.join(missing)} missing")
+    return mod
+
+
+@pytest.fixture
+def pipeline_config(source_db, target_db, tmp_path, monkeypatch):
+    """A config file on the test databases (unique slot), used by the DAG tasks through $RECONCILE_CONFIG."""
+    slot = f"dagtest_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "reconcile.toml"
+    path.write_text(f'[source]\nkind = "postgres"\nconninfo = "{source_db}"\n\n'
+                    f'[target]\nkind = "postgres"\nconninfo = "{target_db}"\n\n'
+                    f'[replay]\nslot_name = "{slot}"\npublication = "{slot}"\n\n'
+                    f'[diff]\nreport_dir = "{tmp_path / "reports"}"\nlag_wait_seconds = 5.0\n\n'
+                    '[gates]\nmin_green_runs = 1\nmin_green_hours = 0.0\n')
+    monkeypatch.setenv("RECONCILE_CONFIG", str(path))
+    for side in ("SOURCE", "TARGET"):
+        monkeypatch.delenv(f"AIRFLOW_CONN_RECONCILE_{side}", raising=False)
+    from reconcile.config import load_config
+
+    yield load_config(path)
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE database = current_database()")
+
+
+def _asset_events(dag_id: str) -> list[dict]:
+    from airflow import settings
+    from airflow.models.asset import AssetEvent
+
+    session = settings.Session()
+    try:
+        return [dict(e.extra or {}) for e in session.query(AssetEvent).filter(AssetEvent.source_dag_id == dag_id)]
+    finally:
+        session.close()
+
+
+def test_shadow_replay_applies_a_time_boxed_tick_and_reports_lag(dagbag, pipeline_config, source_db, target_db,
+                                                                 monkeypatch):
+    _need("reconcile.replay", "init_replay", "run_replay")
+    from reconcile.backfill import BackfillSettings, run_backfill
+    from reconcile.pipeline.replay import replay_init
+    from reconcile.workload import run_workload
+
+    _ledger_pair(source_db, target_db)
+    replay_init(pipeline_config)  # slot first, then backfill
+    assert run_backfill(pipeline_config, BackfillSettings(replay=True, workers=1,
+                                                                slot_name=pipeline_config.replay.slot_name)).status == "done"
+    run_workload(source_db, tps=40, duration=1.0, workers=2, seed=7)  # changes for the replay to apply
+    assert _counts(source_db) != _counts(target_db)
+
+    monkeypatch.setenv("RECONCILE_REPLAY_TICK_SECONDS", "2")
+    before = len(_asset_events("reconcile_shadow_replay"))
+    dr = run_dag(dagbag, "reconcile_shadow_replay", timeout=90)
+    assert dr.state == "success", task_states(dr)
+    summary = xcom(dr, "replay_tick")
+    assert summary["status"] == "done" and summary["txns_applied"] > 0 and summary["caught_up"] is True
+    assert 1.5 <= summary["duration_seconds"] < 30  # time-boxed by the tick length
+    assert _counts(source_db) == _counts(target_db)
+    events = _asset_events("reconcile_shadow_replay")[before:]
+    assert len(events) == 1
+    assert events[0]["txns_applied"] == summary["txns_applied"]
+    assert set(events[0]) >= {"lag_seconds_p50", "lag_seconds_p99", "lag_bytes", "caught_up"}
+
+
+def test_reconcile_dag_green_then_red_with_the_report_and_gate_evidence(dagbag, pipeline_config, source_db,
+                                                                        target_db, tmp_path):
+    _need("reconcile.diff", "start_diff", "diff_table", "diff_balances", "finish_diff")
+    _need("reconcile.checks", "run_checks")
+    _need("reconcile.gates", "evaluate")
+    from reconcile.backfill import BackfillSettings, run_backfill
+
+    _ledger_pair(source_db, target_db)
+    assert run_backfill(pipeline_config, BackfillSettings(workers=1)).status == "done"
+
+    dr = run_dag(dagbag, "reconcile_reconcile", timeout=150)
+    states = task_states(dr)
+    assert dr.state == "success", states
+    assert sorted(k for k in states if k.startswith("diff_table[")) == [f"diff_table[{i}]" for i in range(3)]
+    finished = xcom(dr, "finish_diff")
+    assert finished["verdict"] == "green" and finished["persistent_mismatches"] == 0
+    assert (tmp_path / "reports").is_dir() and finished["report_dir"]
+    evidence = xcom(dr, "gate_evidence")
+    assert evidence["gate"] == "read" and evidence["run_id"]
+    with psycopg.connect(target_db) as conn:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM reconcile.runs WHERE kind IN ('diff', 'check', 'gate') "
+                                  "GROUP BY kind").fetchall())
+    assert kinds == {"diff": 1, "check": 1, "gate": 1}
+
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        conn.execute("UPDATE ledger.entries SET amount = amount + 1 WHERE entry_id = 5")
+    dr = run_dag(dagbag, "reconcile_reconcile", timeout=150)
+    states = task_states(dr)
+    assert dr.state == "failed" and states["verdict"] == "failed", states
+    assert states["finish_diff"] == "success" and states["gate_evidence"] == "success"
+    red = xcom(dr, "finish_diff")
+    assert red["verdict"] == "red" and red["persistent_mismatches"] >= 1
+    with psycopg.connect(target_db) as conn:
+        (summary,) = conn.execute("SELECT summary FROM reconcile.runs WHERE kind = 'diff' ORDER BY started_at DESC "
+                                  "LIMIT 1").fetchone()
+    assert json.loads(summary)["verdict"] == "red"
