@@ -8,7 +8,65 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reconcile.config import InvalidSetting
+
+OVERSIZED_POLICIES = ("stop", "split")
+ON_ERROR_POLICIES = ("stop", "skip")
+
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    """Settings of the replay stage."""
+    """Settings of the replay stage.
+
+    >>> ReplaySettings(oversized_policy="chunk")
+    Traceback (most recent call last):
+    ...
+    reconcile.config.InvalidSetting: replay.oversized_policy must be one of stop, split, got 'chunk'; use "stop" (dead-letter and halt) or "split" (apply in pieces, recorded as a non-atomic window)
+    """
+
+    slot_name: str = "reconcile"
+    """Logical replication slot on the source (plugin pgoutput); the backfill checks the same name."""
+    publication: str = "reconcile_pub"
+    """Publication on the source listing the configured tables."""
+    peek_changes: int = 20000
+    """Changes read from the slot per round (``upto_nchanges``); a transaction always comes whole."""
+    poll_interval: float = 0.5
+    """Seconds to wait before reading the slot again when it had nothing new (--follow, --duration)."""
+    oversized_policy: str = "stop"
+    """A source transaction larger than one target transaction: ``stop`` (dead letter, halt) or ``split``
+    (apply it in budget-sized pieces and record the non-atomic window in reconcile.replay_windows)."""
+    on_error: str = "stop"
+    """A source transaction the target refuses (not a conflict): ``stop`` (dead letter, halt) or ``skip``
+    (dead letter recorded as skipped, replay goes on)."""
+    wal_warn_bytes: int = 1024 * 1024 * 1024
+    """`replay status` warns when the slot retains more WAL than this (an idle slot bloats Aurora storage)."""
+    require_backfill: bool = True
+    """Refuse to apply while the initial backfill of a replicated table is incomplete (DESIGN.md, the
+    copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
+
+    def __post_init__(self) -> None:
+        for key in ("slot_name", "publication"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidSetting("replay", key, "is empty", f"name it, e.g. {key} = \"reconcile\"")
+            if not all(ch.isalnum() or ch == "_" for ch in value) or value != value.lower():
+                raise InvalidSetting("replay", key, f"must use lower-case letters, digits and _ only, got {value!r}",
+                                     "PostgreSQL slot names allow nothing else; pick e.g. \"reconcile\"")
+        if self.peek_changes < 1:
+            raise InvalidSetting("replay", "peek_changes", f"must be at least 1, got {self.peek_changes}",
+                                 "use e.g. 20000")
+        if self.poll_interval <= 0:
+            raise InvalidSetting("replay", "poll_interval", f"must be positive, got {self.poll_interval}",
+                                 "use e.g. 0.5")
+        if self.oversized_policy not in OVERSIZED_POLICIES:
+            raise InvalidSetting("replay", "oversized_policy",
+                                 f"must be one of {', '.join(OVERSIZED_POLICIES)}, got {self.oversized_policy!r}",
+                                 'use "stop" (dead-letter and halt) or "split" (apply in pieces, recorded as a '
+                                 "non-atomic window)")
+        if self.on_error not in ON_ERROR_POLICIES:
+            raise InvalidSetting("replay", "on_error",
+                                 f"must be one of {', '.join(ON_ERROR_POLICIES)}, got {self.on_error!r}",
+                                 'use "stop" (order matters for a ledger) or "skip"')
+        if self.wal_warn_bytes < 0:
+            raise InvalidSetting("replay", "wal_warn_bytes", f"must not be negative, got {self.wal_warn_bytes}",
+                                 "use e.g. 1073741824 (1 GiB)")
