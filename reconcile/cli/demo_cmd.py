@@ -1,7 +1,8 @@
-"""`reconcile demo`: the main job on the embedded local databases."""
+"""`reconcile demo`: the whole pipeline on the embedded local databases."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,12 +14,23 @@ def demo(
                                             help="Folder for the local servers (default: .reconcile/local)."),
     transactions: int = typer.Option(100_000, help="Journal transactions to seed on the source."),
     accounts: int = typer.Option(10_000, help="Accounts to seed."),
-    tps: int = typer.Option(100, help="Business transactions per second of the live workload."),
-    duration: float = typer.Option(10.0, help="Seconds of live workload."),
+    tps: int = typer.Option(100, help="Business transactions per second of the live workload (0: none)."),
     seed: int = typer.Option(42, help="Seed of the deterministic demo ledger."),
+    inject: bool = typer.Option(False, "--inject", help="Plant a few discrepancies on the target first, so the "
+                                                        "report shows what findings look like (verdict red)."),
+    airflow: bool = typer.Option(True, "--airflow/--no-airflow",
+                                 help="Run backfill, replay and reconciliation as the Airflow DAGs (dag.test()), "
+                                      "or as direct library calls."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON after the summary."),
 ) -> None:
-    """Bring the local stack up, seed the demo ledger, run a short live workload, say what's where."""
+    """Run the whole pipeline locally: seed, live writes, audit, schema, replay, backfill, diff, checks, gate, report.
+
+    Exit code 0 when the verdict is green, 1 when it is red (e.g. with --inject).
+    """
     from reconcile.demo import run_demo
 
-    run_demo(data_dir=data_dir, transactions=transactions, accounts=accounts, tps=tps,
-             duration=duration, seed=seed, echo=typer.echo)
+    result = run_demo(data_dir=data_dir, transactions=transactions, accounts=accounts, tps=tps, seed=seed,
+                      inject=inject, airflow=airflow, echo=typer.echo)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    raise typer.Exit(0 if result.verdict == "green" else 1)

@@ -1,0 +1,274 @@
+"""The demo's steps, in order, with a progress line each; see :mod:`reconcile.demo`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconcile.demo.progress import Progress
+from reconcile.demo.workspace import Workspace, reset
+
+
+
+def demo_stages(ws: Workspace) -> dict[str, dict[str, object]]:
+    """Settings the demo writes into its reconcile.toml: reports in the workspace, and read-gate
+    criteria a laptop can meet in minutes (one green run instead of days of them)."""
+    return {
+        "diff": {"report_dir": str(ws.reports), "lag_wait_seconds": 30.0},
+        "gates": {"min_green_runs": 1, "min_green_hours": 0.0},
+    }
+
+
+@dataclass
+class DemoResult:
+    """What a demo run did: the verdict, where the report is, and each step's numbers."""
+
+    verdict: str = "unknown"
+    report_dir: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    injected: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "report_dir": self.report_dir, "gate": self.gate,
+                "steps": self.steps, "timings": self.timings, "injected": self.injected}
+
+
+class _Workload:
+    """The live write workload on the source, in a background thread until stopped."""
+
+    def __init__(self, endpoint: Any, tps: float, seed: int) -> None:
+        from reconcile import connections
+
+        self._stop = threading.Event()
+        self.report: Any = None
+        self.error: BaseException | None = None
+
+        def work() -> None:
+            from reconcile.workload import run_workload
+
+            try:
+                self.report = run_workload(lambda: connections.connect(endpoint), tps=tps, duration=None,
+                                           seed=seed, stop_event=self._stop)
+            except BaseException as exc:  # reported by stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=work, name="demo-workload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> Any:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+
+class _ReplayFollower:
+    """The shadow replay keeps following the slot while the reconciliation runs (as the scheduled
+    replay DAG does in production), so the lag-aware diff sees its watermark pass the diff's start."""
+
+    def __init__(self, config: Any) -> None:
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+
+        def follow() -> None:
+            from reconcile.replay import run_replay
+
+            try:
+                run_replay(config, follow=True, stop_event=self._stop)
+            except BaseException as exc:  # reported by stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=follow, name="demo-replay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+
+
+def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: int = 10_000,
+             tps: float = 100, seed: int = 42, inject: bool = False, airflow: bool = True,
+             echo: Callable[[str], None] = print, live: bool | None = None) -> DemoResult:
+    """Run the whole pipeline on the local stack; see the module docstring.
+
+    Args:
+        data_dir: the local servers' folder (default ``.reconcile/local``); the demo's own files go
+            next to it (``<data_dir>/../demo``).
+        transactions, accounts, seed: size and seed of the deterministic demo ledger.
+        tps: business transactions per second of the live workload (0: none).
+        inject: plant discrepancies on the target before reconciling (the verdict turns red).
+        airflow: run backfill, replay and reconciliation as the Airflow DAGs (``dag.test()``).
+        echo: where the progress lines and the summary go.
+        live: update the running step's line on stderr (default: when stderr is a terminal).
+    """
+    from reconcile import connections
+    from reconcile.config import load_config
+    from reconcile.local import stack
+
+    data = stack.resolve_data_dir(data_dir)
+    # .reconcile/local (the default) -> .reconcile/demo; any other folder keeps the demo inside it
+    ws = Workspace(data_dir=data, root=data.parent / "demo" if data.name == "local" else data / "demo")
+    total = 14 + (1 if inject else 0)
+    progress = Progress(total=total, echo=echo, **({} if live is None else {"live": live}))
+    result = DemoResult()
+    t_start = time.monotonic()
+
+    with progress.step("start the local stack") as s:
+        statuses = stack.up(data)
+        s.detail = f"source {statuses['source'].url.rsplit('@', 1)[-1]}, target {statuses['target'].url.rsplit('@', 1)[-1]}"
+    config_path = ws.write_config(demo_stages(ws))
+    config = load_config(config_path, environ={})
+    runner = _runner(airflow, ws, config_path)
+
+    with progress.step("clean slate (drop the last demo's state)") as s:
+        dropped = reset(stack.url("source", data), stack.url("target", data),
+                        slot_name=config.replay.slot_name, publication=config.replay.publication,
+                        target_schemas=tuple(sorted({t.schema for t in config.tables} | {"reconcile"})))
+        s.detail = ", ".join(dropped) or "nothing to drop"
+
+    with progress.step("seed the ledger on the source") as s:
+        from reconcile.workload import seed as seed_ledger
+
+        with connections.connect(config.source) as conn:
+            seeded = seed_ledger(conn, accounts=accounts, transactions=transactions, seed=seed, reset=True)
+        result.steps["seed"] = seeded.to_dict()
+        s.detail = f"{accounts:,} accounts, {transactions:,} journal transactions"
+
+    with progress.step("control schema on the target") as s:
+        from reconcile.control import migrate
+
+        with connections.connect(config.target) as conn:
+            applied = migrate(conn)
+        s.detail = f"{len(applied)} migrations"
+
+    with progress.step("audit the source for DSQL") as s:
+        from reconcile.audit import run_audit, store_report
+
+        with connections.connect(config.source) as conn:
+            audit = run_audit(conn, tables=config.tables)
+        with connections.connect(config.target) as conn:
+            store_report(conn, audit)
+        counts = {k: n for k, n in audit.counts.items() if n}
+        result.steps["audit"] = counts
+        s.detail = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no findings"
+
+    with progress.step("target schema (pre-load)") as s:
+        from reconcile.schema import apply_plan, plan_from_source
+        from reconcile.schema.dialect import dialect_for
+
+        with connections.connect(config.source) as src:
+            plan = plan_from_source(src, tables=config.tables, dialect=dialect_for(config.target).name)
+        with connections.connect(config.target) as tgt:
+            applied_ddl = apply_plan(tgt, plan, phase="pre-load")
+        s.detail = _count_phrase(applied_ddl, "statements")
+
+    with progress.step("replay: publication and slot (slot first)") as s:
+        from reconcile.replay import init_replay
+
+        init = init_replay(config)
+        result.steps["replay_init"] = init
+        s.detail = f"slot {config.replay.slot_name}"
+
+    workload = _Workload(config.source, tps, seed) if tps > 0 else None
+    with progress.step(f"live workload on the source ({tps:g} tps)") as s:
+        s.detail = "running in the background" if workload else "off (--tps 0)"
+
+    with progress.step(f"backfill{runner.suffix}") as s:
+        backfill = runner.backfill()
+        result.steps["backfill"] = backfill
+        s.detail = f"{backfill.get('rows', 0):,} rows copied, {backfill.get('rejected', 0)} rejected"
+
+    with progress.step(f"replay catches up under live writes{runner.suffix}") as s:
+        replay = runner.replay_catch_up()
+        result.steps["replay_live"] = replay
+        s.detail = _replay_phrase(replay)
+
+    with progress.step(f"stop the workload, final catch-up{runner.suffix}") as s:
+        load = workload.stop() if workload else None
+        replay = runner.replay_catch_up()
+        result.steps["workload"] = load.to_dict() if load is not None else None
+        result.steps["replay_final"] = replay
+        s.detail = (f"{load.committed_total:,} live txns committed; " if load is not None else "") + _replay_phrase(replay)
+
+    with progress.step("target schema (post-load: foreign keys)") as s:
+        with connections.connect(config.target) as tgt:
+            applied_ddl = apply_plan(tgt, plan, phase="post-load")
+        s.detail = _count_phrase(applied_ddl, "statements")
+
+    if inject:
+        with progress.step("inject discrepancies on the target") as s:
+            from reconcile.diff.inject import plant_discrepancies
+
+            with connections.connect(config.target) as tgt:
+                result.injected = plant_discrepancies(tgt, config, seed=seed)
+            s.detail = ", ".join(p.get("kind", "?") for p in result.injected)
+
+    with progress.step(f"reconcile: diffs, balances, expectations{runner.suffix}") as s:
+        follower = _ReplayFollower(config)
+        try:
+            rec = runner.reconcile(ws.reports)
+        finally:
+            follower.stop()
+        result.steps["reconcile"] = rec
+        result.verdict = rec.get("verdict", "unknown")
+        result.report_dir = rec.get("report_dir")
+        s.detail = f"verdict {result.verdict.upper()}"
+
+    with progress.step("read gate: the evidence recorded") as s:
+        result.gate = rec.get("gate") or {}
+        failing = [c.get("name") for c in result.gate.get("criteria", []) if not c.get("passed")]
+        s.detail = "all criteria pass" if result.gate.get("passed") else "failing: " + ", ".join(failing)
+
+    result.timings = {st.label: round(st.seconds, 2) for st in progress.steps}
+    result.timings["total"] = round(time.monotonic() - t_start, 2)
+    _summary(result, echo)
+    return result
+
+
+def _count_phrase(report: Any, what: str) -> str:
+    return f"{len(report.applied)} {what} applied, {len(report.results) - len(report.applied)} already there"
+
+
+def _replay_phrase(summary: dict[str, Any]) -> str:
+    p99 = summary.get("lag_seconds_p99")
+    lag = f", lag p99 {p99:.2f}s" if isinstance(p99, (int, float)) else ""
+    return f"{summary.get('txns_applied', 0):,} txns / {summary.get('changes_applied', 0):,} changes applied{lag}"
+
+
+def _runner(airflow: bool, ws: Workspace, config_path: Path):
+    if airflow:
+        from reconcile.demo.airflow_runner import AirflowRunner
+
+        return AirflowRunner(ws, config_path)
+    from reconcile.demo.library_runner import LibraryRunner
+
+    return LibraryRunner(config_path)
+
+
+def _summary(result: DemoResult, echo: Callable[[str], None]) -> None:
+    rec = result.steps.get("reconcile", {})
+    echo("")
+    echo(f"Verdict: {result.verdict.upper()}   (total {result.timings.get('total', 0):.0f}s)")
+    for key in ("persistent_mismatches", "balance_differences", "in_flight"):
+        if key in rec:
+            echo(f"  {key.replace('_', ' '):<24}{rec[key]}")
+    checks = rec.get("checks") or {}
+    if checks:
+        echo(f"  {'expectations':<24}{checks.get('evaluated', 0) - checks.get('failed', 0)}/{checks.get('evaluated', 0)} green")
+    if result.gate:
+        echo(f"  {'read gate':<24}{'ready for approval' if result.gate.get('passed') else 'not ready'}")
+    if result.injected:
+        echo("  planted: " + "; ".join(p.get("description", p.get("kind", "?")) for p in result.injected))
+    if result.report_dir:
+        echo(f"Report: {Path(result.report_dir) / 'report.html'}")
+    echo("The stack stays up: `reconcile local status`, `reconcile local down`; "
+         "`reconcile gate status` shows the read gate's evidence.")
