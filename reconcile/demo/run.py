@@ -230,7 +230,7 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
 
     result.timings = {st.label: round(st.seconds, 2) for st in progress.steps}
     result.timings["total"] = round(time.monotonic() - t_start, 2)
-    _summary(result, echo)
+    _summary(result, config_path, echo)
     return result
 
 
@@ -254,7 +254,7 @@ def _runner(airflow: bool, ws: Workspace, config_path: Path):
     return LibraryRunner(config_path)
 
 
-def _summary(result: DemoResult, echo: Callable[[str], None]) -> None:
+def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None]) -> None:
     rec = result.steps.get("reconcile", {})
     echo("")
     echo(f"Verdict: {result.verdict.upper()}   (total {result.timings.get('total', 0):.0f}s)")
@@ -265,10 +265,14 @@ def _summary(result: DemoResult, echo: Callable[[str], None]) -> None:
     if checks:
         echo(f"  {'expectations':<24}{checks.get('evaluated', 0) - checks.get('failed', 0)}/{checks.get('evaluated', 0)} green")
     if result.gate:
-        echo(f"  {'read gate':<24}{'ready for approval' if result.gate.get('passed') else 'not ready'}")
+        ready = result.gate.get("passed")
+        echo(f"  {'read gate':<24}{'all criteria pass: ready for approval' if ready else 'not ready'}")
+        for c in result.gate.get("criteria", []):
+            if not c.get("passed"):
+                echo(f"    - {c.get('name')}: {c.get('message')}")
     if result.injected:
         echo("  planted: " + "; ".join(p.get("description", p.get("kind", "?")) for p in result.injected))
     if result.report_dir:
         echo(f"Report: {Path(result.report_dir) / 'report.html'}")
-    echo("The stack stays up: `reconcile local status`, `reconcile local down`; "
-         "`reconcile gate status` shows the read gate's evidence.")
+    echo(f"Settings: {config_path}  (e.g. `reconcile gate status --config {config_path}`)")
+    echo("The stack stays up: `reconcile local status`, `reconcile local down`.")
