@@ -1,0 +1,317 @@
+"""Run :class:`~reconcile.checks.spec.Check` lists through Great Expectations 1.x.
+
+* One ephemeral GX context per run (nothing written but the Data Docs), analytics off, progress
+  bars off; Data Docs go to ``<report_dir>/data_docs`` when a report folder is given.
+* Databases are reached through SQLAlchemy: ``postgresql+psycopg`` for the source and a PostgreSQL
+  target, the ``auroradsql+psycopg`` dialect (``aurora-dsql-sqlalchemy``) for a DSQL target. The URL
+  GX stores carries no password: every connection is opened by a ``creator`` that calls
+  :func:`reconcile.connections.connect` (the password read from ``$password_env`` at connect time, a
+  DSQL IAM token minted per connection, secrets scrubbed from driver errors). A socket directory as
+  host becomes ``localhost`` with ``?host=<dir>`` (GX's URL check refuses an empty host).
+* SQLAlchemy's psycopg dialect looks hstore up in a SAVEPOINT on its first connection: refused by
+  DSQL, so ``use_native_hstore=False`` (what the aurora-dsql dialect does).
+* ``create_temp_table=False``: GX's SQL path then only runs read-only SELECTs (DSQL has no temporary
+  tables; the local stand-in's guards would refuse one).
+* Facts computed in Python (replay lag) run as a pandas batch.
+
+Each result is mapped back to its check through the expectation's ``meta``; exception texts are
+redacted; the Data Docs are scrubbed of anything that looks like a password after they are built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from reconcile.checks.spec import Check, suite_key
+from reconcile.config import Config, DsqlEndpoint, Endpoint, LocalEndpoint, mask_conninfo, redact
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "engine_url", "import_gx", "run_gx"]
+
+
+@dataclass
+class Outcome:
+    """The result of one check on one side (JSON-able through :meth:`to_dict`)."""
+
+    side: str
+    check: Check
+    success: bool
+    observed: Any = None
+    result: dict[str, Any] = field(default_factory=dict)
+    exception: str | None = None
+
+    @property
+    def suite(self) -> str:
+        return suite_key(self.check.suite, self.side)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"side": self.side, "suite": self.check.suite, "name": self.check.name,
+               "expectation": self.check.expectation, "asset": self.check.asset, "success": self.success,
+               "observed": self.observed, "description": self.check.description}
+        if self.exception:
+            out["exception"] = self.exception
+        return out
+
+
+def import_gx():
+    """``great_expectations``, imported on first use with analytics off (it is slow: ~2.5 s)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import great_expectations as gx
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are set-up chatter
+    return gx
+
+
+def engine_url(endpoint: Endpoint, conninfo: str | None = None) -> str:
+    """The SQLAlchemy URL GX is given: dialect, user, host, port, database; never a password.
+
+    >>> from reconcile.config import PostgresEndpoint
+    >>> engine_url(PostgresEndpoint("source", "host=/run/pg dbname=ledger user=app password=x"))
+    'postgresql+psycopg://app@localhost/ledger?host=%2Frun%2Fpg'
+    """
+    if isinstance(endpoint, DsqlEndpoint):
+        return f"auroradsql+psycopg://{quote(endpoint.user, safe='')}@{endpoint.endpoint}:{endpoint.port}/postgres"
+    from psycopg.conninfo import conninfo_to_dict
+
+    if conninfo is None:
+        conninfo = endpoint.conninfo if not isinstance(endpoint, LocalEndpoint) else ""
+    params = conninfo_to_dict(conninfo) if conninfo else {}
+    user = quote(str(params.get("user") or "postgres"), safe="")
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    query = ""
+    if host.startswith("/") or "," in host:
+        query, host = f"?host={quote(host, safe='')}", "localhost"
+    port = f":{params['port']}" if params.get("port") and "," not in str(params["port"]) else ""
+    db = quote(str(params.get("dbname") or "postgres"), safe="")
+    return f"postgresql+psycopg://{user}@{host}{port}/{db}{query}"
+
+
+def _creator(endpoint: Endpoint, local_url: Callable[[str], str] | None) -> Callable[[], Any]:
+    from reconcile.connections import connect
+
+    def create():
+        # Not autocommit: SQLAlchemy scopes each GX query in a transaction it rolls back (read-only).
+        return connect(endpoint, local_url=local_url, autocommit=False, application_name="reconcile-checks")
+
+    return create
+
+
+def _add_datasource(context, side: str, endpoint: Endpoint, local_url: Callable[[str], str] | None):
+    conninfo = local_url(side) if isinstance(endpoint, LocalEndpoint) and local_url else None
+    if isinstance(endpoint, LocalEndpoint) and conninfo is None:
+        from reconcile.local import stack
+
+        conninfo = stack.url(side, endpoint.data_dir)
+    url = engine_url(endpoint, conninfo)
+    kwargs: dict[str, Any] = {"creator": _creator(endpoint, local_url), "pool_pre_ping": True}
+    if isinstance(endpoint, DsqlEndpoint):
+        kwargs["pool_recycle"] = 3300  # under DSQL's 60-minute connection lifetime
+        return context.data_sources.add_sql(side, connection_string=url, kwargs=kwargs, create_temp_table=False)
+    # SQLAlchemy's psycopg dialect looks up hstore on its first connection inside a SAVEPOINT, which
+    # DSQL (and our DsqlConnection) refuses; the aurora-dsql dialect turns it off the same way.
+    kwargs["use_native_hstore"] = False
+    return context.data_sources.add_postgres(side, connection_string=url, kwargs=kwargs, create_temp_table=False)
+
+
+def _context(gx, report_dir: Path | None):
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    # In-memory stores and no default Data Docs site (the ephemeral default is a temporary folder).
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                               analytics_enabled=False,
+                               progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    if report_dir is not None:
+        context.add_data_docs_site("reconcile", {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(report_dir / "data_docs")},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+    return context
+
+
+def _expectation(gx, check: Check):
+    cls = getattr(gx.expectations, check.expectation)
+    return cls(**check.kwargs, description=check.description,
+               meta={"reconcile_suite": check.suite, "reconcile_check": check.name})
+
+
+def _gx_suite_name(check: Check, side: str) -> str:
+    base = check.suite if check.asset == check.suite else f"{check.suite}:{check.asset}"
+    return f"{base}@{side}"
+
+
+def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Path | None = None,
+           result_rows: int = 20, local_url: Callable[[str], str] | None = None,
+           secrets: Sequence[str | None] = ()) -> tuple[list[Outcome], str | None]:
+    """Run every side's checks; returns the outcomes (check order kept) and the Data Docs index path.
+
+    Args:
+        config: the endpoints.
+        checks: side ("source"/"target") -> the checks to run there.
+        report_dir: where ``data_docs/`` goes; None builds no Data Docs.
+        result_rows: unexpected values kept per failed expectation.
+        local_url: for local endpoints, ``role -> conninfo`` (tests); None asks the local stack.
+        secrets: values that must not appear in results or Data Docs (e.g. the source password).
+    """
+    gx = import_gx()
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _context(gx, report_dir)
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": result_rows}
+    actions = [UpdateDataDocsAction(name="data_docs", site_names=["reconcile"])] if report_dir else []
+    outcomes: dict[tuple[str, str, str], Outcome] = {}
+    order: list[tuple[str, str, str]] = []
+    sql_definitions = []
+    frame_runs: list[tuple[Any, Any]] = []
+    datasources = {}
+    pandas_ds = None
+
+    groups: dict[tuple[str, str], list[Check]] = defaultdict(list)
+    for side, side_checks in checks.items():
+        for check in side_checks:
+            key = (side, check.suite, check.name)
+            order.append(key)
+            outcomes[key] = Outcome(side, check, success=False, exception="not run")
+            groups[(side, _gx_suite_name(check, side))].append(check)
+
+    for (side, suite_name), group in groups.items():
+        first = group[0]
+        try:
+            if first.table is not None:
+                if side not in datasources:
+                    endpoint = config.source if side == "source" else config.target
+                    datasources[side] = _add_datasource(context, side, endpoint, local_url)
+                schema, _, table = first.table.partition(".")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # schema_name is deprecated in favour of the URL's
+                    asset = datasources[side].add_table_asset(suite_name, table_name=table, schema_name=schema)
+                batch = asset.add_batch_definition_whole_table("whole table")
+            else:
+                import pandas as pd
+
+                if pandas_ds is None:
+                    pandas_ds = context.data_sources.add_pandas("facts")
+                asset = pandas_ds.add_dataframe_asset(suite_name)
+                batch = asset.add_batch_definition_whole_dataframe("whole frame")
+                columns = list(first.frame[0]) if first.frame else list(first.evidence.get("columns", []))
+                frame = pd.DataFrame(list(first.frame), columns=columns)
+            suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+            for check in group:
+                suite.add_expectation(_expectation(gx, check))
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
+        except Exception as exc:  # the table is missing, the query does not parse...
+            message = _clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+            for check in group:
+                outcomes[(side, check.suite, check.name)].exception = message
+            continue
+        if first.table is not None:
+            sql_definitions.append(definition)
+        else:
+            frame_runs.append((definition, frame))
+
+    try:
+        runs = []
+        if sql_definitions:
+            runs.append((gx.Checkpoint(name="reconcile-sql", validation_definitions=sql_definitions,
+                                       actions=actions, result_format=result_format), None))
+        for i, (definition, frame) in enumerate(frame_runs):
+            runs.append((gx.Checkpoint(name=f"reconcile-facts-{i}", validation_definitions=[definition],
+                                       actions=actions, result_format=result_format), {"dataframe": frame}))
+        for checkpoint, params in runs:
+            checkpoint = context.checkpoints.add(checkpoint)
+            result = checkpoint.run(batch_parameters=params) if params else checkpoint.run()
+            for validation in result.run_results.values():
+                side = validation.suite_name.rsplit("@", 1)[1]
+                for r in validation.results:
+                    meta = r.expectation_config.meta or {}
+                    key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
+                    if key in outcomes:
+                        _fill(outcomes[key], r, secrets)
+    finally:
+        for ds in datasources.values():
+            try:
+                ds.get_execution_engine().engine.dispose()
+                ds.get_engine().dispose()
+            except Exception:  # pragma: no cover - best effort
+                pass
+    docs = None
+    if report_dir is not None and (report_dir / "data_docs" / "index.html").exists():
+        _scrub(report_dir / "data_docs", secrets)
+        docs = str(report_dir / "data_docs" / "index.html")
+    return [outcomes[k] for k in order], docs
+
+
+def _fill(outcome: Outcome, r, secrets: Sequence[str | None]) -> None:
+    info = r.exception_info or {}
+    message = _exception_message(info)
+    result = r.result or {}
+    outcome.success = bool(r.success) and message is None
+    outcome.exception = _clean(message, secrets) if message else None
+    observed = result.get("observed_value")
+    if observed is None and "unexpected_count" in result:
+        observed = {"unexpected_count": result.get("unexpected_count"),
+                    "element_count": result.get("element_count"),
+                    "partial_unexpected_list": result.get("partial_unexpected_list", [])}
+    outcome.observed = _jsonable(observed)
+    outcome.result = _jsonable(result)
+
+
+def _exception_message(info: dict) -> str | None:
+    if info.get("raised_exception"):
+        return info.get("exception_message") or "the expectation raised an error"
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return value.get("exception_message") or "a metric raised an error"
+    return None
+
+
+def _clean(message: str, secrets: Sequence[str | None]) -> str:
+    text = " ".join(redact(message, secrets).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    import datetime as dt
+    from decimal import Decimal
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)  # exact: money never becomes a float
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    return str(value)
+
+
+def _scrub(folder: Path, secrets: Sequence[str | None]) -> None:
+    """Rewrite any Data Docs file that quotes a password or token (none should; GX holds no secret)."""
+    for path in folder.rglob("*"):
+        if path.suffix not in (".html", ".json", ".js") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        clean = redact(text, secrets) if any(secrets) else mask_conninfo(text)
+        if clean != text:
+            path.write_text(clean, encoding="utf-8")
