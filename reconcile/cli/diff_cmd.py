@@ -1,7 +1,116 @@
-"""`reconcile diff ...`: Compare source and target: entry-level diffs, balance diffs and reports."""
+"""`reconcile diff ...`: compare source and target: entry-level diffs, balance diffs and reports.
+
+``reconcile diff`` runs a whole diff (every configured table, then the balances) and writes the
+report folder. Results go to stdout (text, or ``--json``), logs to stderr. Exit codes: 0 green
+(no persistent mismatch, no balance difference), 1 red, 2 an error.
+``reconcile diff show [RUN_ID]`` lists past runs, or one run's tables and findings.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-app = typer.Typer(help="Compare source and target: entry-level diffs, balance diffs and reports.", no_args_is_help=True)
+from ._common import CONFIG_OPTION, load, run_app
+
+app = typer.Typer(help="Compare source and target: entry-level diffs, balance diffs and reports.",
+                  invoke_without_command=True)
+
+TABLE_OPTION = typer.Option(None, "--table", "-t", envvar="RECONCILE_DIFF_TABLES",
+                            help="Table to compare (schema.table); repeat for several. Default: every configured table.")
+REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR",
+                                 help="Parent folder of the run's report folder (default: [diff] report_dir).")
+LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WAIT",
+                               help="Seconds to wait for the replay watermark before re-checking (default: [diff] lag_wait_seconds).")
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+def _text(summary: dict) -> str:
+    lines = [f"diff {summary['verdict'].upper()}: {summary['persistent_mismatches']:,} persistent mismatches, "
+             f"{summary['balance_differences']:,} balance differences, {summary['in_flight']:,} in flight "
+             f"(run {summary['run_id']}, start LSN {summary['start_lsn']}, {summary['duration_seconds']:.1f} s)"]
+    for name, t in summary["tables"].items():
+        lines.append(f"  {name:<28} {t['status']:<6} missing {t['missing']:,}  extra {t['extra']:,}  "
+                     f"changed {t['changed']:,}  in flight {t['in_flight']:,}")
+    for name, err in (summary.get("errors") or {}).items():
+        lines.append(f"  error {name}: {err}")
+    lines.append(f"report: {summary['report_dir']}/report.html")
+    return "\n".join(lines)
+
+
+@app.callback(invoke_without_command=True)
+def diff(
+    ctx: typer.Context,
+    table: Optional[list[str]] = TABLE_OPTION,
+    report_dir: Optional[Path] = REPORT_DIR_OPTION,
+    lag_wait: Optional[float] = LAG_WAIT_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Compare every configured table (or --table) and the balances; exit 0 green, 1 red."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from reconcile.diff import run_diff
+
+    cfg = load(config)
+    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait)
+    summary = result.to_dict()
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))
+    raise typer.Exit(0 if result.verdict == "green" else 1)
+
+
+@app.command("show")
+def show_cmd(
+    run_id: Optional[str] = typer.Argument(None, help="A run to show in detail; default: list recent runs."),
+    limit: int = typer.Option(20, "--limit", help="Runs (or findings) to list."),
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List recent diff runs, or one run's summary and findings."""
+    from reconcile.connections import connect
+    from reconcile.diff import store
+
+    cfg = load(config)
+    with connect(cfg.target) as conn:
+        if run_id is None:
+            runs = store.list_runs(conn, limit=limit)
+            if as_json:
+                typer.echo(json.dumps(runs, indent=2, ensure_ascii=False))
+                return
+            if not runs:
+                typer.echo("no diff runs yet; run `reconcile diff`")
+            for r in runs:
+                s = r["summary"] or {}
+                typer.echo(f"{r['run_id']}  {r['status']:<7} {r['started_at']}  "
+                           f"mismatches {s.get('persistent_mismatches', '-')}  balances {s.get('balance_differences', '-')}  "
+                           f"in flight {s.get('in_flight', '-')}")
+            return
+        run = store.get_run(conn, run_id)
+        if run is None:
+            from reconcile.diff.errors import RunNotFound
+            raise RunNotFound(f"no diff run {run_id}; list runs with `reconcile diff show`")
+        found = store.load_findings(conn, run_id, limit=limit)
+    if as_json:
+        typer.echo(json.dumps({"run_id": run_id, "status": run["status"], "summary": run["summary"],
+                               "findings": found}, indent=2, ensure_ascii=False, default=str))
+        return
+    if run["summary"]:
+        typer.echo(_text(run["summary"]))
+    else:
+        typer.echo(f"run {run_id}: {run['status']} (not finished)")
+    for f in found:
+        extra = f" columns {','.join(f['columns'])}" if f["columns"] else ""
+        money = f" delta {f['money_delta']} {f['currency'] or ''}" if f["money_delta"] not in (None, "0") else ""
+        typer.echo(f"  {f['table']} {f['kind']} key {json.dumps(f['key'], ensure_ascii=False)}{extra}{money}")
+
+
+def main() -> None:
+    """Run this group alone, as the console script would."""
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

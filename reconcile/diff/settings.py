@@ -8,7 +8,75 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reconcile.config import InvalidSetting
+
+_S = "diff"
+
 
 @dataclass(frozen=True)
 class DiffSettings:
-    """Settings of the diff stage."""
+    """Settings of the diff stage (entry-level diffs, balance diffs, reports)."""
+
+    segment_rows: int = 200_000
+    """Rows one checksum query covers at most (keeps each query far under DSQL's 128 MiB and 5 min)."""
+    bucket_rows: int = 2_000
+    """Rows per checksum bucket inside a segment: a mismatching bucket is the unit that gets bisected."""
+    bisection_factor: int = 16
+    """Sub-buckets a mismatching bucket is split into when it is too large to fetch."""
+    fetch_threshold: int = 5_000
+    """A mismatching bucket with at most this many rows per side is fetched as (key, row hash) pairs."""
+    precheck: bool = True
+    """Checksum each segment as a whole first and bucket it only when it differs (fastest when tables
+    mostly match; off saves one scan per segment when most segments differ)."""
+    workers: int = 2
+    """Segments checksummed at once (each worker has one source and one target connection)."""
+    lag_wait_seconds: float = 60.0
+    """How long a lag-aware re-check waits for the replay watermark to pass its LSN."""
+    recheck_rounds: int = 3
+    """Re-checks of a candidate mismatch (each after the watermark passes a fresh source LSN)."""
+    poll_seconds: float = 0.5
+    """How often the watermark is polled while waiting."""
+    max_findings: int = 10_000
+    """Findings stored per table (counts stay exact beyond it)."""
+    balances: bool = True
+    """Run the balance diff (needs tables with the accounts and entries roles)."""
+    balance_sql: str | None = None
+    """Per-side balance rule: SQL returning (account, currency, stored, computed) for every account;
+    ``{accounts}`` and ``{entries}`` are replaced by the quoted table names. None = the double-entry
+    default (stored balance vs sum of the account's entries)."""
+    date_column: str = "posted_at"
+    """Timestamp column of the entries table that daily totals group by (skipped when absent)."""
+    report_dir: str = "reports/diff"
+    """Folder under which each run writes its report folder (``<report_dir>/<run_id>/``)."""
+    s3_uri: str | None = None
+    """When set (``s3://bucket/prefix``), each report folder is also uploaded there."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("segment_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),
+                          ("fetch_threshold", 10), ("workers", 1), ("recheck_rounds", 1),
+                          ("max_findings", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidSetting(_S, name, f"must be a whole number of at least {low}, got {value!r}",
+                                     f"use the default {getattr(DiffSettings, name)}")
+        if self.bucket_rows > self.segment_rows:
+            raise InvalidSetting(_S, "bucket_rows", f"({self.bucket_rows}) exceeds segment_rows ({self.segment_rows})",
+                                 "lower bucket_rows or raise segment_rows")
+        for name in ("lag_wait_seconds", "poll_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidSetting(_S, name, f"must be a number of seconds >= 0, got {value!r}",
+                                     f"use the default {getattr(DiffSettings, name)}")
+            object.__setattr__(self, name, float(value))
+        if self.poll_seconds <= 0:
+            raise InvalidSetting(_S, "poll_seconds", "must be greater than 0", "use the default 0.5")
+        if self.balance_sql is not None and ("{accounts}" not in self.balance_sql
+                                             and "{entries}" not in self.balance_sql):
+            raise InvalidSetting(_S, "balance_sql", "names neither {accounts} nor {entries}",
+                                 "write the rule against {accounts} and {entries}, or remove it for the default")
+        if not isinstance(self.report_dir, str) or not self.report_dir.strip():
+            raise InvalidSetting(_S, "report_dir", "is empty", 'give a folder, e.g. report_dir = "reports/diff"')
+        if self.s3_uri is not None and (not isinstance(self.s3_uri, str) or not self.s3_uri.startswith("s3://")
+                                        or len(self.s3_uri) <= 5):
+            raise InvalidSetting(_S, "s3_uri", f"must look like s3://bucket/prefix, got {self.s3_uri!r}",
+                                 "fix the URI or remove s3_uri")

@@ -1,0 +1,85 @@
+"""Lag awareness: the replay watermark, and re-checks of candidate mismatches after it passes.
+
+Contract (see :mod:`reconcile.control.migrations` and ``replay_tables``): ``reconcile.replay_state``
+holds, per slot, ``last_commit_lsn`` (the last source commit applied on the target, written in the
+same target transaction) and ``caught_up_lsn`` (a source WAL position the replayer has read
+through with nothing left to apply). The target holds every source transaction committed before
+``max(last_commit_lsn, caught_up_lsn)``; LSNs compare as integers, ``'X/Y'`` -> ``(X << 32) + Y``.
+
+A re-check round: take the source's current LSN ``L``; wait (bounded) until the watermark reaches
+``L``; read the candidate rows on the target, then on the source; compare. Rows equal now were in
+flight; rows still different go to the next round (a hot row may have changed again between the
+two reads). What still differs after ``recheck_rounds`` rounds is persistent: a finding. With no
+``replay_state`` row for the slot (no replay running), the comparison is static: no re-check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+DEFAULT_SLOT = "reconcile"
+
+
+def lsn_int(lsn: str | None) -> int | None:
+    """``'16/B374D848'`` -> ``(0x16 << 32) + 0xB374D848``; None stays None.
+
+    >>> lsn_int("1/0"), lsn_int("0/10")
+    (4294967296, 16)
+    """
+    if lsn is None or lsn == "":
+        return None
+    hi, _, lo = str(lsn).partition("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
+
+
+def slot_name(config: Any) -> str:
+    """The replay slot the diff follows: ``[replay] slot_name``, default ``reconcile``."""
+    return getattr(getattr(config, "replay", None), "slot_name", None) or DEFAULT_SLOT
+
+
+def current_lsn(source: psycopg.Connection) -> str:
+    return str(source.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+
+
+def watermark(target: psycopg.Connection, slot: str) -> int | None:
+    """The replay watermark of ``slot`` as an integer, or None when no replay has written one."""
+    has_caught_up = target.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'reconcile' "
+        "AND table_name = 'replay_state' AND column_name = 'caught_up_lsn')").fetchone()[0]
+    exists = target.execute("SELECT to_regclass('reconcile.replay_state') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return None
+    cols = "last_commit_lsn, caught_up_lsn" if has_caught_up else "last_commit_lsn, NULL"
+    row = target.execute(f"SELECT {cols} FROM reconcile.replay_state WHERE slot_name = %s",  # noqa: S608
+                         (slot,)).fetchone()
+    if row is None:
+        return None
+    values = [v for v in (lsn_int(row[0]), lsn_int(row[1])) if v is not None]
+    return max(values) if values else None
+
+
+@dataclass
+class Waiter:
+    """Waits for the watermark to reach an LSN, within one overall deadline."""
+
+    read: Callable[[], int | None]
+    deadline: float
+    poll: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def wait(self, lsn: int) -> bool:
+        """True once the watermark is at or past ``lsn``; False when the deadline passes first."""
+        while True:
+            mark = self.read()
+            if mark is not None and mark >= lsn:
+                return True
+            remaining = self.deadline - self.clock()
+            if remaining <= 0:
+                return False
+            self.sleep(min(self.poll, remaining))

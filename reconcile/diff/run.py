@@ -1,0 +1,339 @@
+"""A diff run: start, one task per table, the balance diff, then the verdict and the reports.
+
+The steps hand off through the control schema only, so an Airflow DAG can map :func:`diff_table`
+over the tables in separate tasks, and any step can be killed and run again:
+
+* :func:`start_diff` records the source's ``pg_current_wal_lsn()`` (the diff's start LSN) and a
+  ``reconcile.runs`` row (kind ``diff``, status ``running``, settings JSON);
+* :func:`diff_table` finds candidate mismatches (:mod:`reconcile.diff.hashdiff`), confirms them
+  exactly in Python, re-checks them after the replay watermark passes (:mod:`reconcile.diff.lag`)
+  and stores per-table counts and findings (``diff_results``, ``diff_findings``);
+* :func:`diff_balances` does the same for the money (:mod:`reconcile.diff.balances`);
+* :func:`finish_diff` sets the verdict, writes the report folder (:mod:`reconcile.report`) and
+  closes the run with status ``green``, ``red`` (or ``error`` when a table could not be
+  compared) and the summary JSON of the shared contract: ``verdict``, ``persistent_mismatches``,
+  ``balance_differences``, ``in_flight``, ``start_lsn``, ``tables {name: {status, missing, extra,
+  changed, in_flight, rows_source, rows_target}}``, ``report_dir``, ``duration_seconds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from reconcile.diff import balances as bal
+from reconcile.diff import hashdiff, lag, store
+from reconcile.diff.compare import KINDS, Finding, compare_rows
+from reconcile.diff.errors import DiffError, RunNotFound
+from reconcile.diff.side import Pair, Side
+from reconcile.errors import ReconcileError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiffResult:
+    """The outcome of a diff run."""
+
+    run_id: str
+    verdict: str
+    report_dir: str | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.summary)
+
+
+def _connect(endpoint: Any) -> psycopg.Connection:
+    from reconcile.connections import connect
+    return connect(endpoint)
+
+
+def _dialect(config: Any) -> str:
+    return "dsql" if getattr(config.target, "kind", "") == "dsql" else "postgres"
+
+
+def _settings(config: Any) -> Any:
+    return config.diff
+
+
+def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None,
+               lag_wait_seconds: float | None = None) -> str:
+    """Open a diff run; returns its run_id.
+
+    Args:
+        config: the resolved configuration.
+        tables: names of the tables to compare (default every configured table).
+        lag_wait_seconds: overrides ``[diff] lag_wait_seconds`` for this run.
+
+    Raises:
+        ConfigError: a named table is not configured.
+    """
+    from reconcile.control import migrate
+
+    names = [config.table(t).name for t in tables] if tables else [t.name for t in config.tables]
+    settings = _settings(config)
+    wait = settings.lag_wait_seconds if lag_wait_seconds is None else float(lag_wait_seconds)
+    with _connect(config.source) as src:
+        start_lsn = lag.current_lsn(src)
+    run_id = store.new_run_id()
+    with _connect(config.target) as tgt:
+        migrate(tgt, dialect=_dialect(config), policy=store.policy_of(config))
+        store.insert_run(tgt, run_id, {
+            "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
+            "lag_wait_seconds": wait, "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
+            "source": config.source.describe(), "target": config.target.describe(),
+        }, store.policy_of(config))
+    log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
+    return run_id
+
+
+def _run_settings(conn: psycopg.Connection, run_id: str) -> dict:
+    run = store.get_run(conn, run_id)
+    if run is None or run["kind"] != "diff":
+        raise RunNotFound(f"no diff run {run_id} in reconcile.runs; start one with start_diff (or `reconcile diff`)")
+    return run
+
+
+def _shape(pair: Pair, spec: Any) -> hashdiff.TableShape:
+    src_cols, tgt_cols = pair.both(lambda s: s.columns(spec.schema, spec.table))
+    if not src_cols:
+        raise DiffError(f"table {spec.name} does not exist on the source; fix [[tables]] or the source schema")
+    if not tgt_cols:
+        raise DiffError(f"table {spec.name} does not exist on the target; create it (reconcile schema apply) first")
+    tgt_by = {c.name: c for c in tgt_cols}
+    src_by = {c.name: c for c in src_cols}
+    common = [c for c in src_cols if c.name in tgt_by]
+    missing_key = [k for k in spec.key if k not in src_by or k not in tgt_by]
+    if missing_key:
+        raise DiffError(f"key column(s) {missing_key} of {spec.name} are missing on one side; fix the key in [[tables]]")
+    from psycopg import sql
+    return hashdiff.TableShape(
+        spec.name, sql.Identifier(spec.schema, spec.table), tuple(src_by[k] for k in spec.key), tuple(common),
+        tuple(tgt_by[c.name] for c in common),
+        tuple(c.name for c in src_cols if c.name not in tgt_by), tuple(c.name for c in tgt_cols if c.name not in src_by))
+
+
+def _pair(config: Any) -> Pair:
+    settings = _settings(config)
+    return Pair(Side("source", lambda: _connect(config.source)), Side("target", lambda: _connect(config.target)),
+                workers=settings.workers)
+
+
+def _waiter(config: Any, run: dict, pair: Pair) -> lag.Waiter | None:
+    """A watermark waiter when a replay writes a watermark for the slot, else None (static diff)."""
+    slot = run["settings"].get("slot_name") or lag.slot_name(config)
+    if lag.watermark(pair.target.conn(), slot) is None:
+        return None
+    wait = float(run["settings"].get("lag_wait_seconds", _settings(config).lag_wait_seconds))
+    return lag.Waiter(lambda: lag.watermark(pair.target.conn(), slot), time.monotonic() + wait,
+                      poll=_settings(config).poll_seconds)
+
+
+def _recheck(pair: Pair, waiter: lag.Waiter, rounds: int, findings: list[Finding],
+             redo: Any) -> tuple[list[Finding], int, bool]:
+    """Re-read candidates after the watermark passes a fresh source LSN; (persistent, in_flight, passed)."""
+    first = len(findings)
+    passed = True
+    for _ in range(rounds):
+        if not findings:
+            break
+        target_lsn = lag.lsn_int(lag.current_lsn(pair.source.conn()))
+        passed = waiter.wait(target_lsn or 0)
+        findings = redo(findings)
+        if not passed:
+            break
+    return findings, first - len(findings), passed
+
+
+def diff_table(config: Any, run_id: str, table_name: str) -> dict:
+    """Compare one table of a run and store its findings; returns the table's counts.
+
+    Returns:
+        ``{"table", "status", "missing", "extra", "changed", "in_flight", "rows_source",
+        "rows_target", "queries", "duration_ms"}`` (status ``green``, ``red`` or ``error``).
+    """
+    settings = _settings(config)
+    spec = config.table(table_name)
+    t0 = time.monotonic()
+    with _connect(config.target) as control:
+        run = _run_settings(control, run_id)
+        pair = _pair(config)
+        details: dict[str, Any] = {}
+        try:
+            shape = _shape(pair, spec)
+            details = {"columns": [c.name for c in shape.source_columns], "only_source": list(shape.only_source),
+                       "only_target": list(shape.only_target), "key": list(spec.key)}
+            cands = hashdiff.candidates(pair, shape, settings)
+            money = spec.amount_column or spec.balance_column
+            names, key_names = shape.names, [c.name for c in shape.key]
+
+            def resolve(keys: list[tuple]) -> list[Finding]:
+                tgt = hashdiff.fetch_rows(pair.target, shape, keys)
+                src = hashdiff.fetch_rows(pair.source, shape, keys)
+                return compare_rows(spec.name, names, key_names, src, tgt, keys, money_column=money,
+                                    currency_column=spec.currency_column)
+
+            findings = resolve(cands.keys())
+            in_flight, passed = 0, True
+            waiter = _waiter(config, run, pair) if findings else None
+            if waiter is not None:
+                findings, in_flight, passed = _recheck(
+                    pair, waiter, settings.recheck_rounds, findings,
+                    lambda fs: resolve([f.raw_key for f in fs if f.raw_key is not None]))
+            details.update(lag_aware=waiter is not None, watermark_passed=passed,
+                           candidates=len(cands), buckets_fetched=cands.buckets_fetched, segments=cands.segments,
+                           shown_findings=min(len(findings), settings.max_findings))
+            counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
+            result = {"table": spec.name, "status": "red" if findings else "green",
+                      "missing": counts["missing_in_target"], "extra": counts["extra_in_target"],
+                      "changed": counts["changed"], "in_flight": in_flight, "rows_source": cands.rows_source,
+                      "rows_target": cands.rows_target, "queries": pair.queries}
+            stored = findings[:settings.max_findings]
+        except (ReconcileError, psycopg.Error) as exc:
+            result = {"table": spec.name, "status": "error", "error": str(exc).splitlines()[0], "missing": 0, "extra": 0, "changed": 0,
+                      "in_flight": 0, "rows_source": None, "rows_target": None, "queries": pair.queries}
+            stored = []
+        finally:
+            pair.close()
+        result["duration_ms"] = int((time.monotonic() - t0) * 1000)
+        result["details"] = details
+        store.save_table(control, run_id, spec.name, result, stored, budget=store.budget_of(config),
+                         policy=store.policy_of(config))
+    log.info("diff %s %s: %s", run_id, spec.name, {k: result[k] for k in ("status", "missing", "extra", "changed",
+                                                                          "in_flight")})
+    return {k: v for k, v in result.items() if k != "details"}
+
+
+def diff_balances(config: Any, run_id: str) -> dict:
+    """Compare the money of both sides (see :mod:`reconcile.diff.balances`) and store the findings.
+
+    Returns:
+        ``{"status", "balance_differences", "in_flight", "by_kind", "duration_ms"}``; status
+        ``skipped`` when no accounts + entries tables are configured or ``[diff] balances`` is off.
+    """
+    settings = _settings(config)
+    t0 = time.monotonic()
+    layout = bal.layout_of(config)
+    with _connect(config.target) as control:
+        run = _run_settings(control, run_id)
+        if layout is None or not settings.balances:
+            result = {"status": "skipped", "balance_differences": 0, "in_flight": 0, "by_kind": {}}
+            findings: list[Finding] = []
+            details: dict[str, Any] = {"reason": "no accounts and entries tables" if layout is None else "balances off"}
+        else:
+            pair = _pair(config)
+            try:
+                def read(side: str) -> bal.Snapshot:
+                    s = pair.source if side == "source" else pair.target
+                    return bal.read_snapshot(s.conn(), layout, set_isolation=side == "source")
+
+                src, tgt = bal.diff_snapshots(read)
+                cross = bal.cross_findings(src, tgt)
+                in_flight, passed = 0, True
+                waiter = _waiter(config, run, pair) if cross else None
+                if waiter is not None:
+                    def redo(_: list[Finding]) -> list[Finding]:
+                        nonlocal src, tgt
+                        src, tgt = bal.diff_snapshots(read)
+                        return bal.cross_findings(src, tgt)
+                    cross, in_flight, passed = _recheck(pair, waiter, settings.recheck_rounds, cross, redo)
+                    in_flight = max(0, in_flight)
+                findings = bal.per_side_findings("source", src) + bal.per_side_findings("target", tgt) + cross
+                by_kind: dict[str, int] = {}
+                for f in findings:
+                    by_kind[f.kind] = by_kind.get(f.kind, 0) + 1
+                result = {"status": "red" if findings else "green", "balance_differences": len(findings),
+                          "in_flight": in_flight, "by_kind": by_kind}
+                details = {"lag_aware": waiter is not None, "watermark_passed": passed, "by_kind": by_kind,
+                           **bal.tables_for_report(src, tgt)}
+            except (psycopg.Error, ReconcileError) as exc:
+                result = {"status": "error", "balance_differences": 0, "in_flight": 0, "by_kind": {},
+                          "error": str(exc).splitlines()[0]}
+                findings, details = [], {}
+            finally:
+                pair.close()
+        result["duration_ms"] = int((time.monotonic() - t0) * 1000)
+        row = {"status": result["status"], "missing": 0, "extra": 0, "changed": result["balance_differences"],
+               "in_flight": result["in_flight"], "duration_ms": result["duration_ms"], "error": result.get("error"),
+               "details": details}
+        store.save_table(control, run_id, store.BALANCES, row, findings[:settings.max_findings],
+                         budget=store.budget_of(config), policy=store.policy_of(config))
+    return result
+
+
+def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = None) -> DiffResult:
+    """Set the verdict, write the reports and close the run.
+
+    Args:
+        config: the resolved configuration.
+        run_id: the run from :func:`start_diff`.
+        report_dir: parent folder of the report folder (default ``[diff] report_dir``); the
+            reports go to ``<report_dir>/<run_id>/``.
+    """
+    from reconcile import report
+
+    settings = _settings(config)
+    with _connect(config.target) as control:
+        run = _run_settings(control, run_id)
+        results = store.load_results(control, run_id)
+        findings = store.load_findings(control, run_id, limit=settings.max_findings)
+        by_table = {r["table"]: r for r in results}
+        tables: dict[str, dict] = {}
+        errors: dict[str, str] = {}
+        for name in run["settings"].get("tables", []):
+            r = by_table.get(name)
+            if r is None:
+                errors[name] = "not compared (diff_table did not run for it)"
+                tables[name] = {"status": "error", "missing": 0, "extra": 0, "changed": 0, "in_flight": 0,
+                                "rows_source": None, "rows_target": None}
+                continue
+            if r["error"]:
+                errors[name] = r["error"]
+            tables[name] = {k: r[k] for k in ("status", "missing", "extra", "changed", "in_flight", "rows_source",
+                                              "rows_target")}
+        balances = by_table.get(store.BALANCES)
+        if balances is not None and balances["error"]:
+            errors["balances"] = balances["error"]
+        persistent = sum(t["missing"] + t["extra"] + t["changed"] for t in tables.values())
+        balance_diffs = balances["changed"] if balances else 0
+        in_flight = sum(t["in_flight"] for t in tables.values()) + (balances["in_flight"] if balances else 0)
+        verdict = "green" if persistent == 0 and balance_diffs == 0 and not errors else "red"
+        status = "error" if errors else verdict
+        now = control.execute("SELECT now()").fetchone()[0]
+        duration = (now - run["started_at"]).total_seconds()
+        parent = Path(report_dir if report_dir is not None else settings.report_dir)
+        folder = parent / run_id
+        summary = {
+            "verdict": verdict, "persistent_mismatches": persistent, "balance_differences": balance_diffs,
+            "in_flight": in_flight, "start_lsn": run["settings"].get("start_lsn"), "tables": tables,
+            "report_dir": str(folder), "duration_seconds": round(duration, 3),
+            "run_id": run_id, "status": status, "errors": errors,
+        }
+        context = {"summary": summary, "results": results, "findings": findings, "run": {
+            "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
+            "settings": run["settings"]}, "balances": balances}
+        report.write_all(folder, context)
+        if settings.s3_uri:
+            summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
+        store.finish_run(control, run_id, status, summary, store.policy_of(config))
+    return DiffResult(run_id, verdict, str(folder), summary)
+
+
+def run_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None, report_dir: str | Path | None = None,
+             lag_wait_seconds: float | None = None) -> DiffResult:
+    """Start a run, diff every table, diff the balances and finish (the whole run in one call)."""
+    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds)
+    with _connect(config.target) as control:
+        names = _run_settings(control, run_id)["settings"]["tables"]
+    for name in names:
+        diff_table(config, run_id, name)
+    if not tables or any(config.table(t).role in ("accounts", "entries") for t in tables):
+        diff_balances(config, run_id)
+    return finish_diff(config, run_id, report_dir=report_dir)

@@ -1,0 +1,116 @@
+"""The two ends of a diff: thread-local connections, session settings, concurrent queries.
+
+A :class:`Side` hands each thread its own autocommit connection (psycopg connections are not
+shared between threads), set up so that values print the same on both servers: ``TimeZone=UTC``,
+``DateStyle=ISO``, ``IntervalStyle=postgres``, ``extra_float_digits=1`` (shortest exact floats).
+A :class:`Pair` runs one query on each side at the same time: the source query in the calling
+thread, the target query in a small pool, so a segment costs the slower side, not the sum.
+
+Reads only: the diff never writes through these connections (control-table writes go through
+:mod:`reconcile.diff.store` and the OCC retry helper).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reconcile.diff.sqlgen import Column, kind_of
+
+SESSION = ("SET TimeZone TO 'UTC'", "SET DateStyle TO 'ISO, MDY'", "SET IntervalStyle TO 'postgres'",
+           "SET extra_float_digits TO 1")
+
+
+class Side:
+    """One server (``name`` is "source" or "target"): per-thread connections from ``factory``."""
+
+    def __init__(self, name: str, factory: Callable[[], psycopg.Connection]) -> None:
+        self.name = name
+        self.factory = factory
+        self._local = threading.local()
+        self._all: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self.queries = 0
+
+    def conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.factory()
+            if not conn.autocommit:
+                conn.autocommit = True
+            for stmt in SESSION:
+                conn.execute(stmt)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def fetch(self, query: sql.Composable, params: Any = None, *, binary: bool = False) -> list[tuple]:
+        with self._lock:
+            self.queries += 1
+        return self.conn().execute(query, params, binary=binary).fetchall()
+
+    def one(self, query: Any, params: Any = None) -> tuple | None:
+        return self.conn().execute(query, params).fetchone()
+
+    def columns(self, schema: str, table: str) -> list[Column]:
+        """The table's columns in order (empty when the table does not exist)."""
+        rows = self.fetch(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
+            "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (schema, table))
+        return [Column(name, kind_of(type_name), type_name) for name, type_name in rows]
+
+    def estimate_rows(self, schema: str, table: str) -> float | None:
+        row = self.one("SELECT c.reltuples FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+        if row is None or row[0] is None or row[0] < 0:
+            return None
+        return float(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # closing must not hide the real error
+                pass
+
+
+class Pair:
+    """Source and target, queried concurrently."""
+
+    def __init__(self, source: Side, target: Side, *, workers: int = 2) -> None:
+        self.source, self.target = source, target
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="diff-target")
+
+    def both(self, fn: Callable[[Side], Any]) -> tuple[Any, Any]:
+        """``(fn(source), fn(target))``, the two running at the same time."""
+        future = self._pool.submit(fn, self.target)
+        try:
+            src = fn(self.source)
+        finally:
+            tgt = future.result()
+        return src, tgt
+
+    @property
+    def queries(self) -> int:
+        return self.source.queries + self.target.queries
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.source.close()
+        self.target.close()
+
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
