@@ -27,7 +27,7 @@ REPORT_OPTION = typer.Option(None, "--report-dir", "-r", envvar="RECONCILE_CHECK
                              help="Folder for the GX Data Docs (written to <folder>/data_docs).")
 SUITE_OPTION = typer.Option(None, "--suite", envvar="RECONCILE_CHECK_SUITES",
                             help="Suite kind to run (ledger, generated, parity, freshness); repeat for several. "
-                                 "Default: [checks] suites.")
+                                 "Default: checks.suites in the config.")
 JSON_OPTION = typer.Option(False, "--json", help="Print the run summary and every result as JSON on stdout.")
 
 

@@ -22,9 +22,9 @@ app = typer.Typer(help="Compare source and target: entry-level diffs, balance di
 TABLE_OPTION = typer.Option(None, "--table", "-t", envvar="RECONCILE_DIFF_TABLES",
                             help="Table to compare (schema.table); repeat for several. Default: every configured table.")
 REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR",
-                                 help="Parent folder of the run's report folder (default: [diff] report_dir).")
+                                 help="Parent folder of the run's report folder (default: diff.report_dir in the config).")
 LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WAIT",
-                               help="Seconds to wait for the replay watermark before re-checking (default: [diff] lag_wait_seconds).")
+                               help="Seconds to wait for the replay watermark before re-checking (default: diff.lag_wait_seconds in the config).")
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
 
