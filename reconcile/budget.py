@@ -47,6 +47,13 @@ EXPRESSION_KEY_BYTES = 64
 DEFAULT_VARLENA_BYTES = 64
 
 
+def budget_from(config) -> Budget:
+    """The transaction budget of a config's ``[budget]`` section (a :class:`reconcile.config.Config`)."""
+    b = config.budget
+    return Budget(max_rows=b.max_rows, max_bytes=b.max_bytes, fraction=b.fraction,
+                  count_index_tuples=b.count_index_tuples)
+
+
 def _fmt_bytes(n: float) -> str:
     if n >= MiB:
         return f"{n / MiB:.2f} MiB"

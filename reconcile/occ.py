@@ -190,6 +190,12 @@ _SESSION_GONE = frozenset({"57P01", "57P02", "57P03"})
 _THROTTLED = frozenset({"53300", "53400"})
 
 
+def policy_from(config) -> RetryPolicy:
+    """The retry policy of a config's ``[retry]`` section (a :class:`reconcile.config.Config`)."""
+    r = config.retry
+    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
+
+
 def _primary_message(exc: BaseException) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None

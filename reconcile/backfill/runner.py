@@ -29,11 +29,11 @@ from reconcile.backfill.pacing import Throttle
 from reconcile.backfill.plan import plan_boundaries, select_range
 from reconcile.backfill.progress import BackfillSummary, Progress, TableSummary
 from reconcile.backfill.replay import SlotInfo, assert_replay_ready
-from reconcile.budget import Budget
+from reconcile.budget import Budget, budget_from
 from reconcile.config import Config, DsqlEndpoint, TableSpec
 from reconcile.control import migrate
 from reconcile.errors import ConfigError
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy
+from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from
 
 log = logging.getLogger("reconcile.backfill")
 
@@ -57,17 +57,6 @@ def _source_session(factory: ConnectionFactory) -> ConnectionFactory:
     return open_source
 
 
-def budget_from(config: Config) -> Budget:
-    """The transaction budget of a config's ``[budget]`` section."""
-    b = config.budget
-    return Budget(max_rows=b.max_rows, max_bytes=b.max_bytes, fraction=b.fraction,
-                  count_index_tuples=b.count_index_tuples)
-
-
-def policy_from(config: Config) -> RetryPolicy:
-    """The retry policy of a config's ``[retry]`` section."""
-    r = config.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
 
 
 class Backfill:

@@ -133,7 +133,8 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
     from reconcile.checks.gxrun import run_gx
     from reconcile.connections import connect
     from reconcile.control import migrate
-    from reconcile.occ import RetryCounters
+    from reconcile.budget import budget_from
+    from reconcile.occ import RetryCounters, policy_from
 
     sides = tuple(dict.fromkeys(sides))
     if not sides or any(s not in SIDES for s in sides):
@@ -145,7 +146,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         raise ConfigError(f"unknown suite(s) {', '.join(unknown)}; use some of {', '.join(SUITE_KINDS)}")
     report = Path(report_dir) if report_dir is not None else None
     started = time.perf_counter()
-    policy, budget, counters = store.policy_of(config), store.budget_of(config), RetryCounters()
+    policy, budget, counters = policy_from(config), budget_from(config), RetryCounters()
     secrets = _secrets(config)
     dialect = "dsql" if config.target.kind == "dsql" else "postgres"
     with connect(config.target, local_url=local_url) as target:

@@ -17,11 +17,10 @@ from psycopg import sql
 
 from reconcile.budget import Budget
 from reconcile.checks.gxrun import Outcome
-from reconcile.config import Config
 from reconcile.control import ident
 from reconcile.occ import RetryCounters, RetryPolicy, run_with_retry
 
-__all__ = ["acknowledge", "budget_of", "finish_run", "load_results", "policy_of", "start_run", "store_results"]
+__all__ = ["acknowledge", "finish_run", "load_results", "start_run", "store_results"]
 
 KIND = "check"
 
@@ -31,15 +30,6 @@ _RESULT = sql.SQL(
 ).format(ident("check_results"))
 
 
-def budget_of(config: Config) -> Budget:
-    b = config.budget
-    return Budget(max_rows=b.max_rows, max_bytes=b.max_bytes, fraction=b.fraction,
-                  count_index_tuples=b.count_index_tuples)
-
-
-def policy_of(config: Config) -> RetryPolicy:
-    r = config.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
 
 
 def start_run(target: psycopg.Connection, settings: dict[str, Any], *, policy: RetryPolicy,

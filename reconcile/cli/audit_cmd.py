@@ -46,10 +46,10 @@ def audit(
     """Report what in the source DSQL will refuse or change: statements (dsql-lint), catalog, data, workload."""
     from reconcile.audit.scan import DEFAULT_SAMPLE_ROWS
     from reconcile.audit import AuditOptions, render_json, render_table, run_audit, store_report, write_report
-    from reconcile.budget import Budget
+    from reconcile.budget import budget_from
     from reconcile.config import mask_conninfo
     from reconcile.connections import connect
-    from reconcile.occ import RetryCounters, RetryPolicy
+    from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import dialect_for
 
     from ._common import load
@@ -81,9 +81,7 @@ def audit(
         path = write_report(result, report)
         typer.echo(f"report written to {path}", err=True)
     if store:
-        budget = Budget(max_rows=cfg.budget.max_rows, max_bytes=cfg.budget.max_bytes, fraction=cfg.budget.fraction,
-                        count_index_tuples=cfg.budget.count_index_tuples)
-        policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base_delay, cfg.retry.max_delay)
+        budget, policy = budget_from(cfg), policy_from(cfg)
         counters = RetryCounters()
         with connect(cfg.target) as target:
             written = store_report(target, result, dialect=dialect_for(cfg.target).name, budget=budget,

@@ -150,7 +150,8 @@ def run_cmd(
 
 def _control(config_path: Optional[Path]):
     from reconcile.backfill import Control
-    from reconcile.backfill.runner import budget_from, policy_from
+    from reconcile.budget import budget_from
+    from reconcile.occ import policy_from
     from reconcile.connections import connect
 
     config = load(config_path)

@@ -101,7 +101,7 @@ def ack(kind: str = typer.Argument(..., help="What to acknowledge: reject."),
         config_path: Optional[Path] = CONFIG_OPTION) -> None:
     """Acknowledge a reject so the freshness suite stops counting it (recorded with who and why)."""
     from reconcile.checks import acknowledge
-    from reconcile.checks.store import policy_of
+    from reconcile.occ import policy_from
     from reconcile.connections import connect
     from reconcile.control import migrate
 
@@ -110,7 +110,7 @@ def ack(kind: str = typer.Argument(..., help="What to acknowledge: reject."),
     config = load(config_path)
     with connect(config.target) as target:
         migrate(target, dialect="dsql" if config.target.kind == "dsql" else "postgres")
-        acknowledge(target, kind, ref, by=by, reason=reason, policy=policy_of(config))
+        acknowledge(target, kind, ref, by=by, reason=reason, policy=policy_from(config))
     typer.echo(f"acknowledged {kind} {ref} by {by}")
 
 

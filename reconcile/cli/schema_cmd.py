@@ -74,23 +74,21 @@ def apply_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create the planned schema on the target; a second run changes nothing. Exit 1 when drift remains."""
-    from reconcile.budget import Budget
+    from reconcile.budget import budget_from
     from reconcile.connections import connect
-    from reconcile.occ import RetryCounters, RetryPolicy
+    from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import apply_plan, record_plan
 
     if phase not in ("all", "pre-load", "post-load"):
         raise typer.BadParameter(f"must be all, pre-load or post-load, got {phase!r}", param_hint="--phase")
     cfg, plan = _plan(config, None, id_strategy)
-    policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base_delay, cfg.retry.max_delay)
+    policy = policy_from(cfg)
     counters = RetryCounters()
     with connect(cfg.target) as target:
         report = apply_plan(target, plan, phase=phase, dry_run=dry_run,  # type: ignore[arg-type]
                             policy=policy, counters=counters)
         if record and not dry_run:
-            budget = Budget(max_rows=cfg.budget.max_rows, max_bytes=cfg.budget.max_bytes,
-                            fraction=cfg.budget.fraction, count_index_tuples=cfg.budget.count_index_tuples)
-            record_plan(target, plan, budget=budget, policy=policy, counters=counters)
+            record_plan(target, plan, budget=budget_from(cfg), policy=policy, counters=counters)
     if as_json:
         typer.echo(json.dumps(report.to_dict() | {"retries": counters.retries}, indent=2, default=str))
     else:

@@ -162,13 +162,16 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
         s.detail = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no findings"
 
     with progress.step("target schema (pre-load)") as s:
-        from reconcile.schema import apply_plan, plan_from_source
+        from reconcile.budget import budget_from
+        from reconcile.occ import policy_from
+        from reconcile.schema import apply_plan, plan_from_source, record_plan
         from reconcile.schema.dialect import dialect_for
 
         with connections.connect(config.source) as src:
             plan = plan_from_source(src, tables=config.tables, dialect=dialect_for(config.target).name)
         with connections.connect(config.target) as tgt:
             applied_ddl = apply_plan(tgt, plan, phase="pre-load")
+            record_plan(tgt, plan, budget=budget_from(config), policy=policy_from(config))  # invariants, for checks
         s.detail = _count_phrase(applied_ddl, "statements")
 
     with progress.step("replay: publication and slot (slot first)") as s:

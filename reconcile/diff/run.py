@@ -32,7 +32,9 @@ from reconcile.diff import hashdiff, lag, store
 from reconcile.diff.compare import KINDS, Finding, compare_rows
 from reconcile.diff.errors import DiffError, RunNotFound
 from reconcile.diff.side import Pair, Side
+from reconcile.budget import budget_from
 from reconcile.errors import ReconcileError
+from reconcile.occ import policy_from
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,12 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         start_lsn = lag.current_lsn(src)
     run_id = store.new_run_id()
     with _connect(config.target) as tgt:
-        migrate(tgt, dialect=_dialect(config), policy=store.policy_of(config))
+        migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
         store.insert_run(tgt, run_id, {
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
             "lag_wait_seconds": wait, "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
             "source": config.source.describe(), "target": config.target.describe(),
-        }, store.policy_of(config))
+        }, policy_from(config))
     log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
     return run_id
 
@@ -204,8 +206,8 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
             pair.close()
         result["duration_ms"] = int((time.monotonic() - t0) * 1000)
         result["details"] = details
-        store.save_table(control, run_id, spec.name, result, stored, budget=store.budget_of(config),
-                         policy=store.policy_of(config))
+        store.save_table(control, run_id, spec.name, result, stored, budget=budget_from(config),
+                         policy=policy_from(config))
     log.info("diff %s %s: %s", run_id, spec.name, {k: result[k] for k in ("status", "missing", "extra", "changed",
                                                                           "in_flight")})
     return {k: v for k, v in result.items() if k != "details"}
@@ -264,7 +266,7 @@ def diff_balances(config: Any, run_id: str) -> dict:
                "in_flight": result["in_flight"], "duration_ms": result["duration_ms"], "error": result.get("error"),
                "details": details}
         store.save_table(control, run_id, store.BALANCES, row, findings[:settings.max_findings],
-                         budget=store.budget_of(config), policy=store.policy_of(config))
+                         budget=budget_from(config), policy=policy_from(config))
     return result
 
 
@@ -322,7 +324,7 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         report.write_all(folder, context)
         if settings.s3_uri:
             summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
-        store.finish_run(control, run_id, status, summary, store.policy_of(config))
+        store.finish_run(control, run_id, status, summary, policy_from(config))
     return DiffResult(run_id, verdict, str(folder), summary)
 
 

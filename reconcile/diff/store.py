@@ -26,15 +26,6 @@ BALANCES = "__balances__"
 """``diff_results.table_name`` of the balance diff."""
 
 
-def budget_of(config: Any) -> Budget:
-    b = config.budget
-    return Budget(max_rows=b.max_rows, max_bytes=b.max_bytes, fraction=b.fraction,
-                  count_index_tuples=b.count_index_tuples)
-
-
-def policy_of(config: Any) -> RetryPolicy:
-    r = config.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
 
 
 def dumps(value: Any) -> str:

@@ -15,7 +15,9 @@ from reconcile.config import Config
 from reconcile.replay import pgoutput as po
 from reconcile.replay.apply import read_watermark
 from reconcile.replay.errors import ReplayError, SlotBusy
-from reconcile.replay.runner import Replayer, ReplayResult, budget_from, policy_from
+from reconcile.budget import budget_from
+from reconcile.occ import policy_from
+from reconcile.replay.runner import Replayer, ReplayResult
 from reconcile.replay.source import (
     Assembler,
     SlotReader,

@@ -59,11 +59,11 @@ from typing import Any
 import psycopg
 
 from reconcile.backfill.checkpoints import DONE, Control
-from reconcile.budget import Batcher, Budget
+from reconcile.budget import Batcher, Budget, budget_from
 from reconcile.config import Config, DsqlEndpoint, TableSpec
 from reconcile.control import migrate
 from reconcile.errors import LimitExceeded
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, run_with_retry
+from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from, run_with_retry
 from reconcile.replay import pgoutput as po
 from reconcile.replay.apply import (
     ApplyRefused,
@@ -142,15 +142,6 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 6)
 
 
-def budget_from(config: Config) -> Budget:
-    b = config.budget
-    return Budget(max_rows=b.max_rows, max_bytes=b.max_bytes, fraction=b.fraction,
-                  count_index_tuples=b.count_index_tuples)
-
-
-def policy_from(config: Config) -> RetryPolicy:
-    r = config.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
 
 
 def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: str) -> list[str]:
