@@ -633,6 +633,30 @@ class Config:
             seen[table.name] = i
         object.__setattr__(self, "tables", tables)
 
+    def secrets(self) -> list[str]:
+        """The secret values this config can reach (the source and target passwords), for :func:`redact`."""
+        out: list[str] = []
+        for endpoint in (self.source, self.target):
+            if isinstance(endpoint, PostgresEndpoint) and endpoint.password_env:
+                try:
+                    value = endpoint.password()
+                except ConfigError:
+                    continue
+                if value:
+                    out.append(value)
+        return out
+
+    def safe_message(self, exc: BaseException, *, limit: int = 500) -> str:
+        """``exc`` as one line fit for a log, a report or a control table: no secret, no conninfo password.
+
+        A :class:`~reconcile.errors.ReconcileError` keeps its sentence; any other error is prefixed by its type.
+        """
+        from reconcile.errors import ReconcileError
+
+        text = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
+        text = " ".join(redact(text, self.secrets()).split())
+        return text if len(text) <= limit else text[:limit - 3] + "..."
+
     def table(self, name: str) -> TableSpec:
         """The table called ``name`` (schema.table).
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from reconcile.checks.settings import SUITE_KINDS
 from reconcile.checks.spec import Check, suite_key
-from reconcile.config import Config, PostgresEndpoint, redact
-from reconcile.errors import ConfigError, ReconcileError
+from reconcile.config import Config
+from reconcile.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +77,6 @@ class CheckResult:
         if results:
             out["results"] = [o.to_dict() for o in self.outcomes]
         return out
-
-
-def _secrets(config: Config) -> list[str | None]:
-    out: list[str | None] = []
-    for endpoint in (config.source, config.target):
-        if isinstance(endpoint, PostgresEndpoint) and endpoint.password_env:
-            try:
-                out.append(endpoint.password())
-            except ConfigError:
-                pass
-    return out
 
 
 def build_checks(config: Config, *, suites: Sequence[str], sides: Sequence[str], source=None,
@@ -147,7 +136,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
     report = Path(report_dir) if report_dir is not None else None
     started = time.perf_counter()
     policy, budget, counters = policy_from(config), budget_from(config), RetryCounters()
-    secrets = _secrets(config)
+    secrets = config.secrets()
     dialect = "dsql" if config.target.kind == "dsql" else "postgres"
     with connect(config.target, local_url=local_url) as target:
         migrate(target, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
@@ -173,8 +162,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
             result.success = bool(outcomes) and all(o.success for o in outcomes)
             store.store_results(target, run_id, outcomes, budget=budget, policy=policy, counters=counters)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
-            result.error = " ".join(redact(message, secrets).split())[:500]
+            result.error = config.safe_message(exc)
             result.duration_seconds = time.perf_counter() - started
             store.finish_run(target, run_id, "error", result.to_dict(), policy=policy, counters=counters)
             raise

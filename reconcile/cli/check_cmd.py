@@ -53,6 +53,8 @@ def _run(config_path: Optional[Path], side: Optional[str], report_dir: Optional[
         docs = f"; data docs: {result.data_docs}" if result.data_docs else ""
         typer.echo(f"{result.status}: {len(result.outcomes)} expectations, {len(result.failed)} failed "
                    f"({result.duration_seconds:.1f} s, run {result.run_id}){docs}")
+    if any(o.exception for o in result.outcomes):  # an expectation could not be evaluated: an error, not a finding
+        raise typer.Exit(2)
     raise typer.Exit(0 if result.success else 1)
 
 

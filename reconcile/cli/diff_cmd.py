@@ -50,7 +50,8 @@ def diff(
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Compare every configured table (or --table) and the balances; exit 0 green, 1 red."""
+    """Compare every configured table (or --table) and the balances; exit 0 green, 1 red, 2 when a table or the
+    balances could not be compared (the summary's errors say why)."""
     if ctx.invoked_subcommand is not None:
         return
     from reconcile.diff import run_diff
@@ -59,6 +60,8 @@ def diff(
     result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait)
     summary = result.to_dict()
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))
+    if summary.get("status") == "error":
+        raise typer.Exit(2)
     raise typer.Exit(0 if result.verdict == "green" else 1)
 
 

@@ -198,8 +198,13 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
                       "changed": counts["changed"], "in_flight": in_flight, "rows_source": cands.rows_source,
                       "rows_target": cands.rows_target, "queries": pair.queries}
             stored = findings[:settings.max_findings]
+            if shape.only_source:  # values the target cannot hold were never compared: never green
+                result["status"] = "error"
+                result["error"] = (f"column(s) {', '.join(shape.only_source)} of {spec.name} exist on the source but "
+                                   "not on the target, so their values were not compared; add them to the target "
+                                   "(reconcile schema apply) and copy the table again (reconcile backfill --force)")
         except (ReconcileError, psycopg.Error) as exc:
-            result = {"table": spec.name, "status": "error", "error": str(exc).splitlines()[0], "missing": 0, "extra": 0, "changed": 0,
+            result = {"table": spec.name, "status": "error", "error": config.safe_message(exc), "missing": 0, "extra": 0, "changed": 0,
                       "in_flight": 0, "rows_source": None, "rows_target": None, "queries": pair.queries}
             stored = []
         finally:
@@ -257,7 +262,7 @@ def diff_balances(config: Any, run_id: str) -> dict:
                            **bal.tables_for_report(src, tgt)}
             except (psycopg.Error, ReconcileError) as exc:
                 result = {"status": "error", "balance_differences": 0, "in_flight": 0, "by_kind": {},
-                          "error": str(exc).splitlines()[0]}
+                          "error": config.safe_message(exc)}
                 findings, details = [], {}
             finally:
                 pair.close()
