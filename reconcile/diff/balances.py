@@ -15,10 +15,36 @@ What is compared (exact ``Decimal`` throughout, never float):
 Per-side checks read one snapshot of that side (a REPEATABLE READ transaction). Cross-side checks
 are lag-aware like row diffs (:mod:`reconcile.diff.lag`): differences are recomputed after the
 replay watermark passes a fresh source LSN, and only persistent ones become findings.
+
+Why whole-ledger figures need more than a re-read: the target snapshot stands at the replay
+watermark ``W``, the source snapshot read after it at ``now > W``; under live writes every
+transaction committed in between moves a balance, a day's count and volume. A plain re-read of
+both sides finds *new* in-flight differences each round, never none. So the rounds of one
+re-check (the calls of :func:`diff_snapshots` with the same ``read``) work like the row diff's:
+
+* a round only keeps differences that were already found by the round before (the set shrinks,
+  keyed by kind and key); what differs in every round is persistent;
+* each snapshot records where it stands (:attr:`Snapshot.lsn`: the source's WAL position as its
+  first statement, the target's replay watermark read in the same snapshot). When the target
+  snapshot is at or past the previous round's source snapshot, the target's state is a source
+  state between the two source reads (the bracket). A currency or daily total is in flight when the
+  target's value lies between the two source values (daily counts and volumes only grow in an
+  append-only ledger, so this is exact for them); days and currencies nobody writes to have equal
+  bracket ends, so they must match exactly. An account whose balance held still on the source
+  across the bracket must match exactly; one that moved is in flight: a balance that changes
+  faster than the replay lag never equals the target's at any single read, and nothing is lost,
+  because with entries only ever appended, "the target's stored balance equals the source's at the
+  watermark" is exactly "the target's stored balance equals the sum of its entries" (checked per
+  side, in one snapshot) plus "the entries match" (the entry diff).
+
+Without a bracket (no replay watermark, or it never passed the previous source read) the
+comparison stays exact.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,6 +53,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reconcile.diff import lag
 from reconcile.diff.compare import Finding, jsonable
 
 TABLE = "balances"
@@ -49,6 +76,8 @@ class Layout:
     entry_txn: str | None
     date_column: str | None
     rule_sql: str | None = None
+    slot: str | None = None
+    """The replay slot whose watermark a target snapshot records (None: the snapshot records none)."""
 
 
 def layout_of(config: Any) -> Layout | None:
@@ -61,7 +90,7 @@ def layout_of(config: Any) -> Layout | None:
     settings = config.diff
     return Layout(a.name, e.name, a.account_column, a.balance_column, a.currency_column, e.account_column,
                   e.amount_column, e.currency_column, e.transaction_column, getattr(settings, "date_column", "posted_at"),
-                  getattr(settings, "balance_sql", None))
+                  getattr(settings, "balance_sql", None), lag.slot_name(config))
 
 
 def _t(name: str) -> sql.Identifier:
@@ -108,6 +137,16 @@ class Snapshot:
     unbalanced: list[tuple[Any, str | None, Decimal]] = field(default_factory=list)
     daily: dict[tuple[str, str | None], tuple[int, Decimal]] = field(default_factory=dict)
     """(day, currency) -> (entry count, volume)."""
+    lsn: int | None = None
+    """Where in the source's history the snapshot stands (an integer LSN): on the source the WAL
+    position read as the snapshot's first statement (every transaction it sees committed before it);
+    on the target the replay watermark read in the same snapshot (every source transaction
+    committed before it is in it). None when unknown (no replay watermark)."""
+    before: Snapshot | None = None
+    """Source only: the source snapshot of the previous round of the same re-check."""
+    suspects: frozenset | None = None
+    """Source only: the (kind, key) of the cross-side differences the previous round kept; None on a
+    first read (every difference is a suspect)."""
 
     def balance_totals(self) -> dict[str | None, Decimal]:
         out: dict[str | None, Decimal] = {}
@@ -119,7 +158,9 @@ class Snapshot:
 def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bool = False) -> Snapshot:
     """Read every balance figure of one side in one REPEATABLE READ transaction.
 
-    ``set_isolation`` asks for REPEATABLE READ explicitly (the source; the target runs nothing else).
+    ``set_isolation`` asks for REPEATABLE READ explicitly and marks the source: its snapshot records
+    ``pg_current_wal_lsn()``; a target snapshot records the watermark of ``layout.slot`` instead
+    (the target runs nothing but REPEATABLE READ).
     """
     snap = Snapshot()
     entries, amt, cur = _t(layout.entries), _i(layout.amount), _i(layout.entry_currency)
@@ -128,6 +169,9 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
     with conn.transaction():
         if set_isolation:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            snap.lsn = lag.lsn_int(lag.current_lsn(conn))  # the first statement: it takes the snapshot
+        elif layout.slot:
+            snap.lsn = lag.watermark(conn, layout.slot)
         for account, currency, stored, computed in conn.execute(balance_rule(layout)).fetchall():
             snap.accounts[account] = (_cur(currency), Decimal(stored or 0), Decimal(computed or 0))
         for currency, total, n in conn.execute(sql.SQL("SELECT {c}, coalesce(sum({a}), 0), count(*) FROM {e} GROUP BY 1").format(
@@ -174,30 +218,68 @@ def per_side_findings(side: str, snap: Snapshot) -> list[Finding]:
     return out
 
 
+def _account(value: tuple[str | None, Decimal, Decimal] | None) -> tuple[str | None, Decimal] | None:
+    return None if value is None else (value[0], value[1])
+
+
+def _between(value: Any, a: Any, b: Any) -> bool:
+    return min(a, b) <= value <= max(a, b)
+
+
+def _bracket(src: Snapshot, tgt: Snapshot) -> Snapshot | None:
+    """The previous round's source snapshot when the target snapshot stands at or past it, else None."""
+    before = src.before
+    if before is None or before.lsn is None or tgt.lsn is None or tgt.lsn < before.lsn:
+        return None
+    return before
+
+
+def identity(finding: Finding) -> tuple[str, str]:
+    """What identifies a balance difference across the rounds of a re-check: its kind and key."""
+    return finding.kind, repr(finding.key)
+
+
 def cross_findings(src: Snapshot, tgt: Snapshot) -> list[Finding]:
-    """Differences between the sides: per-account balances, per-currency totals, daily totals."""
+    """Differences between the sides: per-account balances, per-currency totals, daily totals.
+
+    With a previous round (``src.before``, ``src.suspects``, set by :func:`diff_snapshots`), only
+    differences the previous round kept are reported, and a target value the source had between
+    its two reads is in flight (see the module docstring).
+    """
     out: list[Finding] = []
+    prev = _bracket(src, tgt)
     for account in sorted(set(src.accounts) | set(tgt.accounts), key=repr):
         s, t = src.accounts.get(account), tgt.accounts.get(account)
-        if s is not None and t is not None and s[0] == t[0] and s[1] == t[1]:
+        if _account(s) == _account(t):
             continue
+        if prev is not None and _account(prev.accounts.get(account)) != _account(s):
+            continue  # it moved on the source within the bracket: in flight (see the module docstring)
         out.append(Finding(TABLE, "balance_mismatch", [jsonable(account)], ["balance"],
                            {"currency": s[0], "balance": jsonable(s[1])} if s else None,
                            {"currency": t[0], "balance": jsonable(t[1])} if t else None,
                            _delta(s[1] if s else Decimal(0), t[1] if t else Decimal(0)), (s or t)[0]))  # type: ignore[index]
     st, tt = src.balance_totals(), tgt.balance_totals()
+    pt = prev.balance_totals() if prev is not None else {}
     for currency in sorted(set(st) | set(tt), key=str):
         a, b = st.get(currency, Decimal(0)), tt.get(currency, Decimal(0))
-        if a != b:
-            out.append(Finding(TABLE, "currency_total", [currency], ["sum_of_balances"],
-                               {"sum_of_balances": str(a)}, {"sum_of_balances": str(b)}, _delta(a, b), currency))
+        if a == b or (prev is not None and _between(b, pt.get(currency, Decimal(0)), a)):
+            continue
+        out.append(Finding(TABLE, "currency_total", [currency], ["sum_of_balances"],
+                           {"sum_of_balances": str(a)}, {"sum_of_balances": str(b)}, _delta(a, b), currency))
+    zero = (0, Decimal(0))
     for day, currency in sorted(set(src.daily) | set(tgt.daily), key=str):
-        a = src.daily.get((day, currency), (0, Decimal(0)))
-        b = tgt.daily.get((day, currency), (0, Decimal(0)))
-        if a != b:
-            out.append(Finding(TABLE, "daily_total", [day, currency], ["entries", "volume"],
-                               {"entries": a[0], "volume": str(a[1])}, {"entries": b[0], "volume": str(b[1])},
-                               _delta(a[1], b[1]), currency))
+        a, b = src.daily.get((day, currency), zero), tgt.daily.get((day, currency), zero)
+        if a == b:
+            continue
+        if prev is not None:
+            p = prev.daily.get((day, currency), zero)
+            if _between(b[0], p[0], a[0]) and _between(b[1], p[1], a[1]):
+                continue
+        out.append(Finding(TABLE, "daily_total", [day, currency], ["entries", "volume"],
+                           {"entries": a[0], "volume": str(a[1])}, {"entries": b[0], "volume": str(b[1])},
+                           _delta(a[1], b[1]), currency))
+    if src.suspects is not None:
+        out = [f for f in out if identity(f) in src.suspects]
     return out
 
 
@@ -215,8 +297,25 @@ def tables_for_report(src: Snapshot, tgt: Snapshot) -> dict[str, Any]:
             "days": len(set(src.daily) | set(tgt.daily))}
 
 
+_ROUNDS: weakref.WeakKeyDictionary[Callable[[str], Snapshot], tuple[Snapshot, Snapshot]] = weakref.WeakKeyDictionary()
+"""The last (source, target) pair read with each ``read`` function: the previous round of its re-check."""
+
+
 def diff_snapshots(read: Callable[[str], Snapshot]) -> tuple[Snapshot, Snapshot]:
-    """Read both sides (target first, so a lag-aware caller's source read is the later one)."""
+    """Read both sides (target first, so a lag-aware caller's source read is the later one).
+
+    Calls with the same ``read`` function are the rounds of one lag-aware re-check (``diff_balances``
+    makes one ``read`` per run): from the second call on, the new source snapshot carries the
+    previous one (``before``, its nested history dropped) and the differences the previous round
+    kept (``suspects``), which :func:`cross_findings` narrows down.
+    """
+    prior = _ROUNDS.get(read)
     tgt = read("target")
     src = read("source")
+    if prior is None:
+        src = dataclasses.replace(src, before=None, suspects=None)
+    else:
+        src = dataclasses.replace(src, before=dataclasses.replace(prior[0], before=None, suspects=None),
+                                  suspects=frozenset(identity(f) for f in cross_findings(*prior)))
+    _ROUNDS[read] = (src, tgt)
     return src, tgt

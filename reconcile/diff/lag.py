@@ -11,12 +11,19 @@ A re-check round: take the source's current LSN ``L``; wait (bounded) until the 
 flight; rows still different go to the next round (a hot row may have changed again between the
 two reads). What still differs after ``recheck_rounds`` rounds is persistent: a finding. With no
 ``replay_state`` row for the slot (no replay running), the comparison is static: no re-check.
+
+A row that changes faster than the replay lag (a settlement account under load) differs in every
+round: the target shows it at the watermark, the source a later version. :func:`settle` applies the
+bracket rule to such rows: once the watermark has passed the previous round's source read, the
+target stands between the two source reads, so a row whose source version moved between them (or
+whose target equals the earlier source version) is in flight, not a finding. A row that held still
+on the source must match exactly.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +80,43 @@ class Waiter:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
+    passed: bool | None = None
+    """The outcome of the last :meth:`wait` (None before the first)."""
+
     def wait(self, lsn: int) -> bool:
         """True once the watermark is at or past ``lsn``; False when the deadline passes first."""
         while True:
             mark = self.read()
             if mark is not None and mark >= lsn:
+                self.passed = True
                 return True
             remaining = self.deadline - self.clock()
             if remaining <= 0:
+                self.passed = False
                 return False
             self.sleep(min(self.poll, remaining))
+
+
+def settle(previous: Sequence[Any], current: Sequence[Any], *, bracket: bool) -> list[Any]:
+    """Row findings of a re-check round, with the bracket rule (see the module docstring).
+
+    Args:
+        previous: the findings of the round before (their ``source`` is the earlier source read).
+        current: the findings of this round's re-read (target first, then source).
+        bracket: the watermark passed a source LSN taken after the previous round's source read
+            (``Waiter.passed`` of this round); without it the findings stay as they are.
+
+    Returns:
+        ``current`` without the rows in flight: source version moved between the two reads, or the
+        target equals the earlier source version. Findings are matched by ``key``.
+    """
+    if not bracket:
+        return list(current)
+    before = {repr(f.key): f for f in previous}
+    out = []
+    for f in current:
+        old = before.get(repr(f.key))
+        if old is not None and (old.source != f.source or (f.target is not None and f.target == old.source)):
+            continue
+        out.append(f)
+    return out

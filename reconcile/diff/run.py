@@ -188,7 +188,9 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
             if waiter is not None:
                 findings, in_flight, passed = _recheck(
                     pair, waiter, settings.recheck_rounds, findings,
-                    lambda fs: resolve([f.raw_key for f in fs if f.raw_key is not None]))
+                    # a row whose source version moved between two reads is in flight (lag.settle)
+                    lambda fs: lag.settle(fs, resolve([f.raw_key for f in fs if f.raw_key is not None]),
+                                          bracket=bool(waiter.passed)))
             details.update(lag_aware=waiter is not None, watermark_passed=passed,
                            candidates=len(cands), buckets_fetched=cands.buckets_fetched, segments=cands.segments,
                            shown_findings=min(len(findings), settings.max_findings))
