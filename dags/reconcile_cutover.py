@@ -5,7 +5,10 @@ evaluate_gate -> approve_gate (Airflow's human-in-the-loop ApprovalOperator; its
 evidence summary) -> transition (the responder is recorded as the approver) -> publish -> verify.
 Reject skips everything downstream, so the state stays as it was. The gate's criteria come from
 the stored history (reconcile.gates); a failing gate stops at evaluate_gate unless the run is
-triggered with override_reason. Logic lives in reconcile.pipeline.gates.
+triggered with override_reason. The approval may come hours after evaluate_gate, so transition
+evaluates the gate again in the transaction that moves the state: if a criterion fails by then,
+the transition is refused (unless override_reason), and the hash of the evidence the approver was
+shown is recorded next to the fresh one. Logic lives in reconcile.pipeline.gates.
 """
 
 from __future__ import annotations

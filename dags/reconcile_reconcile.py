@@ -3,7 +3,14 @@
 start_diff -> diff_table (mapped per table) -> balances -> checks (expectations) -> finish_diff
 (verdict and report: its folder or S3 link is logged) -> gate_evidence (the next gate evaluated
 and recorded) -> verdict. A red run fails visibly: the last task raises, naming what differs and
-where the report is. Logic lives in reconcile.pipeline.diff and reconcile.pipeline.gates.
+where the report is.
+
+Failures still close the run: balances, checks, finish_diff, gate_evidence and verdict run once
+their upstream tasks are done, failed or not (``all_done``), so a failed diff_table leaves no diff
+run 'running' forever: finish_diff closes it as ``error`` with a report naming the tables not
+compared, and verdict fails. The diff run id is derived from the Airflow run (dag_id + run_id), so a
+retried start_diff reuses the run it opened. Logic lives in reconcile.pipeline.diff and
+reconcile.pipeline.gates.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from datetime import timedelta
 
 from airflow.sdk import dag, get_current_context, task
 from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, reconcile_errors, task_config
+
+AFTER_FAILURES = "all_done"
+"""Trigger rule of the steps that must run even when a step before them failed."""
 
 
 @dag(
@@ -27,11 +37,11 @@ from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, reconcile_errors, t
 )
 def reconcile_reconcile():
     @task
-    def start_diff() -> dict:
-        from reconcile.pipeline.diff import diff_start
+    def start_diff(dag_run=None) -> dict:
+        from reconcile.pipeline.diff import diff_run_id_for, diff_start
 
         with reconcile_errors():
-            return diff_start(task_config())
+            return diff_start(task_config(), run_id=diff_run_id_for(dag_run.dag_id, dag_run.run_id))
 
     @task
     def tables(started: dict) -> list[str]:
@@ -45,40 +55,40 @@ def reconcile_reconcile():
         with reconcile_errors():
             return diff_one_table(task_config(), started["run_id"], table)
 
-    @task
-    def balances(started: dict) -> dict:
-        from reconcile.pipeline.diff import diff_balances_step
+    @task(trigger_rule=AFTER_FAILURES)
+    def balances(started: dict | None) -> dict:
+        from reconcile.pipeline.diff import diff_balances_step, opened_run
 
         with reconcile_errors():
-            return diff_balances_step(task_config(), started["run_id"])
+            return diff_balances_step(task_config(), opened_run(started))
 
-    @task
-    def checks(started: dict) -> dict:
-        from reconcile.pipeline.diff import checks_step
-
-        with reconcile_errors():
-            return checks_step(task_config(), diff_run_id=started["run_id"])
-
-    @task
-    def finish_diff(started: dict) -> dict:
-        from reconcile.pipeline.diff import diff_finish
+    @task(trigger_rule=AFTER_FAILURES)
+    def checks(started: dict | None) -> dict:
+        from reconcile.pipeline.diff import checks_step, opened_run
 
         with reconcile_errors():
-            return diff_finish(task_config(), started["run_id"])
+            return checks_step(task_config(), diff_run_id=opened_run(started))
 
-    @task
+    @task(trigger_rule=AFTER_FAILURES)
+    def finish_diff(started: dict | None) -> dict:
+        from reconcile.pipeline.diff import diff_finish, opened_run
+
+        with reconcile_errors():
+            return diff_finish(task_config(), opened_run(started))
+
+    @task(trigger_rule=AFTER_FAILURES)
     def gate_evidence(run_id=None) -> dict:
         from reconcile.pipeline.gates import gate_evidence as record
 
         with reconcile_errors():
             return record(task_config(), actor=f"airflow:{run_id}")
 
-    @task(retries=0)
-    def verdict(diff: dict, expectations: dict, evidence: dict) -> dict:
+    @task(retries=0, trigger_rule=AFTER_FAILURES)
+    def verdict(diff: dict | None, expectations: dict | None, evidence: dict | None) -> dict:
         from reconcile.pipeline.diff import reconcile_verdict
 
         with reconcile_errors():
-            return reconcile_verdict(diff, expectations, evidence)
+            return reconcile_verdict(diff, expectations, evidence, expected=("checks", "evidence"))
 
     started = start_diff()
     per_table = diff_table.partial(started=started).expand(table=tables(started))

@@ -243,9 +243,12 @@ class HitlResponder(threading.Thread):
     """
 
     def __init__(self, dag_id: str, task_id: str, option: str, *, user: str = "alice",
-                 timeout: float = 90.0, poll: float = 0.2) -> None:
+                 timeout: float = 90.0, poll: float = 0.2, before_answer: Any = None) -> None:
         super().__init__(name=f"hitl-{task_id}", daemon=True)
         self.dag_id, self.task_id, self.option, self.user = dag_id, task_id, option, user
+        self.before_answer = before_answer
+        """Called once with no argument when the task waits for input, before answering (what happens
+        while a person reads the request)."""
         self.timeout, self.poll = timeout, poll
         self.stop = threading.Event()
         self.seen: dict[str, Any] | None = None
@@ -290,6 +293,9 @@ class HitlResponder(threading.Thread):
                 raise AssertionError(f"{self.option!r} is not an option of {self.task_id}: {detail.options}")
             self.seen = {"subject": detail.subject, "body": detail.body, "options": list(detail.options),
                          "run_id": ti.run_id}
+            if self.before_answer is not None:
+                self.before_answer()
+                self.before_answer = None
             detail.responded_by = {"id": self.user, "name": self.user}
             detail.responded_at = timezone.utcnow()
             detail.chosen_options = [self.option]

@@ -69,3 +69,39 @@ def test_failing_criteria_stop_before_asking_anyone(dagbag, cutover_config):
     from reconcile.gates import current_state
 
     assert current_state(cutover_config) == "shadow"
+
+
+def test_evidence_that_turns_red_while_the_approval_waits_refuses_the_transition(dagbag, cutover_config):
+    """The approver saw every criterion pass; a dead letter opens before the answer: the transition
+    re-evaluates, refuses, and records the evidence shown next to the fresh one."""
+    import json
+
+    from reconcile import control
+    from reconcile.connections import connect
+    from tests.test_gates import _dead_letter, green_history
+
+    with connect(cutover_config.target) as conn:
+        control.migrate(conn)
+        green_history(conn)
+
+    def dead_letter_meanwhile():
+        with connect(cutover_config.target) as conn:
+            _dead_letter(conn)
+
+    responder = HitlResponder("reconcile_cutover", "approve_gate", "Approve", user="alice",
+                              before_answer=dead_letter_meanwhile)
+    dr = run_dag(dagbag, "reconcile_cutover", {"gate": "read", "reason": "all green"}, respond=[responder])
+    states = task_states(dr)
+    assert states["evaluate_gate"] == states["approve_gate"] == "success", states
+    assert states["transition"] == "failed" and states["verify"] == "upstream_failed", states
+    seen = xcom(dr, "evaluate_gate")
+    assert seen["passed"] and "**all criteria pass**" in responder.seen["body"]
+    from reconcile.gates import current_state
+
+    assert current_state(cutover_config) == "shadow"
+    with connect(cutover_config.target) as conn:
+        actor, details = conn.execute("SELECT actor, details FROM reconcile.audit_events WHERE event = 'refusal'"
+                                      ).fetchone()
+    details = json.loads(details)
+    assert actor == "alice" and details["failing"] == ["dead_letters"]
+    assert details["seen_evidence_hash"] == seen["evidence_hash"] and details["changed_criteria"] == ["dead_letters"]

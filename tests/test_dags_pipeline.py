@@ -84,12 +84,13 @@ def test_shadow_replay_applies_a_time_boxed_tick_and_reports_lag(dagbag, pipelin
     assert set(events[0]) >= {"lag_seconds_p50", "lag_seconds_p99", "lag_bytes", "caught_up"}
 
 
-def test_reconcile_dag_green_then_red_with_the_report_and_gate_evidence(dagbag, pipeline_config, source_db,
-                                                                        target_db, tmp_path):
+def test_reconcile_dag_green_then_red_with_a_failed_table_closed_as_error(dagbag, pipeline_config, source_db,
+                                                                         target_db, tmp_path, monkeypatch):
     _need("reconcile.diff", "start_diff", "diff_table", "diff_balances", "finish_diff")
     _need("reconcile.checks", "run_checks")
     _need("reconcile.gates", "evaluate")
     from reconcile.backfill import BackfillSettings, run_backfill
+    from reconcile.pipeline import diff as pipeline_diff
 
     _ledger_pair(source_db, target_db)
     assert run_backfill(pipeline_config, BackfillSettings(workers=1)).status == "done"
@@ -101,6 +102,7 @@ def test_reconcile_dag_green_then_red_with_the_report_and_gate_evidence(dagbag, 
     finished = xcom(dr, "finish_diff")
     assert finished["verdict"] == "green" and finished["persistent_mismatches"] == 0
     assert (tmp_path / "reports").is_dir() and finished["report_dir"]
+    assert finished["run_id"] == pipeline_diff.diff_run_id_for("reconcile_reconcile", dr.run_id)
     evidence = xcom(dr, "gate_evidence")
     assert evidence["gate"] == "read" and evidence["run_id"]
     with psycopg.connect(target_db) as conn:
@@ -108,15 +110,95 @@ def test_reconcile_dag_green_then_red_with_the_report_and_gate_evidence(dagbag, 
                                   "GROUP BY kind").fetchall())
     assert kinds == {"diff": 1, "check": 1, "gate": 1}
 
+    # Red: a changed entry, and the accounts task fails (a terminal error: no retry) without reporting.
     with psycopg.connect(target_db, autocommit=True) as conn:
         conn.execute("UPDATE ledger.entries SET amount = amount + 1 WHERE entry_id = 5")
+    real = pipeline_diff.diff_one_table
+
+    def failing(config, run_id, table):
+        if table == "ledger.accounts":
+            from reconcile.errors import TerminalError
+
+            raise TerminalError("planted: the accounts task dies before reporting")
+        return real(config, run_id, table)
+
+    monkeypatch.setattr(pipeline_diff, "diff_one_table", failing)  # dag.test() runs tasks in this process
     dr = run_dag(dagbag, "reconcile_reconcile", timeout=150)
     states = task_states(dr)
     assert dr.state == "failed" and states["verdict"] == "failed", states
-    assert states["finish_diff"] == "success" and states["gate_evidence"] == "success"
+    assert states["diff_table[0]"] == "failed", states
+    assert {states[t] for t in ("balances", "checks", "finish_diff", "gate_evidence")} == {"success"}, states
     red = xcom(dr, "finish_diff")
-    assert red["verdict"] == "red" and red["persistent_mismatches"] >= 1
+    assert red["verdict"] == "red" and red["status"] == "error" and red["persistent_mismatches"] >= 1
+    assert red["tables"]["ledger.accounts"]["status"] == "error" and "ledger.accounts" in red["errors"]
     with psycopg.connect(target_db) as conn:
-        (summary,) = conn.execute("SELECT summary FROM reconcile.runs WHERE kind = 'diff' ORDER BY started_at DESC "
-                                  "LIMIT 1").fetchone()
-    assert json.loads(summary)["verdict"] == "red"
+        rows = conn.execute("SELECT status, summary FROM reconcile.runs WHERE kind = 'diff' ORDER BY started_at DESC"
+                            ).fetchall()
+    assert [r[0] for r in rows] == ["error", "green"]  # closed, none left 'running'
+    assert json.loads(rows[0][1])["verdict"] == "red"
+    report = (tmp_path / "reports" / red["run_id"])
+    assert any("ledger.accounts" in f.read_text(errors="replace") for f in report.rglob("*.md")), \
+        "the report names the table not compared"
+
+
+def test_reconcile_dag_closes_the_run_after_failures(dagbag):
+    dag = dagbag.get_dag("reconcile_reconcile")
+    rules = {t.task_id: str(getattr(t.trigger_rule, "value", t.trigger_rule)) for t in dag.tasks}
+    assert {k: rules[k] for k in ("balances", "checks", "finish_diff", "gate_evidence", "verdict")} == dict.fromkeys(
+        ("balances", "checks", "finish_diff", "gate_evidence", "verdict"), "all_done")
+    assert rules["start_diff"] == rules["diff_table"] == "all_success"
+
+
+def _diff_settings(config, tables) -> dict:
+    return {"tables": list(tables), "start_lsn": "0/0", "slot_name": None, "lag_wait_seconds": 0.0}
+
+
+def test_a_retried_diff_start_reuses_its_run_and_finish_closes_unreported_steps_as_error(pipeline_config, source_db,
+                                                                                      target_db, tmp_path):
+    _need("reconcile.diff", "start_diff", "diff_table", "finish_diff")
+    from reconcile import control
+    from reconcile.connections import connect
+    from reconcile.diff import store
+    from reconcile.occ import policy_from
+    from reconcile.pipeline.diff import (DiffRunClosed, ReconcileRed, diff_finish, diff_one_table, diff_run_id_for,
+                                         diff_start, reconcile_verdict)
+
+    _ledger_pair(source_db, target_db, transactions=30)
+    rid = diff_run_id_for("reconcile_reconcile", "manual__retry")
+    assert rid == diff_run_id_for("reconcile_reconcile", "manual__retry") != diff_run_id_for("x", "manual__retry")
+    names = [t.name for t in pipeline_config.tables]
+    with connect(pipeline_config.target) as conn:  # the first attempt opened the run, then its task died
+        control.migrate(conn)
+        store.insert_run(conn, rid, _diff_settings(pipeline_config, names), policy_from(pipeline_config))
+    again = diff_start(pipeline_config, run_id=rid)
+    assert again == {"run_id": rid, "tables": names, "reused": True}
+
+    for name in names[:2]:  # the entries task and the balances task never report
+        diff_one_table(pipeline_config, rid, name)
+    closed = diff_finish(pipeline_config, rid)
+    assert closed["status"] == "error" and closed["verdict"] == "red"
+    assert set(closed["errors"]) == {names[2], "balances"}
+    assert closed["tables"][names[2]]["status"] == "error"
+    with connect(pipeline_config.target) as conn:
+        assert conn.execute("SELECT count(*), min(status) FROM reconcile.runs WHERE kind = 'diff'").fetchone() == \
+            (1, "error")
+    with pytest.raises(ReconcileRed, match=f"balances, {names[2]} not compared"):
+        reconcile_verdict(closed, {"success": True}, {"gate": "read"}, expected=("checks", "evidence"))
+    with pytest.raises(ReconcileRed, match="the expectations did not run.*no gate evidence"):
+        reconcile_verdict({**closed, "errors": {}, "verdict": "green"}, None, None, expected=("checks", "evidence"))
+    # the orchestrator run cleared and re-run: the finished run's verdict stays as it was
+    with pytest.raises(DiffRunClosed, match="trigger a new run"):
+        diff_start(pipeline_config, run_id=rid)
+
+
+def test_diff_start_twice_with_one_run_id_opens_one_run(pipeline_config, source_db, target_db):
+    from reconcile.connections import connect
+    from reconcile.pipeline.diff import diff_run_id_for, diff_start
+
+    _ledger_pair(source_db, target_db, transactions=30)
+    rid = diff_run_id_for("reconcile_reconcile", "manual__twice")
+    first = diff_start(pipeline_config, run_id=rid)
+    second = diff_start(pipeline_config, run_id=rid)
+    assert first["run_id"] == second["run_id"] == rid and (first["reused"], second["reused"]) == (False, True)
+    with connect(pipeline_config.target) as conn:
+        assert conn.execute("SELECT count(*) FROM reconcile.runs WHERE kind = 'diff'").fetchone() == (1,)

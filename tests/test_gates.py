@@ -21,7 +21,12 @@ from reconcile.gates import (GateError, GateRefused, GateSettings, PublishFailed
                              current_state, evaluate, gate_status, history, publish, rollback)
 from reconcile.gates import cutover, trail
 
-GREEN_DIFF = {"verdict": "green", "persistent_mismatches": 0, "balance_differences": 0, "in_flight": 2}
+LEDGER = ("ledger.accounts", "ledger.journal", "ledger.entries")
+"""The configured tables (the demo ledger, the default config)."""
+GREEN_TABLE = {"status": "green", "missing": 0, "extra": 0, "changed": 0, "in_flight": 0}
+GREEN_DIFF = {"verdict": "green", "persistent_mismatches": 0, "balance_differences": 0, "in_flight": 2,
+              "tables": {t: GREEN_TABLE for t in LEDGER}}
+"""A complete green diff run: every configured table compared (add_run also records its balance diff)."""
 GREEN_CHECK = {"success": True, "evaluated": 12, "failed": 0, "suites": {"ledger.entries": {"success": True,
                                                                                          "failed": []}}}
 REPLAY = {"txns_applied": 500, "target_commits": 400, "conflicts": 3, "lag_seconds_p99": 2.5, "caught_up": True}
@@ -51,12 +56,22 @@ def conn(cfg):
     c.close()
 
 
-def add_run(conn, kind: str, status: str, hours_ago: float, summary: dict | None, minutes: float = 5) -> str:
+def add_run(conn, kind: str, status: str, hours_ago: float, summary: dict | None, minutes: float = 5, *,
+            balances: str | None = "green", running: bool = False) -> str:
+    """A ``reconcile.runs`` row that finished ``hours_ago`` (``running``: started then, not finished).
+
+    For a diff run, ``balances`` is the status of its balance diff (a ``diff_results`` row
+    ``__balances__``, as reconcile.diff writes it); None: the balance diff never ran.
+    """
     run_id = str(uuid.uuid4())
     conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary) VALUES "
-                 "(%s, %s, %s, now() - make_interval(secs => %s), now() - make_interval(secs => %s), %s)",
-                 (run_id, kind, status, hours_ago * 3600 + minutes * 60, hours_ago * 3600,
-                  None if summary is None else json.dumps(summary)))
+                 "(%s, %s, %s, now() - make_interval(secs => %s), "
+                 "CASE WHEN %s THEN NULL ELSE now() - make_interval(secs => %s) END, %s)",
+                 (run_id, kind, status, hours_ago * 3600 + (0 if running else minutes * 60), running,
+                  hours_ago * 3600, None if summary is None else json.dumps(summary)))
+    if kind == "diff" and balances is not None:
+        conn.execute("INSERT INTO reconcile.diff_results (run_id, table_name, status) VALUES (%s, '__balances__', %s)",
+                     (run_id, balances))
     return run_id
 
 
@@ -323,6 +338,10 @@ def test_two_person_rule_needs_a_second_distinct_approver(cfg, conn):
     with pytest.raises(GateRefused, match="second, different approver") as same:
         approve(two, "read", by="ana", reason="me again", conn=conn)
     assert same.value.failing == ("two_person",)
+    for alias in ("Ana", "  ANA ", "aNa\t"):  # names are compared case-folded, whitespace collapsed
+        with pytest.raises(GateRefused, match="second, different approver"):
+            approve(two, "read", by=alias, reason="me again, louder", conn=conn)
+    assert current_state(two, conn=conn) == "shadow"
     second = approve(two, "read", by="bo", reason="agree", conn=conn)
     assert second["status"] == "approved" and second["approvers"] == ["ana", "bo"]
     assert current_state(two, conn=conn) == "read_cutover"
@@ -338,7 +357,7 @@ def test_two_concurrent_approvals_transition_once(cfg, conn, monkeypatch):
     raced = []
 
     def racing_append(t, evs):
-        if evs[0]["event"] == "approval" and evs[0]["actor"] == "ana" and not raced:
+        if any(e["event"] == "approval" and e["actor"] == "ana" for e in evs) and not raced:
             # ana's transaction has read the state (shadow): bo approves and commits in between
             raced.append(True)
             approve(cfg, "read", by="bo", reason="winner", conn=other)
@@ -369,16 +388,122 @@ def test_two_concurrent_approvals_transition_once(cfg, conn, monkeypatch):
     assert history(cfg, conn=conn)["chain"]["ok"]
 
 
-def test_evaluation_handed_in_is_used_and_tampering_with_it_is_caught(cfg, conn):
+def _event(conn, kind: str) -> dict:
+    """The last event of ``kind``: its columns, details parsed."""
+    row = conn.execute("SELECT actor, reason, evidence_hash, run_id, details FROM reconcile.audit_events "
+                       "WHERE event = %s ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
+    return {"actor": row[0], "reason": row[1], "evidence_hash": row[2], "run_id": str(row[3]) if row[3] else None,
+            **json.loads(row[4])}
+
+
+def test_approval_re_evaluates_and_refuses_when_criteria_fail_by_then(cfg, conn):
+    """The approver saw a passing evaluation; by the time the approval is recorded a dead letter is open."""
     green_history(conn)
-    ev = evaluate(cfg, "read", actor="airflow", conn=conn).to_dict()
-    forged = json.loads(json.dumps(ev))
+    seen = evaluate(cfg, "read", actor="airflow", conn=conn).to_dict()
+    assert seen["passed"]
+    _dead_letter(conn)
+    with pytest.raises(GateRefused) as refused:
+        approve(cfg, "read", by="ana", reason="looked green", evaluation=seen, conn=conn)
+    assert refused.value.failing == ("dead_letters",)
+    text = str(refused.value)
+    assert "re-evaluated now, 1 criterion fails (dead_letters)" in text and "shown to the approver passed" in text
+    assert current_state(cfg, conn=conn) == "shadow"
+    assert [e[1] for e in events(conn)] == ["evaluation", "evaluation", "refusal"]
+    refusal = _event(conn, "refusal")
+    assert refusal["seen_evidence_hash"] == seen["evidence_hash"] != refusal["evidence_hash"]
+    assert refusal["changed_criteria"] == ["dead_letters"] and refusal["seen_passed"] is True
+    fresh = conn.execute("SELECT status, summary FROM reconcile.runs WHERE run_id = %s", (refusal["run_id"],)).fetchone()
+    assert fresh[0] == "red" and json.loads(fresh[1])["evidence_hash"] == refusal["evidence_hash"]
+    # with an override it goes ahead, recorded as an override resting on the fresh evidence
+    result = approve(cfg, "read", by="ana", reason="looked green", override_reason="letter is a known test txn",
+                     evaluation=seen, conn=conn)
+    assert result["override"] is True and result["failing"] == ["dead_letters"]
+    assert _event(conn, "override")["evidence_hash"] == result["evidence_hash"] != seen["evidence_hash"]
+
+
+def test_approval_records_the_evidence_seen_and_the_fresh_one_and_catches_tampering(cfg, conn):
+    green_history(conn)
+    _dead_letter(conn)
+    seen = evaluate(cfg, "read", actor="airflow", conn=conn).to_dict()
+    assert seen["failing"] == ["dead_letters"]
+    forged = json.loads(json.dumps(seen))
     forged["criteria"][0]["passed"] = not forged["criteria"][0]["passed"]
     with pytest.raises(GateError, match="does not match its evidence hash"):
         approve(cfg, "read", by="ana", reason="r", evaluation=forged, conn=conn)
-    result = approve(cfg, "read", by="ana", reason="r", evaluation=ev, conn=conn)
-    assert result["evaluation_run_id"] == ev["run_id"] and result["evidence_hash"] == ev["evidence_hash"]
-    assert [e[1] for e in events(conn)].count("evaluation") == 1
+    with pytest.raises(GateError, match="of the read gate, not the write gate"):
+        approve(cfg, "write", by="ana", reason="r", evaluation=seen, conn=conn)
+    conn.execute("UPDATE reconcile.dead_letters SET resolved_at = now()")  # fixed while the approver read
+    result = approve(cfg, "read", by="ana", reason="r", evaluation=seen, conn=conn)
+    assert result["status"] == "approved" and result["override"] is False
+    assert result["seen_evidence_hash"] == seen["evidence_hash"] != result["evidence_hash"]
+    assert result["evidence_changed"] is True and result["changed_criteria"] == ["dead_letters"]
+    assert result["evaluation_run_id"] != seen["run_id"]
+    approval = _event(conn, "approval")
+    assert approval["evidence_hash"] == result["evidence_hash"] and approval["run_id"] == result["evaluation_run_id"]
+    assert (approval["seen_evidence_hash"], approval["seen_run_id"]) == (seen["evidence_hash"], seen["run_id"])
+    assert _event(conn, "transition")["evidence_hash"] == result["evidence_hash"]
+    (summary,) = conn.execute("SELECT summary FROM reconcile.runs WHERE run_id = %s",
+                              (result["evaluation_run_id"],)).fetchone()
+    assert json.loads(summary)["evidence_hash"] == result["evidence_hash"] and json.loads(summary)["passed"]
+
+
+def test_partial_diff_runs_do_not_count_toward_the_streak(cfg, conn):
+    cfg = make_config(cfg, min_green_hours=0.0)
+    add_run(conn, "check", "green", 1, GREEN_CHECK)
+    add_run(conn, "replay", "done", 1, REPLAY)
+    add_audit(conn)
+    add_run(conn, "diff", "green", 5, GREEN_DIFF)
+    only_accounts = {**GREEN_DIFF, "tables": {"ledger.accounts": GREEN_TABLE}}  # reconcile diff --table ...
+    add_run(conn, "diff", "green", 4, only_accounts, balances=None)
+    add_run(conn, "diff", "green", 3, GREEN_DIFF, balances=None)  # the balance diff never ran
+    add_run(conn, "diff", "green", 2, GREEN_DIFF, balances="skipped")  # [diff] balances off
+    errored = {**GREEN_DIFF, "tables": {**GREEN_DIFF["tables"], "ledger.entries": {**GREEN_TABLE, "status": "error"}}}
+    add_run(conn, "diff", "green", 1, errored)
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    assert ev.failing == ("green_diff_streak",)
+    streak = ev.criterion("green_diff_streak")
+    assert streak.evidence["consecutive_green"] == 1 and streak.evidence["partial_green_runs"] == 4
+    assert "left out balances, ledger.entries, ledger.journal" in streak.message
+    for hours in (0.5, 0.2):
+        add_run(conn, "diff", "green", hours, GREEN_DIFF)
+    assert evaluate(cfg, "read", record=False, conn=conn).passed
+    # a partial run that found a difference breaks the streak; the clean check reads the latest complete run
+    add_run(conn, "diff", "red", 0.1, {**only_accounts, "verdict": "red", "persistent_mismatches": 1}, balances=None)
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    assert ev.failing == ("green_diff_streak",) and ev.criterion("green_diff_streak").evidence["consecutive_green"] == 0
+    assert ev.criterion("latest_diff_clean").evidence["persistent_mismatches"] == 0
+
+
+def test_only_complete_diff_runs_are_read_for_the_latest_clean_diff(cfg, conn):
+    green_history(conn)
+    for _ in range(3):  # newer partial runs, clean by their own numbers: not evidence for the whole ledger
+        add_run(conn, "diff", "green", 0.1, {**GREEN_DIFF, "tables": {"ledger.accounts": GREEN_TABLE}}, balances=None)
+    _mismatch(conn)  # the latest complete run has mismatches
+    for _ in range(2):
+        add_run(conn, "diff", "green", 0.05, {**GREEN_DIFF, "tables": {"ledger.journal": GREEN_TABLE}}, balances=None)
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    assert ev.failing == ("latest_diff_clean",)
+    assert ev.criterion("latest_diff_clean").evidence["persistent_mismatches"] == 2
+
+
+def test_orphaned_and_stale_replay_rows_do_not_count(cfg, conn):
+    add_audit(conn)
+    # a session killed mid-way (running, no summary), a session 'running' since long before the window
+    # with a bad lag, and nothing else: no replay evidence
+    add_run(conn, "replay", "running", 0.01, None, running=True)
+    add_run(conn, "replay", "running", 30, {**REPLAY, "lag_seconds_p99": 45.0, "conflicts": 900,
+                                            "target_commits": 1000}, running=True)
+    ev = evaluate(cfg, "write", record=False, conn=conn)
+    assert ev.criterion("replay_lag").evidence["runs"] == 0
+    assert ev.criterion("replay_lag").message == "no replay run in the last 24 h; run `reconcile replay`"
+    assert ev.criterion("occ_conflict_rate").evidence["by_kind"] == {}
+    green_history(conn, audit=False)
+    ev = evaluate(cfg, "write", record=False, conn=conn)
+    assert ev.criterion("replay_lag").passed and ev.criterion("replay_lag").evidence["runs"] == 2
+    assert ev.criterion("occ_conflict_rate").evidence["by_kind"]["replay"]["runs"] == 2
+    # a current session reporting its figures so far still counts
+    add_run(conn, "replay", "running", 0.2, {**REPLAY, "lag_seconds_p99": 45.0}, running=True)
+    assert evaluate(cfg, "read", record=False, conn=conn).failing == ("replay_lag",)
 
 
 # --- the audit trail ----------------------------------------------------------------------------

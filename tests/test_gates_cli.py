@@ -50,8 +50,11 @@ def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys
     code, out, _ = cli(monkeypatch, capsys, "gate", "evaluate", "read", "--config", c)
     assert code == 1 and "[FAIL] green_diff_streak" in out
 
-    code, _, err = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "ana", "--reason", "go", "--config", c)
-    assert code == 1 and "refuses approval" in err and "expectations_green" in err
+    code, out, err = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "ana", "--reason", "go", "--config", c)
+    assert code == 1 and out == "" and "refuses approval" in err and "expectations_green" in err
+    sentence = err.strip().removeprefix("refused: ")
+    assert "\n" not in sentence and sentence.endswith(".") and ". " not in sentence  # one sentence, one line
+    assert "--override REASON" in sentence
 
     with connect(load_config(toml, environ={}).target) as conn:  # the demo's history: N=1, T=0
         add_run(conn, "diff", "green", 0.1, GREEN_DIFF)

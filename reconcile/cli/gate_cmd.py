@@ -18,7 +18,9 @@ from ._common import CONFIG_OPTION, load, run_app
 app = typer.Typer(help="Cutover gates: evaluate criteria, approve, roll back, publish the state.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
-BY_OPTION = typer.Option(..., "--by", envvar="RECONCILE_GATE_BY", help="Who acts (recorded in the audit trail).")
+BY_OPTION = typer.Option(..., "--by", envvar="RECONCILE_GATE_BY", help="Who acts (recorded in the audit trail). Asserted, not authenticated: the CLI records the name "
+                               "it is given; approve through the reconcile_cutover DAG for an authenticated approver "
+                               "(Airflow records its responder). The two-person rule compares names case-folded.")
 REASON_OPTION = typer.Option(..., "--reason", envvar="RECONCILE_GATE_REASON", help="Why (recorded in the audit trail).")
 # No environment twin on purpose: an exported override would silently override every later approval.
 OVERRIDE_OPTION = typer.Option(None, "--override",

@@ -58,7 +58,9 @@ def _connect(endpoint: Any) -> psycopg.Connection:
 
 
 def _dialect(config: Any) -> str:
-    return "dsql" if getattr(config.target, "kind", "") == "dsql" else "postgres"
+    from reconcile.schema.dialect import dialect_for
+
+    return dialect_for(config.target).name
 
 
 def _settings(config: Any) -> Any:
@@ -66,13 +68,15 @@ def _settings(config: Any) -> Any:
 
 
 def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None,
-               lag_wait_seconds: float | None = None) -> str:
+               lag_wait_seconds: float | None = None, run_id: str | None = None) -> str:
     """Open a diff run; returns its run_id.
 
     Args:
         config: the resolved configuration.
         tables: names of the tables to compare (default every configured table).
         lag_wait_seconds: overrides ``[diff] lag_wait_seconds`` for this run.
+        run_id: the run's id (an orchestrator derives it from its own run, so a retry opens no second run;
+            the insert is ``ON CONFLICT DO NOTHING``); default a new random id.
 
     Raises:
         ConfigError: a named table is not configured.
@@ -84,7 +88,7 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     wait = settings.lag_wait_seconds if lag_wait_seconds is None else float(lag_wait_seconds)
     with _connect(config.source) as src:
         start_lsn = lag.current_lsn(src)
-    run_id = store.new_run_id()
+    run_id = run_id or store.new_run_id()
     with _connect(config.target) as tgt:
         migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
         store.insert_run(tgt, run_id, {

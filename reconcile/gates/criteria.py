@@ -5,24 +5,31 @@ What the other stages store (the shared contract) and what each criterion reads:
 ========================  ==============================================================================
 criterion                 evidence read
 ========================  ==============================================================================
-green_diff_streak         ``reconcile.runs`` kind 'diff' (final status green/red/error): the streak of
-                          green runs from the latest back must hold >= ``min_green_runs`` runs spanning
-                          >= ``min_green_hours``, the latest finished within ``max_diff_age_hours``
-latest_diff_clean         the latest diff's summary: ``persistent_mismatches`` and
+green_diff_streak         ``reconcile.runs`` kind 'diff' (final status green/red/error): the complete
+                          green runs finished after the latest red/error run (of any scope) must be
+                          >= ``min_green_runs`` runs spanning >= ``min_green_hours``, the latest finished
+                          within ``max_diff_age_hours``. Complete: the summary's ``tables`` holds every
+                          configured table (compared: status green/red) and, when the config has a
+                          ledger (accounts + entries roles), the run's ``diff_results`` row
+                          ``__balances__`` is green/red (the balance diff ran; ``skipped`` does not
+                          count). Partial green runs (``reconcile diff --table ...``) neither count nor
+                          break the streak; a partial red/error run breaks it.
+latest_diff_clean         the latest complete diff run's summary: ``persistent_mismatches`` and
                           ``balance_differences`` both 0
 expectations_green        the latest kind 'check' run: status green (summary ``success`` not false),
                           finished within ``max_check_age_hours``
-replay_lag                kind 'replay' runs finished within ``replay_window_hours`` (or still running,
-                          with a summary): the latest neither 'error' nor 'stopped', the highest
-                          ``lag_seconds_p99`` below ``max_lag_p99_seconds`` (all null: the latest
-                          must report ``caught_up``)
+replay_lag                kind 'replay' runs finished within ``replay_window_hours``, or still running
+                          with a summary and started within it (a row left 'running' with no summary by
+                          a killed session never counts): the latest neither 'error' nor 'stopped', the
+                          highest ``lag_seconds_p99`` below ``max_lag_p99_seconds`` (all null: the
+                          latest must report ``caught_up``)
 dead_letters              ``reconcile.dead_letters`` with ``resolved_at IS NULL``: none
 audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding
 *write gate also*
 read_gate_held            state ``read_cutover`` entered >= ``min_read_hours`` ago (``gate_state``)
-occ_conflict_rate         runs within the window whose summary has ``conflicts`` and ``target_commits``
-                          (replay) or ``attempts`` (backfill): sum(conflicts) / sum(commits) below
-                          ``max_conflict_rate``
+occ_conflict_rate         runs within the window (as for replay_lag) whose summary has ``conflicts``
+                          and ``target_commits`` (replay) or ``attempts`` (backfill):
+                          sum(conflicts) / sum(commits) below ``max_conflict_rate``
 must_change_acknowledged  every ``must-change`` finding of the latest audit run is in
                           ``reconcile.gate_acknowledgements``
 ========================  ==============================================================================
@@ -35,16 +42,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from reconcile.control import ident
+from reconcile.diff.balances import layout_of
+from reconcile.diff.store import BALANCES
 from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 
-__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "evaluate_criteria"]
+__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "DiffScope", "evaluate_criteria"]
 
 READ_CRITERIA = ("green_diff_streak", "latest_diff_clean", "expectations_green", "replay_lag", "dead_letters",
                  "audit_blockers")
@@ -53,6 +63,8 @@ WRITE_CRITERIA = READ_CRITERIA + ("read_gate_held", "occ_conflict_rate", "must_c
 FINAL_DIFF = ("green", "red", "error")
 _LISTED = 10
 """At most this many ids are listed in one piece of evidence."""
+_SCANNED = 50
+"""The latest complete diff run is looked for among this many recent runs."""
 
 
 def _summary(text: str | None) -> dict[str, Any]:
@@ -77,9 +89,11 @@ def _runs(conn: psycopg.Connection, kind: str, statuses: tuple[str, ...] | None,
         where.append(sql.SQL("status IN ({})").format(sql.SQL(", ").join([sql.Placeholder()] * len(statuses))))
         params.extend(statuses)
     if since is not None:
-        # a session still running (no finished_at) counts whenever it started: its summary is current
-        where.append(sql.SQL("(finished_at IS NULL OR finished_at >= %s)"))
-        params.append(since)
+        # A session still running counts only with a summary (its figures so far) and when it started inside
+        # the window: a row a killed session left 'running' with no summary, or started long ago, never does.
+        where.append(sql.SQL("(finished_at >= %s OR (finished_at IS NULL AND summary IS NOT NULL "
+                             "AND started_at >= %s))"))
+        params.extend([since, since])
     q = sql.SQL("SELECT run_id, status, started_at, finished_at, summary FROM {} WHERE {} "
                 "ORDER BY coalesce(finished_at, started_at) DESC, started_at DESC{}").format(
         ident("runs"), sql.SQL(" AND ").join(where),
@@ -88,68 +102,129 @@ def _runs(conn: psycopg.Connection, kind: str, statuses: tuple[str, ...] | None,
             for r in conn.execute(q, params).fetchall()]
 
 
-def _streak(conn: psycopg.Connection) -> dict[str, Any]:
-    """The green diff runs finished after the latest red/error one: count, first start, last end."""
-    runs = ident("runs")
-    end = sql.SQL("coalesce(finished_at, started_at)")
-    q = sql.SQL("SELECT count(*), min(started_at), max({end}) FROM {runs} WHERE kind = 'diff' AND status = 'green' "
-                "AND {end} > coalesce((SELECT max({end}) FROM {runs} WHERE kind = 'diff' "
-                "AND status IN ('red', 'error')), to_timestamp(0))").format(end=end, runs=runs)
-    count, first, last = conn.execute(q).fetchone()
-    return {"count": count, "first_started": first, "last_finished": last}
+@dataclass(frozen=True)
+class DiffScope:
+    """What a complete diff run covers: every configured table and, with a ledger, the balance diff.
+
+    Only complete runs are evidence that the target matches: a green ``reconcile diff --table
+    ledger.accounts`` says nothing about the entries.
+    """
+
+    tables: tuple[str, ...]
+    """Every configured table (``config.tables``)."""
+    balances: bool
+    """Whether the config has a ledger (accounts + entries roles), so a complete run diffs the balances."""
+
+    @classmethod
+    def of(cls, config: Any) -> DiffScope:
+        return cls(tuple(t.name for t in config.tables), layout_of(config) is not None)
 
 
-def _diff_streak(diffs: list[dict[str, Any]], streak: dict[str, Any], s: GateSettings,
-                 now: dt.datetime) -> Criterion:
+COMPARED = ("green", "red")
+"""Statuses of a table (or the balance diff) that was actually compared (``error``/``skipped`` were not)."""
+
+def _diff_runs(conn: psycopg.Connection, scope: DiffScope, where: sql.Composable, params: list[Any], *,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """Diff runs matching ``where``, newest first, each with ``gaps`` (what it did not compare) and ``complete``."""
+    end = sql.SQL("coalesce(r.finished_at, r.started_at)")
+    q = sql.SQL("SELECT r.run_id, r.status, r.started_at, r.finished_at, r.summary, "
+                "(SELECT d.status FROM {results} d WHERE d.run_id = r.run_id AND d.table_name = %s) "
+                "FROM {runs} r WHERE r.kind = 'diff' AND {where} ORDER BY {end} DESC, r.started_at DESC{limit}").format(
+        results=ident("diff_results"), runs=ident("runs"), where=where, end=end,
+        limit=sql.SQL(" LIMIT {}").format(sql.Literal(limit)) if limit else sql.SQL(""))
+    out = []
+    for r in conn.execute(q, [BALANCES, *params]).fetchall():
+        summary = _summary(r[4])
+        tables = summary.get("tables") if isinstance(summary.get("tables"), dict) else {}
+        gaps = [t for t in scope.tables if not (isinstance(tables.get(t), dict) and tables[t].get("status") in COMPARED)]
+        if scope.balances and r[5] not in COMPARED:
+            gaps.append("balances")
+        out.append({"run_id": str(r[0]), "status": r[1], "started_at": r[2], "finished_at": r[3], "summary": summary,
+                    "gaps": gaps, "complete": not gaps})
+    return out
+
+
+def _end(run: dict[str, Any]) -> dt.datetime:
+    return run["finished_at"] or run["started_at"]
+
+
+def _diff_history(conn: psycopg.Connection, scope: DiffScope) -> dict[str, Any]:
+    """The diff runs the two diff criteria read.
+
+    ``recent``: the latest final runs (any scope); ``bad``: the latest red/error run (any scope) or None;
+    ``greens``: every green run finished after it, newest first (complete or not).
+    """
+    final = sql.SQL("r.status IN ({})").format(sql.SQL(", ").join([sql.Placeholder()] * len(FINAL_DIFF)))
+    recent = _diff_runs(conn, scope, final, list(FINAL_DIFF), limit=_SCANNED)
+    bad = _diff_runs(conn, scope, sql.SQL("r.status IN ('red', 'error')"), [], limit=1)
+    after = sql.SQL("r.status = 'green' AND coalesce(r.finished_at, r.started_at) > %s")
+    greens = _diff_runs(conn, scope, after, [_end(bad[0]) if bad else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)])
+    return {"recent": recent, "bad": bad[0] if bad else None, "greens": greens}
+
+
+def _diff_streak(history: dict[str, Any], s: GateSettings, now: dt.datetime) -> Criterion:
     name = "green_diff_streak"
-    if not diffs:
+    recent, bad, greens = history["recent"], history["bad"], history["greens"]
+    if not recent:
         return Criterion(name, False, {"runs": 0}, "no finished diff run is stored; run `reconcile diff`")
-    latest = diffs[0]
-    end = latest["finished_at"] or latest["started_at"]
-    age = _hours(now - end)
-    count = streak["count"]
-    span = _hours(streak["last_finished"] - streak["first_started"]) if count else 0.0
+    full = [g for g in greens if g["complete"]]
+    partial = [g for g in greens if not g["complete"]]
+    count = len(full)
+    span = _hours(_end(full[0]) - full[-1]["started_at"]) if full else 0.0
+    latest = recent[0]
     evidence: dict[str, Any] = {
         "consecutive_green": count, "required_runs": s.min_green_runs, "span_hours": span,
-        "required_hours": s.min_green_hours, "streak_started_at": iso(streak["first_started"]),
-        "latest_run_id": latest["run_id"], "latest_status": latest["status"], "latest_finished_at": iso(end),
-        "latest_age_hours": age, "max_age_hours": s.max_diff_age_hours,
-        "recent_green_run_ids": [r["run_id"] for r in diffs[:min(count, _LISTED)]],
+        "required_hours": s.min_green_hours, "streak_started_at": iso(full[-1]["started_at"]) if full else None,
+        "latest_run_id": latest["run_id"], "latest_status": latest["status"], "latest_finished_at": iso(_end(latest)),
+        "max_age_hours": s.max_diff_age_hours, "recent_green_run_ids": [r["run_id"] for r in full[:_LISTED]],
+        "partial_green_runs": len(partial), "partial_green_run_ids": [r["run_id"] for r in partial[:_LISTED]],
     }
-    if count < len(diffs):
-        broke = diffs[count]
-        evidence["streak_broken_by"] = {"run_id": broke["run_id"], "status": broke["status"],
-                                        "finished_at": iso(broke["finished_at"])}
+    if bad is not None:
+        evidence["streak_broken_by"] = {"run_id": bad["run_id"], "status": bad["status"],
+                                        "finished_at": iso(bad["finished_at"]), "complete": bad["complete"]}
     if count < s.min_green_runs:
-        msg = (f"{count} consecutive green diff run(s), {s.min_green_runs} needed"
-               + (f" (the latest is {latest['status']})" if latest["status"] != "green" else ""))
+        msg = f"{count} consecutive complete green diff run(s), {s.min_green_runs} needed"
+        if latest["status"] != "green":
+            msg += f" (the latest is {latest['status']})"
+        elif partial:
+            gaps = sorted({g for r in partial for g in r["gaps"]})
+            msg += (f"; {len(partial)} green run(s) left out {', '.join(gaps[:3])}: run `reconcile diff` over "
+                    "every table")
         return Criterion(name, False, evidence, msg)
+    age = _hours(now - _end(full[0]))
+    evidence["latest_age_hours"] = age
     if span < s.min_green_hours:
         return Criterion(name, False, evidence,
                          f"the green streak spans {span:g} h, {s.min_green_hours:g} h needed")
     if age > s.max_diff_age_hours:
         return Criterion(name, False, evidence,
-                         f"the latest diff finished {age:g} h ago, more than {s.max_diff_age_hours:g} h")
-    return Criterion(name, True, evidence, f"{count} consecutive green diff runs spanning {span:g} h")
+                         f"the latest complete diff finished {age:g} h ago, more than {s.max_diff_age_hours:g} h")
+    return Criterion(name, True, evidence, f"{count} consecutive complete green diff runs spanning {span:g} h")
 
 
-def _diff_clean(diffs: list[dict[str, Any]]) -> Criterion:
+def _diff_clean(history: dict[str, Any]) -> Criterion:
     name = "latest_diff_clean"
-    if not diffs:
-        return Criterion(name, False, {}, "no finished diff run is stored; run `reconcile diff`")
-    latest = diffs[0]
+    recent = history["recent"]
+    latest = next((r for r in recent if r["complete"]), None)
+    if latest is None:
+        if not recent:
+            return Criterion(name, False, {}, "no finished diff run is stored; run `reconcile diff`")
+        return Criterion(name, False, {"runs_scanned": len(recent), "latest_gaps": recent[0]["gaps"]},
+                         f"none of the last {len(recent)} diff run(s) compared every table and the balances; run "
+                         "`reconcile diff` over every table")
     summary = latest["summary"]
     persistent, balances = summary.get("persistent_mismatches"), summary.get("balance_differences")
     evidence = {"run_id": latest["run_id"], "status": latest["status"], "persistent_mismatches": persistent,
                 "balance_differences": balances, "in_flight": summary.get("in_flight"),
                 "report_dir": summary.get("report_dir")}
     if persistent is None or balances is None:
-        return Criterion(name, False, evidence, "the latest diff run's summary lacks persistent_mismatches or "
-                                                "balance_differences; run `reconcile diff` again")
+        return Criterion(name, False, evidence, "the latest complete diff run's summary lacks persistent_mismatches "
+                                                "or balance_differences; run `reconcile diff` again")
     if persistent or balances:
-        return Criterion(name, False, evidence, f"the latest diff has {persistent} persistent row mismatch(es) and "
-                                                f"{balances} balance difference(s)")
-    return Criterion(name, True, evidence, "the latest diff has no persistent mismatch and no balance difference")
+        return Criterion(name, False, evidence, f"the latest complete diff has {persistent} persistent row "
+                                                f"mismatch(es) and {balances} balance difference(s)")
+    return Criterion(name, True, evidence, "the latest complete diff has no persistent mismatch and no balance "
+                                           "difference")
 
 
 def _expectations(conn: psycopg.Connection, s: GateSettings, now: dt.datetime) -> Criterion:
@@ -301,15 +376,16 @@ def _acknowledged(conn: psycopg.Connection, audit: dict[str, Any] | None, s: Gat
 
 
 def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, state: dict[str, Any],
-                      now: dt.datetime) -> list[Criterion]:
-    """Inside one read transaction: every criterion of ``gate`` ('read' or 'write'), in a fixed order."""
-    diffs = _runs(conn, "diff", FINAL_DIFF, limit=_LISTED + 1)
+                      now: dt.datetime, scope: DiffScope) -> list[Criterion]:
+    """Inside one read transaction: every criterion of ``gate`` ('read' or 'write'), in a fixed order.
+
+    ``scope`` says which diff runs are complete (:meth:`DiffScope.of` the config).
+    """
+    diffs = _diff_history(conn, scope)
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = _runs(conn, "replay", None, since=since)
-    replays = [r for r in replays if r["status"] != "running" or r["summary"]]
     audit = _latest_audit(conn)
-    out = [_diff_streak(diffs, _streak(conn), s, now), _diff_clean(diffs), _expectations(conn, s, now),
-           _replay_lag(replays, s),
+    out = [_diff_streak(diffs, s, now), _diff_clean(diffs), _expectations(conn, s, now), _replay_lag(replays, s),
            _dead_letters(conn), _audit_blockers(audit, s)]
     if gate == "write":
         out += [_read_held(state, s, now), _conflict_rate(conn, s, since), _acknowledged(conn, audit, s)]

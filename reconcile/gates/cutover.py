@@ -35,14 +35,15 @@ from psycopg import sql
 
 from reconcile.control import ident, migrate
 from reconcile.gates import trail
-from reconcile.gates.criteria import evaluate_criteria
+from reconcile.gates.criteria import DiffScope, evaluate_criteria
 from reconcile.gates.errors import GateError, GateRefused
 from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
 from reconcile.gates.ssm import publish_ssm, resolve_region
-from reconcile.occ import RetryPolicy, run_with_retry
+from reconcile.occ import policy_from, run_with_retry
+from reconcile.schema.dialect import dialect_for
 
 __all__ = ["STATES", "acknowledge", "approve", "current_state", "evaluate", "gate_status", "history", "publish",
-           "rollback"]
+           "rollback", "same_person"]
 
 STATES = ("shadow", "read_cutover", "write_cutover")
 STATE_KEY = "cutover"
@@ -68,28 +69,23 @@ _GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_
 
 
 class _Refused(Exception):
-    """Raised inside a transaction to roll it back; turned into a recorded GateRefused outside."""
+    """Raised inside a transaction to roll it back; turned into a recorded GateRefused outside.
 
-    def __init__(self, message: str, failing: tuple[str, ...] = ()) -> None:
+    ``evaluation``: the fresh evaluation the refusal rests on, recorded with the refusal.
+    """
+
+    def __init__(self, message: str, failing: tuple[str, ...] = (), evaluation: Evaluation | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.message, self.failing = message, failing
+        self.message, self.failing, self.evaluation, self.details = message, failing, evaluation, details or {}
 
 
 # --- plumbing ---------------------------------------------------------------------------------
 
 
-def _policy(config: Any) -> RetryPolicy:
-    r = config.retry
-    return RetryPolicy(max_attempts=r.max_attempts, base_delay=r.base_delay, max_delay=r.max_delay)
-
-
-def _dialect(config: Any) -> str:
-    return "dsql" if getattr(config.target, "kind", "") == "dsql" else "postgres"
-
-
 def _tx(conn: psycopg.Connection, config: Any, fn: Any, label: str, *, writes: bool = True) -> Any:
     # Writes append to the trail: a commit of unknown outcome (XX000) is not blindly retried.
-    return run_with_retry(conn, fn, policy=_policy(config), idempotent=not writes, label=label)
+    return run_with_retry(conn, fn, policy=policy_from(config), idempotent=not writes, label=label)
 
 
 @contextmanager
@@ -103,7 +99,7 @@ def _target(config: Any, conn: psycopg.Connection | None) -> Iterator[psycopg.Co
         owned = None
     c = conn if conn is not None else owned
     try:
-        migrate(c, dialect=_dialect(config), policy=_policy(config))  # type: ignore[arg-type]
+        migrate(c, dialect=dialect_for(config.target).name, policy=policy_from(config))  # type: ignore[arg-type]
 
         def init(t: psycopg.Connection) -> None:
             t.execute(_INIT_STATE, (STATE_KEY,))
@@ -146,49 +142,76 @@ def _optional(value: str | None, what: str) -> str | None:
     return str(value).strip()
 
 
+def same_person(a: str | None, b: str | None) -> bool:
+    """Whether two approver names are the same person's: compared case-folded, whitespace collapsed.
+
+    >>> same_person("Alice  Smith", " alice smith")
+    True
+    """
+    def norm(name: str | None) -> str:
+        return " ".join(str(name or "").split()).casefold()
+
+    return norm(a) == norm(b)
+
+
 def _record_refusal(c: psycopg.Connection, config: Any, *, gate: str | None, by: str | None, reason: str | None,
-                    refusal: _Refused, action: str, evidence_hash: str | None = None) -> GateRefused:
-    event = {"event": "refusal", "gate": gate, "actor": by, "reason": reason, "evidence_hash": evidence_hash,
-             "details": {"action": action, "refused": refusal.message, "failing": list(refusal.failing)}}
-    _tx(c, config, lambda t: trail.append(t, [event]), "gate refusal event")
+                    refusal: _Refused, action: str) -> GateRefused:
+    """Record the refusal (and the fresh evaluation it rests on) in one transaction; the error to raise."""
+    ev = refusal.evaluation
+
+    def write(t: psycopg.Connection) -> None:
+        events = []
+        recorded = None
+        if ev is not None:
+            recorded, evaluated = _evaluation_record(t, config, ev, by)
+            events.append(evaluated)
+        events.append({"event": "refusal", "gate": gate, "actor": by, "reason": reason,
+                       "evidence_hash": ev.evidence_hash if ev is not None else None,
+                       "run_id": recorded.run_id if recorded is not None else None,
+                       "details": {"action": action, "refused": refusal.message, "failing": list(refusal.failing),
+                                   **refusal.details}})
+        trail.append(t, events)
+
+    _tx(c, config, write, "gate refusal event")
     return GateRefused(refusal.message, refusal.failing)
-
-
-def _verify(c: psycopg.Connection, config: Any) -> dict[str, Any]:
-    def read(t: psycopg.Connection) -> dict[str, Any]:
-        return trail.verify(t, state=_read_state(t)["state"])
-
-    return _tx(c, config, read, "gate trail check", writes=False)
 
 
 # --- evaluate ---------------------------------------------------------------------------------
 
 
+def _evaluate_in(t: psycopg.Connection, config: Any, gate: str, st: dict[str, Any] | None = None) -> Evaluation:
+    """Inside a transaction (one snapshot): the criteria of ``gate`` against the state ``st`` read in it."""
+    (now,) = t.execute("SELECT now()").fetchone()
+    st = _read_state(t) if st is None else st
+    criteria = evaluate_criteria(t, gate, config.gates, st, now, DiffScope.of(config))
+    return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
+
+
 def _evaluate(c: psycopg.Connection, config: Any, gate: str) -> Evaluation:
-    def read(t: psycopg.Connection) -> Evaluation:
-        (now,) = t.execute("SELECT now()").fetchone()
-        st = _read_state(t)
-        criteria = evaluate_criteria(t, gate, config.gates, st, now)
-        return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
-
-    return _tx(c, config, read, f"{gate} gate evaluation", writes=False)
+    return _tx(c, config, lambda t: _evaluate_in(t, config, gate), f"{gate} gate evaluation", writes=False)
 
 
-def _record_evaluation(c: psycopg.Connection, config: Any, ev: Evaluation, actor: str | None) -> Evaluation:
+def _evaluation_record(t: psycopg.Connection, config: Any, ev: Evaluation,
+                       actor: str | None) -> tuple[Evaluation, dict[str, Any]]:
+    """Inside the caller's transaction: store ``ev`` as a 'gate' run; returns it with its run_id, and its event."""
     run_id = str(uuid.uuid4())
     recorded = Evaluation(ev.gate, ev.state, ev.evaluated_at, ev.criteria, run_id)
     settings = canonical({f: getattr(config.gates, f) for f in config.gates.__dataclass_fields__})
+    t.execute(_GATE_RUN, (run_id, "green" if ev.passed else "red", ev.evaluated_at, settings,
+                          canonical(recorded.to_dict())))
     event = {"event": "evaluation", "gate": ev.gate, "actor": actor, "run_id": run_id,
              "evidence_hash": ev.evidence_hash,
              "details": {"passed": ev.passed, "failing": list(ev.failing), "state": ev.state}}
+    return recorded, event
 
-    def write(t: psycopg.Connection) -> None:
-        t.execute(_GATE_RUN, (run_id, "green" if ev.passed else "red", ev.evaluated_at, settings,
-                              canonical(recorded.to_dict())))
+
+def _record_evaluation(c: psycopg.Connection, config: Any, ev: Evaluation, actor: str | None) -> Evaluation:
+    def write(t: psycopg.Connection) -> Evaluation:
+        recorded, event = _evaluation_record(t, config, ev, actor)
         trail.append(t, [event])
+        return recorded
 
-    _tx(c, config, write, "gate evaluation record")
-    return recorded
+    return _tx(c, config, write, "gate evaluation record")
 
 
 def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None = None,
@@ -214,21 +237,39 @@ def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None =
 # --- approve ----------------------------------------------------------------------------------
 
 
-def _usable(evaluation: Evaluation | dict[str, Any] | None, gate: str, config: Any, state: str) -> Evaluation | None:
-    """The evaluation handed in, when it is of this gate, made in the current state and recent enough."""
+def _seen(evaluation: Evaluation | dict[str, Any] | None, gate: str) -> Evaluation | None:
+    """The evaluation the approver was shown (checked: of this gate, unaltered), or None."""
     if evaluation is None:
         return None
     ev = evaluation if isinstance(evaluation, Evaluation) else Evaluation.from_dict(evaluation)
     if ev.gate != gate:
         raise GateError(f"The evaluation handed in is of the {ev.gate} gate, not the {gate} gate; evaluate the "
                         f"{gate} gate and approve with that.")
-    age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(ev.evaluated_at)
-    fresh = age <= dt.timedelta(hours=config.gates.approval_ttl_hours) and ev.state == state
-    return ev if fresh else None
+    return ev
 
 
-def _failing_text(ev: Evaluation) -> str:
-    return "; ".join(f"{c.name} ({c.message})" for c in ev.criteria if not c.passed)
+def _compared(seen: Evaluation | None, fresh: Evaluation) -> dict[str, Any]:
+    """What the approval records about the evidence the approver saw versus the fresh evaluation."""
+    if seen is None:
+        return {"seen_evidence_hash": None, "evidence_changed": None, "changed_criteria": []}
+    before = {c.name: c.passed for c in seen.criteria}
+    changed = [c.name for c in fresh.criteria if before.get(c.name) is not c.passed]
+    return {"seen_evidence_hash": seen.evidence_hash, "seen_evaluated_at": seen.evaluated_at,
+            "seen_run_id": seen.run_id, "seen_passed": seen.passed,
+            "evidence_changed": seen.evidence_hash != fresh.evidence_hash, "changed_criteria": changed}
+
+
+def _refusal_text(gate: str, ev: Evaluation, chain_problem: str | None, seen: Evaluation | None) -> str:
+    """One sentence: what fails now, and what to do."""
+    parts = []
+    if not ev.passed:
+        n = len(ev.failing)
+        parts.append(f"{n} {'criterion fails' if n == 1 else 'criteria fail'} ({', '.join(ev.failing)})")
+    if chain_problem:
+        parts.append(f"the audit trail is broken ({chain_problem})")
+    shown = " although the evaluation shown to the approver passed" if seen is not None and seen.passed else ""
+    return (f"The {gate} gate refuses approval: re-evaluated now, {' and '.join(parts)}{shown}; fix that and "
+            "approve again, or approve with --override REASON (`reconcile gate status` shows the evidence).")
 
 
 def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: str | None = None,
@@ -236,9 +277,20 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
             conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Approve ``gate``: record the approval and move the state one step forward, then publish.
 
-    The approval is recorded only when every criterion passes, or with ``override_reason`` (recorded
-    as an ``override`` event naming the failing criteria). With ``[gates] two_person``, the first
-    approval is recorded as pending and a second, different approver makes the transition.
+    The gate is always evaluated again inside the approval's own transaction, from the same snapshot
+    as the state it moves, so an approval rests on the evidence as it is when it is recorded, not on
+    an evaluation made before a person took hours to answer. The approval is recorded only when every
+    criterion of that fresh evaluation passes, or with ``override_reason`` (recorded as an
+    ``override`` event naming the failing criteria). With ``[gates] two_person``, the first approval
+    is recorded as pending and a second, different approver makes the transition; names are compared
+    case-folded with whitespace collapsed (``Alice`` and ``alice`` are one person). ``by`` is what the
+    caller asserts: the CLI does not authenticate it; the Airflow approval step passes its
+    authenticated responder.
+
+    ``evaluation`` is what the approver was shown. Its hash is recorded next to the fresh one
+    (``seen_evidence_hash``, ``evidence_hash``), with the criteria whose verdict changed between the
+    two. A differing hash alone does not refuse: the hash covers the evaluation time and the ages in
+    the evidence, so it differs on every re-evaluation; what decides is the fresh verdict.
 
     Args:
         config: the loaded configuration.
@@ -246,95 +298,87 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
         by: who approves.
         reason: why.
         override_reason: approve although criteria fail (or the trail is broken), and why.
-        evaluation: an evaluation of this gate made earlier (an Evaluation or its ``to_dict()``);
-            re-evaluated when absent, made in another state, or older than ``approval_ttl_hours``.
+        evaluation: the evaluation of this gate the approver was shown (an Evaluation or its ``to_dict()``).
         conn: an autocommit target connection to reuse.
 
     Returns:
         ``{"status": "approved" | "pending", "gate", "from", "to", "approvers", "override", "events",
-        "evidence_hash", "evaluation_run_id", "published"}``.
+        "evidence_hash", "evaluation_run_id", "seen_evidence_hash", "evidence_changed",
+        "changed_criteria", "failing", "published"}``.
 
     Raises:
-        GateRefused: a criterion fails (named), the state does not allow this gate, the same person
+        GateRefused: a criterion fails now (named), the state does not allow this gate, the same person
             approved first, or the audit trail is broken.
+        GateError: ``evaluation`` is of another gate or was altered (its hash does not match).
         PublishFailed: the transition was made but publishing it failed (rerun ``gate publish``).
     """
     _check_gate(gate)
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
+    seen = _seen(evaluation, gate)
     s = config.gates
+    frm, to = _STEP[gate]
     with _target(config, conn) as c:
-        chain = _verify(c, config)
-        state = _tx(c, config, _read_state, "gate state read", writes=False)["state"]
-        ev = _usable(evaluation, gate, config, state)
-        if ev is None:
-            ev = _record_evaluation(c, config, _evaluate(c, config, gate), by)
-        elif ev.run_id is None:
-            ev = _record_evaluation(c, config, ev, by)
-        problems: list[str] = []
-        failing = ev.failing
-        if not ev.passed:
-            problems.append(f"{len(failing)} criteria fail: {_failing_text(ev)}")
-        if not chain["ok"]:
-            failing += ("audit_trail",)
-            problems.append(f"the audit trail is broken ({chain['breaks'][0]['problem']})")
-        if problems and override_reason is None:
-            raise _record_refusal(c, config, gate=gate, by=by, reason=reason, evidence_hash=ev.evidence_hash,
-                                  action=f"approve {gate}", refusal=_Refused(
-                                      f"The {gate} gate refuses approval: {'; and '.join(problems)}. Fix them and "
-                                      "evaluate again, or approve with --override REASON.", failing))
-        overriding = bool(problems)
-        frm, to = _STEP[gate]
-
         def transact(t: psycopg.Connection) -> dict[str, Any]:
             st = _read_state(t)
+            chain = trail.verify(t, state=st["state"])
+            fresh = _evaluate_in(t, config, gate, st)
+            compared = _compared(seen, fresh)
+            failing = fresh.failing
+            chain_problem = None if chain["ok"] else chain["breaks"][0]["problem"]
+            if chain_problem:
+                failing += ("audit_trail",)
+            overriding = bool(failing)
+            if overriding and override_reason is None:
+                raise _Refused(_refusal_text(gate, fresh, chain_problem, seen), failing, fresh, compared)
             if st["state"] != frm:
                 hint = ("approve the read gate first" if gate == "write" and st["state"] == "shadow"
                         else "nothing to approve")
                 raise _Refused(f"The {gate} gate moves {frm} to {to}, but the state is {st['state']}; {hint}.",
-                               ("state",))
+                               ("state",), fresh, compared)
+            ev, evaluated = _evaluation_record(t, config, fresh, by)
             decision = {"event": "override" if overriding else "approval", "gate": gate, "actor": by,
                         "reason": override_reason if overriding else reason, "evidence_hash": ev.evidence_hash,
                         "run_id": ev.run_id,
-                        "details": {"from": frm, "to": to, "passed": ev.passed, "failing": list(failing),
+                        "details": {"from": frm, "to": to, "passed": ev.passed, "failing": list(failing), **compared,
                                     **({"approval_reason": reason} if overriding else {})}}
+            out = {"gate": gate, "from": frm, "to": to, "override": overriding, "evidence_hash": ev.evidence_hash,
+                   "evaluation_run_id": ev.run_id, "failing": list(failing), **compared}
             approvers = [by]
             if s.two_person:
                 pending = st["pending"]
                 now = dt.datetime.now(dt.timezone.utc)
-                fresh = pending is not None and pending.get("gate") == gate and pending.get("from") == frm and \
-                    now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours)
-                if not fresh:
+                fresh_pending = pending is not None and pending.get("gate") == gate and pending.get("from") == frm \
+                    and now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours)
+                if not fresh_pending:
                     decision["details"]["awaiting"] = "a second, different approver"
-                    (written,) = trail.append(t, [decision])
-                    doc = {"gate": gate, "from": frm, "by": by, "at": iso(now), "event_id": written["event_id"],
+                    written = trail.append(t, [evaluated, decision])
+                    doc = {"gate": gate, "from": frm, "by": by, "at": iso(now), "event_id": written[-1]["event_id"],
                            "evidence_hash": ev.evidence_hash, "override": overriding}
                     if t.execute(_SET_PENDING, (canonical(doc), STATE_KEY, st["version"])).rowcount != 1:
                         raise GateError("The cutover state changed during the approval; run the command again.")
-                    return {"status": "pending", "gate": gate, "from": frm, "to": to, "approvers": [by],
-                            "override": overriding, "events": [written["event_id"]]}
-                if pending["by"] == by:
-                    raise _Refused(f"The two-person rule needs a second, different approver: {by} approved the "
-                                   f"{gate} gate already.", ("two_person",))
+                    return {**out, "status": "pending", "approvers": [by],
+                            "events": [w["event_id"] for w in written]}
+                if same_person(pending["by"], by):
+                    raise _Refused(f"The two-person rule needs a second, different approver: {pending['by']} "
+                                   f"approved the {gate} gate already.", ("two_person",), fresh, compared)
                 approvers = [pending["by"], by]
                 decision["details"]["first_approval"] = pending["event_id"]
             move = {"event": "transition", "gate": gate, "actor": by, "reason": reason,
                     "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
                     "details": {"from": frm, "to": to, "version": st["version"] + 1, "approvers": approvers,
                                 "override": overriding}}
-            written = trail.append(t, [decision, move])
+            written = trail.append(t, [evaluated, decision, move])
             if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the approval; run the command again.")
-            return {"status": "approved", "gate": gate, "from": frm, "to": to, "approvers": approvers,
-                    "override": overriding, "events": [w["event_id"] for w in written]}
+            return {**out, "status": "approved", "approvers": approvers, "events": [w["event_id"] for w in written]}
 
         try:
             result = _tx(c, config, transact, f"approve {gate} gate")
         except _Refused as refusal:
-            raise _record_refusal(c, config, gate=gate, by=by, reason=reason, evidence_hash=ev.evidence_hash,
-                                  action=f"approve {gate}", refusal=refusal) from None
-        result.update(evidence_hash=ev.evidence_hash, evaluation_run_id=ev.run_id, failing=list(failing))
+            raise _record_refusal(c, config, gate=gate, by=by, reason=reason, action=f"approve {gate}",
+                                  refusal=refusal) from None
         if result["status"] == "approved":
             result["published"] = _publish(c, config, actor=by, after=f"approved the {gate} gate ({frm} -> {to})")
         return result

@@ -21,7 +21,7 @@ class GateSettings:
     """Settings of the gates stage."""
 
     min_green_runs: int = 3
-    """N: consecutive green diff runs (the latest first) the read gate needs."""
+    """N: consecutive complete green diff runs (every configured table and the balances) the read gate needs."""
     min_green_hours: float = 24.0
     """T: hours the green streak must span (first green start to last green finish)."""
     max_diff_age_hours: float = 24.0
@@ -29,7 +29,8 @@ class GateSettings:
     max_check_age_hours: float = 24.0
     """The latest expectations run (kind 'check') must have finished within this many hours."""
     replay_window_hours: float = 24.0
-    """Replay runs finished within this many hours (or still running) count for lag and conflict rate."""
+    """Replay runs finished within this many hours (or running with a summary, started within them) count
+    for lag and conflict rate."""
     max_lag_p99_seconds: float = 30.0
     """L: the highest lag_seconds_p99 of the recent replay runs must be below this."""
     min_read_hours: float = 24.0
@@ -41,7 +42,8 @@ class GateSettings:
     two_person: bool = False
     """Require a second, distinct approver before a gate transitions."""
     approval_ttl_hours: float = 24.0
-    """A first approval waiting for its second approver expires after this many hours."""
+    """A first approval waiting for its second approver expires after this many hours (every approval
+    re-evaluates the gate when it is recorded, whatever the age of the evaluation the approver saw)."""
     ssm_parameter: str | None = None
     """SSM parameter the state is published to (e.g. /reconcile/cutover/state); unset: control table only."""
     ssm_region: str | None = None

@@ -14,10 +14,12 @@ Modules and their steps:
   ``backfill_summary(config, params, chunk_ids, *, run_label) -> dict``, ``backfill_params``.
 - :mod:`.replay`: ``replay_init(config)``, ``replay_tick(config, *, duration, max_txns) -> summary``,
   ``replay_status(config)``, ``lag_metrics(summary)``.
-- :mod:`.diff`: ``diff_start(config, *, tables) -> {"run_id", "tables"}``,
+- :mod:`.diff`: ``diff_start(config, *, tables, run_id) -> {"run_id", "tables", "reused"}``
+  (``run_id``: ``diff_run_id_for(dag_id, run_id)``, so a retry reuses its run), ``opened_run(started)``,
   ``diff_one_table(config, run_id, table)``, ``diff_balances_step(config, run_id)``,
-  ``checks_step(config)``, ``diff_finish(config, run_id, *, report_dir)``,
-  ``reconcile_verdict(diff, checks, evidence)`` (raises :class:`ReconcileRed` on a red run).
+  ``checks_step(config)``, ``diff_finish(config, run_id, *, report_dir)`` (closes tables and balances
+  that never reported as errors), ``reconcile_verdict(diff, checks, evidence, *, expected)`` (raises
+  :class:`ReconcileRed` on a red run or a missing step result).
 - :mod:`.gates`: ``gate_evaluate(config, gate, *, actor, override_reason) -> evaluation + body``,
   ``approval_body(evaluation)``, ``gate_transition(config, gate, *, by, reason, override_reason,
   evaluation)``, ``gate_publish(config, *, actor)``, ``gate_verify(config, gate, *, transition)``,

@@ -1,50 +1,111 @@
 """Reconciliation as orchestrated steps: start -> one step per table -> balances -> checks -> finish.
 
 - :func:`diff_start` opens a diff run (``reconcile.runs`` kind 'diff', its start LSN fixed) and lists
-  the tables to map over;
+  the tables to map over; given a ``run_id`` (:func:`diff_run_id_for` the orchestrator's run), a retry
+  reuses the run it opened instead of opening another;
 - :func:`diff_one_table` diffs one table inside that run (idempotent per (run, table): a retry
   diffs it again and replaces its findings);
 - :func:`diff_balances_step` compares balances (per account and currency, trial balance, zero-sum);
 - :func:`checks_step` runs the expectation suites on both sides (a 'check' run);
 - :func:`diff_finish` closes the run with its verdict and writes the report (folder, or an S3 link);
+  it runs after failed steps too: a table whose step never reported is closed as ``error`` (not
+  compared) by :func:`reconcile.diff.finish_diff`, and so is a balance diff that never reported;
 - :func:`reconcile_verdict` says whether the whole reconciliation is green, for the final task that
-  fails a red run visibly.
+  fails a red run (or one whose steps failed) visibly.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconcile.config import Config
 from reconcile.errors import TerminalError
 
-__all__ = ["ReconcileRed", "checks_step", "diff_balances_step", "diff_finish", "diff_one_table", "diff_start",
-           "reconcile_verdict"]
+__all__ = ["DiffRunClosed", "DiffNotStarted", "ReconcileRed", "checks_step", "diff_balances_step", "diff_finish",
+           "diff_one_table", "diff_run_id_for", "diff_start", "opened_run", "reconcile_verdict"]
 
 log = logging.getLogger("reconcile.pipeline.diff")
 
 
 class ReconcileRed(TerminalError):
-    """The reconciliation found differences (or failed expectations): the run is red."""
+    """The reconciliation found differences (or failed expectations, or a step failed): the run is red."""
+
+
+class DiffRunClosed(TerminalError):
+    """The diff run of this orchestrator run finished already; its evidence is not rewritten."""
+
+
+class DiffNotStarted(TerminalError):
+    """The start step opened no diff run (it failed), so there is nothing to diff into or close."""
+
+
+NOT_COMPARED = "not compared: the balances step did not finish (its task failed or never ran)"
+"""The error recorded for a balance diff that never reported."""
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 
 
-def diff_start(config: Config, *, tables: Sequence[str] | None = None,
-               lag_wait_seconds: float | None = None) -> dict[str, Any]:
-    """Open a diff run; returns ``{"run_id", "tables": [names to map over]}``."""
+def diff_run_id_for(dag_id: str, run_id: str) -> str:
+    """The diff run id of one orchestrator run (Airflow: dag_id and run_id): the same on every retry.
+
+    >>> diff_run_id_for("reconcile_reconcile", "manual__1")
+    '6cb33d4c-ba91-5454-aa13-8c11771b6b44'
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"airflow://{dag_id}/{run_id}"))
+
+
+def _stored_run(config: Config, run_id: str) -> dict[str, Any] | None:
+    from reconcile.connections import connect
+    from reconcile.diff import store
+
+    with connect(config.target) as conn:
+        if conn.execute("SELECT to_regclass('reconcile.runs') IS NULL").fetchone()[0]:
+            return None
+        return store.get_run(conn, run_id)
+
+
+def diff_start(config: Config, *, tables: Sequence[str] | None = None, lag_wait_seconds: float | None = None,
+               run_id: str | None = None) -> dict[str, Any]:
+    """Open a diff run; returns ``{"run_id", "tables": [names to map over], "reused": bool}``.
+
+    Args:
+        run_id: the run's id (:func:`diff_run_id_for` the orchestrator run). When a run with this id
+            exists and is still running, it is reused (a retry after the first attempt opened it).
+
+    Raises:
+        DiffRunClosed: the run with ``run_id`` finished already (the orchestrator run was cleared and
+            re-run): a finished run's verdict is evidence and is not rewritten; trigger a new run.
+    """
     from reconcile.diff import start_diff
 
     names = list(tables) if tables else [t.name for t in config.tables]
     for name in names:
         config.table(name)
-    run_id = start_diff(config, tables=names, lag_wait_seconds=lag_wait_seconds)
-    log.info("diff run %s over %s", run_id, ", ".join(names))
-    return {"run_id": str(run_id), "tables": names}
+    if run_id is not None:
+        existing = _stored_run(config, run_id)
+        if existing is not None:
+            if existing["status"] != "running" or existing["kind"] != "diff":
+                raise DiffRunClosed(f"Diff run {run_id} of this orchestrator run is {existing['status']} already; "
+                                    "trigger a new run of the DAG instead of clearing this one.")
+            names = list(existing["settings"].get("tables") or names)
+            log.info("diff run %s was opened by an earlier attempt: reusing it (%s)", run_id, ", ".join(names))
+            return {"run_id": run_id, "tables": names, "reused": True}
+    opened = start_diff(config, tables=names, lag_wait_seconds=lag_wait_seconds, run_id=run_id)
+    log.info("diff run %s over %s", opened, ", ".join(names))
+    return {"run_id": str(opened), "tables": names, "reused": False}
+
+
+def opened_run(started: Mapping[str, Any] | None) -> str:
+    """The run id :func:`diff_start` returned; raises :class:`DiffNotStarted` when it returned nothing."""
+    if not started or not started.get("run_id"):
+        raise DiffNotStarted("The start step opened no diff run (it failed); read its log, fix the cause and "
+                             "trigger the reconciliation again.")
+    return str(started["run_id"])
 
 
 def diff_one_table(config: Config, run_id: str, table: str) -> dict[str, Any]:
@@ -87,35 +148,97 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     return result
 
 
+def _close_missing_balances(config: Config, run_id: str) -> bool:
+    """Record the balance diff of run ``run_id`` as ``error`` (not compared) when it was due and never reported.
+
+    :func:`reconcile.diff.finish_diff` closes a table that never reported as ``error`` but reads a
+    missing balance diff as zero differences; this makes a failed balances step count as what it is.
+    Due: the config has a ledger (accounts + entries), ``[diff] balances`` is on and the run covers
+    one of those tables (as :func:`reconcile.diff.run_diff` decides). Returns whether it wrote.
+    """
+    from reconcile.budget import budget_from
+    from reconcile.connections import connect
+    from reconcile.diff import store
+    from reconcile.diff.balances import layout_of
+    from reconcile.occ import policy_from
+
+    layout = layout_of(config)
+    if layout is None or not config.diff.balances:
+        return False
+    with connect(config.target) as conn:
+        run = store.get_run(conn, run_id)
+        covered = set((run or {}).get("settings", {}).get("tables") or ())
+        if run is None or not covered & {layout.accounts, layout.entries}:
+            return False
+        if any(r["table"] == store.BALANCES for r in store.load_results(conn, run_id)):
+            return False
+        store.save_table(conn, run_id, store.BALANCES,
+                         {"status": "error", "error": NOT_COMPARED, "details": {"reason": NOT_COMPARED}}, [],
+                         budget=budget_from(config), policy=policy_from(config))
+    log.warning("diff run %s: the balance diff never reported; recorded as an error (not compared)", run_id)
+    return True
+
+
 def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -> dict[str, Any]:
-    """Close run ``run_id``: verdict, summary and report; returns the run summary (verdict, report_dir...)."""
+    """Close run ``run_id``: verdict, summary and report; returns the run summary (verdict, report_dir...).
+
+    Safe after failed steps: tables and a balance diff that never reported are closed as ``error``
+    (named in the summary's ``errors`` and the report), never as green.
+    """
     from reconcile.diff import finish_diff
 
+    _close_missing_balances(config, run_id)
     result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
     log.info("diff run %s: verdict %s; report: %s%s", run_id, result.get("verdict"), where,
              f" (uploaded to {s3})" if s3 else "")
+    for name, error in sorted((result.get("errors") or {}).items()):
+        log.error("diff run %s: %s: %s", run_id, name, error)
     return result
 
 
-def reconcile_verdict(diff: Mapping[str, Any], checks: Mapping[str, Any] | None = None,
-                      evidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The run's outcome; raises :class:`ReconcileRed` when the diff is red or an expectation failed."""
-    out = {"verdict": diff.get("verdict"), "report_dir": diff.get("report_dir"),
-           "persistent_mismatches": diff.get("persistent_mismatches"),
-           "balance_differences": diff.get("balance_differences"),
+def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] | None = None,
+                      evidence: Mapping[str, Any] | None = None, *,
+                      expected: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's outcome; raises :class:`ReconcileRed` when the diff is red or errored, an expectation
+    failed, or a step's result is missing.
+
+    Args:
+        diff: :func:`diff_finish`'s result (None: the run was not closed).
+        checks: :func:`checks_step`'s result.
+        evidence: the gate evidence step's result.
+        expected: which of ``"checks"`` and ``"evidence"`` must be present (the DAG passes both:
+            a step that failed hands over nothing).
+    """
+    out = {"verdict": None if diff is None else diff.get("verdict"),
+           "report_dir": None if diff is None else diff.get("report_dir"),
+           "persistent_mismatches": None if diff is None else diff.get("persistent_mismatches"),
+           "balance_differences": None if diff is None else diff.get("balance_differences"),
            "checks_success": None if checks is None else checks.get("success"),
            "gate": None if evidence is None else {k: evidence.get(k) for k in ("gate", "passed", "failing")}}
     problems = []
-    if diff.get("verdict") != "green":
-        problems.append(f"the diff is {diff.get('verdict')} ({diff.get('persistent_mismatches')} persistent "
-                        f"mismatches, {diff.get('balance_differences')} balance differences)")
-    if checks is not None and not checks.get("success"):
+    if diff is None:
+        problems.append("the diff run was not closed (the finish step failed)")
+    else:
+        errors = diff.get("errors") or {}
+        if errors:
+            problems.append(f"{', '.join(sorted(errors))} not compared")
+        if diff.get("verdict") != "green":
+            problems.append(f"the diff is {diff.get('verdict')} ({diff.get('persistent_mismatches')} persistent "
+                            f"mismatches, {diff.get('balance_differences')} balance differences)")
+    if checks is None:
+        if "checks" in expected:
+            problems.append("the expectations did not run (the checks step failed)")
+    elif not checks.get("success"):
         problems.append(f"{checks.get('failed')} expectation(s) failed")
+    if evidence is None and "evidence" in expected:
+        problems.append("no gate evidence was recorded (the gate evidence step failed)")
     if problems:
-        raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; read the report at "
-                           f"{diff.get('report_dir')} and fix the target (a forced backfill of the key range) "
-                           "before the next run.")
-    log.info("reconciliation green; report at %s", diff.get("report_dir"))
+        where = diff.get("report_dir") if diff is not None else None
+        raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; "
+                           + (f"read the report at {where} and fix the target (a forced backfill of the key range) "
+                              "before the next run." if where else "read the failed tasks' logs and fix the cause "
+                              "before the next run."))
+    log.info("reconciliation green; report at %s", diff.get("report_dir") if diff is not None else None)
     return out

@@ -5,9 +5,10 @@ The human decision sits between :func:`gate_evaluate` and :func:`gate_transition
 name becomes ``by``. Each step is safe to retry:
 
 - :func:`gate_evaluate` records a new evaluation (a ``runs`` row of kind 'gate') each time;
-- :func:`gate_transition` does nothing when the state already is the gate's target state (a retry
-  after a commit whose answer was lost), and leaves publishing to :func:`gate_publish` when the
-  transition committed but publishing failed;
+- :func:`gate_transition` re-evaluates the gate inside the approval's transaction (the answer may
+  come hours after :func:`gate_evaluate`), does nothing when the state already is the gate's target
+  state (a retry after a commit whose answer was lost), and leaves publishing to
+  :func:`gate_publish` when the transition committed but publishing failed;
 - :func:`gate_publish` is idempotent (:func:`reconcile.gates.publish`);
 - :func:`gate_verify` only reads.
 """
@@ -105,6 +106,10 @@ def gate_evaluate(config: Config, gate: str, *, actor: str | None = None,
 def gate_transition(config: Config, gate: str, *, by: str, reason: str, override_reason: str | None = None,
                     evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Record the approval by ``by`` and move the state (:func:`reconcile.gates.approve`).
+
+    The gate is evaluated again when the approval is recorded (the person may have answered hours
+    after ``evaluation`` was made): criteria failing by then refuse it unless ``override_reason``.
+    ``evaluation`` is what the approver was shown; its evidence hash is recorded next to the fresh one.
 
     Returns:
         approve()'s result (``status``, ``from``, ``to``, ``approvers``, ``published``...), or
