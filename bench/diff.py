@@ -6,17 +6,24 @@ for (a) identical tables, (b) 100 changed amounts, (c) 1,000 missing rows:
 
 * reconcile: ``run_diff`` on the one table (balances off; findings stored, reports written);
 * reladiff (PyPI): ``diff_tables`` over the same two tables, threaded like ours;
-* the floor: one full-scan checksum query (count + sum of row hashes) on the larger side.
+* the floor: one full-scan checksum query (count + sum of row hashes) on the larger side, with
+  exactly the row hash the diff computes for these tables;
+* for reference, "both": that same query on both sides at once, the least any diff that reads
+  both sides can cost when the two servers share one machine's cores (as here).
 
-Usage: ``./dev run python bench/diff.py [--rows 1000000] [--workers 2]``. Prints wall times,
-the ratios reladiff / reconcile and reconcile / floor, and whether both found the same rows.
+Usage: ``./dev run python bench/diff.py [--rows 1000000] [--workers 2] [--repeat 1]``. Prints
+wall times (the median of ``--repeat`` runs, with their range), the ratios reladiff / reconcile
+and reconcile / floor, whether both found the same rows, and where the time went: server CPU
+seconds per side (from /proc, Linux) and, for reconcile, the queries it sent.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -63,10 +70,46 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def cpu_seconds(data_dir: Path) -> dict[str, float]:
+    """CPU seconds used so far by each server: postmaster, its live backends and the reaped ones."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roots: dict[int, str] = {}
+    for role in stack.ROLES:
+        try:
+            roots[int((data_dir / role / "postmaster.pid").read_text().split()[0])] = role
+        except (OSError, ValueError, IndexError):
+            return {}
+    used = {role: 0 for role in stack.ROLES}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ppid, own, reaped = int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        if int(entry) in roots:
+            used[roots[int(entry)]] += own + reaped
+        elif ppid in roots:
+            used[roots[ppid]] += own
+    return {role: v / tick for role, v in used.items()}
+
+
+def profiled(data_dir: Path, fn):
+    """(wall seconds, result, {role: server CPU seconds}) of one call."""
+    before = cpu_seconds(data_dir)
+    t, out = timed(fn)
+    after = cpu_seconds(data_dir)
+    return t, out, {r: after[r] - before[r] for r in after} if before and after else {}
+
+
 def reconcile_diff(cfg: Config, report_dir: str):
     result = run_diff(cfg, report_dir=report_dir)
     t = result.to_dict()["tables"]["ledger.entries"]
-    return t["missing"], t["extra"], t["changed"]
+    with psycopg.connect(cfg.target.conninfo) as conn:
+        queries = conn.execute("SELECT queries FROM reconcile.diff_results WHERE run_id = %s AND table_name = %s",
+                               (result.run_id, "ledger.entries")).fetchone()[0]
+    return (t["missing"], t["extra"], t["changed"]), queries
 
 
 def reladiff_diff(src: str, tgt: str, workers: int):
@@ -93,23 +136,68 @@ def reladiff_diff(src: str, tgt: str, workers: int):
     return len(minus - plus), len(plus - minus), len(minus & plus)
 
 
-def floor(src: str) -> float:
-    with psycopg.connect(src) as conn:
-        for s in ("SET TimeZone TO 'UTC'", "SET DateStyle TO 'ISO, MDY'", "SET extra_float_digits TO 1"):
-            conn.execute(s)
-        cols = [sqlgen.Column(n, sqlgen.kind_of(t)) for n, t in conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'ledger.entries'::regclass "
-            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
-        q = psycopg.sql.SQL("SELECT count(*), sum({}) FROM ledger.entries").format(sqlgen.row_hash(cols))
+def _columns(conn: psycopg.Connection) -> list[sqlgen.Column]:
+    return [sqlgen.Column(n, sqlgen.kind_of(t), t) for n, t in conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'ledger.entries'::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+
+
+def checksum_query(src: str, tgt: str) -> psycopg.sql.Composed:
+    """count + sum of row hashes over the whole table, with exactly the diff's row hash for this pair."""
+    with psycopg.connect(src) as s, psycopg.connect(tgt) as t:
+        cols, _ = sqlgen.hash_layout(_columns(s), _columns(t))
+    return psycopg.sql.SQL("SELECT count(*), sum({}) FROM ledger.entries").format(sqlgen.row_hash(cols))
+
+
+def _session(url: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=True)
+    for s in ("SET TimeZone TO 'UTC'", "SET DateStyle TO 'ISO, MDY'", "SET extra_float_digits TO 1"):
+        conn.execute(s)
+    return conn
+
+
+def floor(src: str, tgt: str) -> float:
+    """One full-scan checksum query (count + sum of row hashes) on the source, the larger side.
+
+    The row hash is exactly the one the diff computes for this pair of tables (same layout and
+    normalisation, :func:`reconcile.diff.sqlgen.hash_layout`), run with the server's defaults
+    (parallel query included), so the floor only gets faster when the diff's hashing does.
+    """
+    q = checksum_query(src, tgt)
+    with _session(src) as conn:
         t0 = time.perf_counter()
         conn.execute(q).fetchone()
         return time.perf_counter() - t0
+
+
+def both_sides(src: str, tgt: str) -> float:
+    """The floor's query on both sides at the same time (reference only: the least a diff reading
+    both sides can cost when the two servers share the same cores)."""
+    q = checksum_query(src, tgt)
+    with _session(src) as s, _session(tgt) as t:
+        t0 = time.perf_counter()
+        other = threading.Thread(target=lambda: t.execute(q).fetchone())
+        other.start()
+        s.execute(q).fetchone()
+        other.join()
+        return time.perf_counter() - t0
+
+
+def _spread(runs: list) -> str:
+    walls = sorted(r[0] for r in runs)
+    med = statistics.median(walls)
+    return f"{med:.2f}s" if len(walls) == 1 else f"{med:.2f}s ({walls[0]:.2f}-{walls[-1]:.2f})"
+
+
+def _cpu(used: dict[str, float]) -> str:
+    return " + ".join(f"{role} {used[role]:.2f}s" for role in stack.ROLES) if used else "n/a"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per tool and case (the median is shown)")
     args = ap.parse_args()
     data_dir = Path(os.environ.get("RECONCILE_BENCH_STACK_DIR") or tempfile.mkdtemp(prefix="bench-diff-"))
     started = stack.up(data_dir)
@@ -134,16 +222,24 @@ def main() -> None:
         for name, changes in cases:
             execute(tgt, *changes)
             execute(tgt, "VACUUM ANALYZE ledger.entries")
-            f = min(floor(src), floor(src))
-            t_rec, found_rec = timed(lambda: reconcile_diff(cfg, reports))
-            t_rel, found_rel = timed(lambda: reladiff_diff(src, tgt, args.workers))
-            rows.append((name, t_rec, t_rel, f, found_rec, found_rel))
-            print(f"{name}: reconcile {t_rec:.2f}s {found_rec}, reladiff {t_rel:.2f}s {found_rel}, floor {f:.2f}s", flush=True)
+            f = min(floor(src, tgt) for _ in range(2 * args.repeat))
+            both = min(both_sides(src, tgt) for _ in range(args.repeat))
+            recs = [profiled(data_dir, lambda: reconcile_diff(cfg, reports)) for _ in range(args.repeat)]
+            rels = [profiled(data_dir, lambda: reladiff_diff(src, tgt, args.workers)) for _ in range(args.repeat)]
+            (found_rec, queries), found_rel = recs[0][1], rels[0][1]
+            same = all(r[1][0] == found_rel for r in recs) and all(r[1] == found_rel for r in rels)
+            t_rec, t_rel = statistics.median(r[0] for r in recs), statistics.median(r[0] for r in rels)
+            rows.append((name, t_rec, t_rel, f, both, found_rec, same))
+            cpu_rec, cpu_rel = recs[0][2], rels[0][2]
+            print(f"{name}: reconcile {_spread(recs)} {found_rec} in {queries} queries, server CPU {_cpu(cpu_rec)}; "
+                  f"reladiff {_spread(rels)} {found_rel}, server CPU {_cpu(cpu_rel)}; floor {f:.2f}s, both sides "
+                  f"{both:.2f}s", flush=True)
         print()
-        print(f"{'case':<24}{'reconcile':>11}{'reladiff':>10}{'floor':>8}{'reladiff/rec':>14}{'rec/floor':>11}  same findings")
-        for name, t_rec, t_rel, f, a, b in rows:
-            print(f"{name:<24}{t_rec:>10.2f}s{t_rel:>9.2f}s{f:>7.2f}s{t_rel / t_rec:>13.1f}x{t_rec / f:>10.2f}x  "
-                  f"{'yes' if a == b else 'NO'} (missing, extra, changed) = {a}")
+        print(f"{'case':<24}{'reconcile':>11}{'reladiff':>10}{'floor':>8}{'both':>7}{'reladiff/rec':>14}"
+              f"{'rec/floor':>11}  same findings")
+        for name, t_rec, t_rel, f, both, found, same in rows:
+            print(f"{name:<24}{t_rec:>10.2f}s{t_rel:>9.2f}s{f:>7.2f}s{both:>6.2f}s{t_rel / t_rec:>13.1f}x"
+                  f"{t_rec / f:>10.2f}x  {'yes' if same else 'NO'} (missing, extra, changed) = {found}")
     finally:
         drop_db(servers["source"], src)
         drop_db(servers["target"], tgt)

@@ -223,3 +223,118 @@ balances = false
     assert "RED" in red.stdout
     shown = runner.invoke(diff_app, ["show", "--config", str(cfg_file)])
     assert shown.exit_code == 0 and "red" in shown.stdout and "green" in shown.stdout
+
+
+def test_hash_layout_and_exact_bucket_ranges():
+    from reconcile.diff.hashdiff import Segment, _bucket_range
+
+    src = [sqlgen.Column("id", "int", "bigint"), sqlgen.Column("a", "text", "text"),
+           sqlgen.Column("amt", "numeric", "numeric(12,2)"), sqlgen.Column("wide", "numeric", "numeric(12,2)"),
+           sqlgen.Column("b", "text", "character(3)"), sqlgen.Column("n", "numeric", "numeric")]
+    tgt = [sqlgen.Column(c.name, c.kind, c.type_name) for c in src]
+    tgt[3] = sqlgen.Column("wide", "numeric", "numeric(14,4)")      # scales differ: trim_scale stays
+    tgt[5] = sqlgen.Column("n", "numeric", "numeric(18,6)")          # plain numeric (any scale): too
+    s, t = sqlgen.hash_layout(src, tgt)
+    assert [c.name for c in s] == [c.name for c in t] == ["id", "amt", "wide", "n", "a", "b"]
+    assert [c.form for c in s] == [c.form for c in t] == ["", "plain", "", "", "", "last"]
+    text = sqlgen.row_text(s).as_string()
+    assert 'coalesce("amt"::text' in text and 'trim_scale("wide")' in text and 'trim_scale("n")' in text
+    assert 'octet_length("a"::text)' in text and text.endswith("""coalesce(':' || "b"::text, '')""")
+    # Bucket b of an arithmetic bucketing is exactly the keys whose truncating division gives b,
+    # also below the origin of an open first segment (written after the segments were planned).
+    seg = Segment(None, (200,), sqlgen.Arithmetic(100, 10))
+    for b in range(-4, 10):
+        lo, hi = _bucket_range(seg, b)
+        keys = [k for k in range(40, 200) if int((k - 100) / 10) == b]
+        assert list(range(lo[0], hi[0])) == keys, b
+    assert _bucket_range(Segment((100,), (125,), sqlgen.Arithmetic(100, 10)), 2) == ((120,), (125,))
+
+
+COMPACT_DDL = ("CREATE SCHEMA app", "CREATE TABLE app.tx (id bigint PRIMARY KEY, amt numeric(12,2), "
+               "wide numeric({scale}), a text, b text)")
+
+
+def test_compact_layout_finds_exactly_the_differences(source_db, target_db):
+    run_sql(source_db, COMPACT_DDL[0], COMPACT_DDL[1].format(scale="12,2"))
+    run_sql(target_db, COMPACT_DDL[0], COMPACT_DDL[1].format(scale="14,4"))
+    fill = "INSERT INTO app.tx SELECT g, g / 8.0, g / 4.0, 'a' || g, CASE WHEN g % 5 = 0 THEN NULL ELSE 'b' || g END " \
+           "FROM generate_series({lo}, {hi}) g"
+    run_sql(source_db, fill.format(lo=1, hi=2400))
+    for lo in range(1, 2401, 800):
+        run_sql(target_db, fill.format(lo=lo, hi=lo + 799))
+    run_sql(source_db, "UPDATE app.tx SET a = 'x', b = '|y' WHERE id = 7",      # separators inside values
+            "UPDATE app.tx SET b = '' WHERE id = 1000",                       # '' in the last column...
+            "UPDATE app.tx SET a = NULL WHERE id = 1500")
+    run_sql(target_db, "UPDATE app.tx SET a = 'x|', b = 'y' WHERE id = 7",
+            "UPDATE app.tx SET b = NULL WHERE id = 1000",                     # ...vs NULL: a finding
+            "UPDATE app.tx SET a = '' WHERE id = 1500",                       # NULL vs '' (prefixed column)
+            "UPDATE app.tx SET amt = amt + 0.01 WHERE id IN (3, 2399)",       # same numeric(12,2) both sides
+            "UPDATE app.tx SET b = 'b11:' WHERE id = 11",
+            "UPDATE app.tx SET wide = 5.2500 WHERE id = 21")                  # 5.25 == 5.2500: not a finding
+    cfg = config(source_db, target_db, TableSpec("app.tx", ("id",)))
+    run_id = start_diff(cfg)
+    counts = diff_table(cfg, run_id, "app.tx")
+    got = findings(target_db, run_id, "app.tx")
+    assert got["changed"] == {(7,): ["a", "b"], (1000,): ["b"], (1500,): ["a"], (3,): ["amt"], (2399,): ["amt"],
+                              (11,): ["b"]}
+    assert got["missing_in_target"] == got["extra_in_target"] == {}
+    assert counts["rows_source"] == counts["rows_target"] == 2400
+    with psycopg.connect(target_db) as conn:
+        details = json.loads(conn.execute("SELECT details FROM reconcile.diff_results WHERE run_id = %s",
+                                          (run_id,)).fetchone()[0])
+    assert details["candidates"] == 6   # the hash already agrees on 2.50 vs 2.5000 and 5.25 vs 5.2500
+
+
+class CountingSide:
+    """A Side that records every statement it runs (to see which queries the algorithm issues)."""
+
+    def __new__(cls, name, url):
+        from reconcile.diff.side import Side
+
+        class _Counting(Side):
+            def fetch(self, query, params=None, *, binary=False):
+                self.seen.append(query.as_string() if hasattr(query, "as_string") else str(query))
+                return super().fetch(query, params, binary=binary)
+
+            def one(self, query, params=None):
+                self.seen.append(query.as_string() if hasattr(query, "as_string") else str(query))
+                return super().one(query, params)
+
+        side = _Counting(name, lambda: psycopg.connect(url))
+        side.seen = []
+        return side
+
+
+def test_precheck_is_skipped_once_segments_differ(source_db, target_db):
+    from reconcile.diff import hashdiff
+    from reconcile.diff.run import _shape
+    from reconcile.diff.side import Pair
+
+    run_sql(source_db, "CREATE SCHEMA app", "CREATE TABLE app.n (id bigint PRIMARY KEY, v int)",
+            "INSERT INTO app.n SELECT g, g FROM generate_series(1, 2000) g", "ANALYZE app.n")
+    run_sql(target_db, "CREATE SCHEMA app", "CREATE TABLE app.n (id bigint PRIMARY KEY, v int)",
+            "INSERT INTO app.n SELECT g, g FROM generate_series(1, 2000) g", "ANALYZE app.n")
+    spec = TableSpec("app.n", ("id",))
+
+    def run(settings: DiffSettings) -> tuple[hashdiff.Candidates, int, int, int]:
+        with Pair(CountingSide("source", source_db), CountingSide("target", target_db)) as pair:
+            cands = hashdiff.candidates(pair, _shape(pair, spec), settings)
+            seen = pair.source.seen
+            return (cands, sum("GROUP BY" not in q and "coalesce(sum(" in q for q in seen),
+                    sum("GROUP BY" in q for q in seen), sum(" IN (" in q for q in seen))
+
+    per_segment = DiffSettings(segment_rows=400, precheck_rows=400, bucket_rows=40, fetch_threshold=100, workers=1)
+    whole = DiffSettings(segment_rows=400, bucket_rows=40, fetch_threshold=100, workers=2)
+    cands, totals, grouped, fetches = run(per_segment)
+    assert (len(cands), cands.segments, totals, grouped, fetches) == (0, 5, 5, 0, 0)  # one plain scan per block
+    cands, totals, grouped, fetches = run(whole)
+    assert (len(cands), cands.segments, totals, grouped, fetches) == (0, 5, 2, 0, 0)  # the probe, then one block
+    assert (cands.rows_source, cands.rows_target) == (2000, 2000)
+    run_sql(target_db, "UPDATE app.n SET v = -v WHERE id % 400 = 7")       # one row in every segment
+    for settings in (per_segment, whole):
+        cands, totals, grouped, fetches = run(settings)
+        assert cands.changed == {(7,), (407,), (807,), (1207,), (1607,)} and not cands.missing | cands.extra
+        # Only the probe is prechecked (it differs, so the rest skip it); then each segment: one bucket
+        # query and one fetch of its differing bucket.
+        assert (totals, grouped, fetches, cands.buckets_fetched) == (1, 5, 5, 5)
+        assert (cands.rows_source, cands.rows_target, cands.segments) == (2000, 2000, 5)

@@ -18,16 +18,22 @@ class DiffSettings:
     """Settings of the diff stage (entry-level diffs, balance diffs, reports)."""
 
     segment_rows: int = 200_000
-    """Rows one checksum query covers at most (keeps each query far under DSQL's 128 MiB and 5 min)."""
-    bucket_rows: int = 2_000
-    """Rows per checksum bucket inside a segment: a mismatching bucket is the unit that gets bisected."""
+    """Rows one bucketed checksum query covers (about; keeps each query far under DSQL's 128 MiB and 5 min:
+    its aggregate state is two numbers per bucket)."""
+    bucket_rows: int = 128
+    """Rows per checksum bucket inside a segment: a differing bucket is fetched as (key, row hash) pairs,
+    so small buckets keep scattered differences cheap (the bucket query returns segment_rows / bucket_rows rows)."""
     bisection_factor: int = 16
     """Sub-buckets a mismatching bucket is split into when it is too large to fetch."""
     fetch_threshold: int = 5_000
     """A mismatching bucket with at most this many rows per side is fetched as (key, row hash) pairs."""
     precheck: bool = True
-    """Checksum each segment as a whole first and bucket it only when it differs (fastest when tables
-    mostly match; off saves one scan per segment when most segments differ)."""
+    """Checksum the first segment (the probe), then blocks of precheck_rows rows, as a whole first (one plain
+    count + sum per side, no GROUP BY) and bucket only what differs: the fastest when tables mostly match.
+    Once the probe or a block differs, the blocks not started yet go straight to the bucket queries."""
+    precheck_rows: int = 1_000_000
+    """Rows per precheck block (about; whole segments). A plain aggregate needs no memory, so this only
+    bounds the query's duration (DSQL: 5 minutes per transaction)."""
     workers: int = 2
     """Segments checksummed at once (each worker has one source and one target connection)."""
     lag_wait_seconds: float = 60.0
@@ -52,7 +58,7 @@ class DiffSettings:
     """When set (``s3://bucket/prefix``), each report folder is also uploaded there."""
 
     def __post_init__(self) -> None:
-        for name, low in (("segment_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),
+        for name, low in (("segment_rows", 100), ("precheck_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),
                           ("fetch_threshold", 10), ("workers", 1), ("recheck_rounds", 1),
                           ("max_findings", 1)):
             value = getattr(self, name)

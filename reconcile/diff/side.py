@@ -51,12 +51,17 @@ class Side:
         return conn
 
     def fetch(self, query: sql.Composable, params: Any = None, *, binary: bool = False) -> list[tuple]:
-        with self._lock:
-            self.queries += 1
+        self._count()
         return self.conn().execute(query, params, binary=binary).fetchall()
 
     def one(self, query: Any, params: Any = None) -> tuple | None:
+        self._count()
         return self.conn().execute(query, params).fetchone()
+
+    def _count(self) -> None:
+        """Every statement sent counts (``queries``: the round trips of a diff, for the run's details)."""
+        with self._lock:
+            self.queries += 1
 
     def columns(self, schema: str, table: str) -> list[Column]:
         """The table's columns in order (empty when the table does not exist)."""
