@@ -129,7 +129,7 @@ def main() -> None:
             conn.execute(BURST_PROC)
             plan = plan_from_source(conn, tables=cfg.tables, dialect="postgres")
         with psycopg.connect(tgt, autocommit=True) as conn:
-            apply_plan(conn, plan)
+            apply_plan(conn, plan, phase="pre-load")  # foreign keys would refuse chunks copied out of order
         init_replay(cfg)
         run_backfill(cfg, BackfillSettings(replay=True, slot_name=name))
         run_replay(cfg)

@@ -24,11 +24,15 @@ from reconcile.replay import (
     dead_letter_payload,
     init_replay,
     list_dead_letters,
+    read_watermark,
     replay_status,
     retry_dead_letter,
     run_replay,
     skip_dead_letter,
 )
+from reconcile.replay.errors import ReadOutOfOrder
+from reconcile.replay.runner import split_read
+from reconcile.replay.source import SourceTxn
 from reconcile.schema import apply_plan, plan_from_source
 from reconcile.workload import run_workload, seed
 
@@ -74,12 +78,17 @@ def ledger_fingerprints(url: str) -> list[tuple]:
             fingerprint(url, "ledger.entries", "entry_id")]
 
 
-def ledger_pair(source_db: str, target_db: str, *, accounts: int = 60, transactions: int = 200) -> None:
+def ledger_pair(source_db: str, target_db: str, *, accounts: int = 60, transactions: int = 200):
+    """Seed the source ledger and create the target tables *without* foreign keys (schema phase
+    ``pre-load``), as the pipeline does: chunks of one table are copied in parallel, so a self-reference
+    (journal.reverses_txn_id) may arrive before its parent. Returns the plan (``post-load`` after the
+    backfill adds the foreign keys)."""
     with psycopg.connect(source_db, autocommit=True) as conn:
         seed(conn, accounts=accounts, transactions=transactions)
         plan = plan_from_source(conn, tables=DEMO_TABLES, dialect="postgres")
     with psycopg.connect(target_db, autocommit=True) as conn:
-        apply_plan(conn, plan)
+        apply_plan(conn, plan, phase="pre-load")
+    return plan
 
 
 def items_pair(source_db: str, target_db: str, target_check: str = "") -> None:
@@ -127,7 +136,7 @@ def test_init_refuses_a_table_without_key_sets_full_only_when_told_and_is_idempo
 
 
 def test_backfill_and_replay_under_live_writes_converge(source_db, target_db, drop_slots):
-    ledger_pair(source_db, target_db)
+    plan = ledger_pair(source_db, target_db)
     cfg = make_config(source_db, target_db)
     init_replay(cfg)  # slot first, then backfill
     stop = threading.Event()
@@ -150,6 +159,8 @@ def test_backfill_and_replay_under_live_writes_converge(source_db, target_db, dr
     final = run_replay(cfg, until_caught_up=True)
     assert final.status == "done" and final.caught_up and final.dead_letters_open == 0
     assert ledger_fingerprints(source_db) == ledger_fingerprints(target_db)
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        apply_plan(conn, plan, phase="post-load")  # the foreign keys validate: the target is whole
     with psycopg.connect(target_db) as conn:
         kinds = conn.execute("SELECT status, count(*) FROM reconcile.runs WHERE kind = 'replay' GROUP BY status").fetchall()
         summary = json.loads(conn.execute("SELECT summary FROM reconcile.runs WHERE kind = 'replay' AND status = 'done' "
@@ -160,6 +171,43 @@ def test_backfill_and_replay_under_live_writes_converge(source_db, target_db, dr
                 "lag_seconds_p99", "lag_bytes", "dead_letters_open", "caught_up", "last_commit_lsn"):
         assert key in summary, key
     assert caught_up_lsn is not None and last is not None
+
+
+def test_replay_refuses_to_start_while_the_backfill_left_rows_refused(source_db, target_db, drop_slots):
+    """The load-dependent loss of issue 5, made deterministic. A row the target refused during the
+    initial backfill (here: a self-reference whose parent sits in a later chunk, as journal reversals
+    did when two workers copied journal chunks out of order) committed before the slot existed, so the
+    replay can never bring it. Replaying on anyway ended 'done, caught up, no dead letters' with the
+    target short of whole source transactions; the replay must refuse until the table is copied again."""
+    ddl = ("CREATE TABLE app.tree (id int PRIMARY KEY, parent int REFERENCES app.tree (id), amount numeric(12,2), "
+           "note text)")
+    run_sql(source_db, "CREATE SCHEMA app", ddl,
+            "INSERT INTO app.tree SELECT g, NULL, g, 'n' FROM generate_series(2, 200) g",
+            "INSERT INTO app.tree VALUES (1, 150, 1, 'child of a later chunk')")
+    run_sql(target_db, "CREATE SCHEMA app", ddl)
+    tree = TableSpec("app.tree", ("id",))
+    cfg = make_config(source_db, target_db, [tree])
+    init_replay(cfg)
+    first = run_backfill(cfg, BackfillSettings(replay=True, chunk_rows=50, workers=1, slot_name=cfg.replay.slot_name))
+    assert first.status == "done" and 1 not in target_tree_ids(target_db)  # refused: 150 was not there yet
+    run_sql(source_db, "UPDATE app.tree SET amount = amount + 1 WHERE id = 150")  # replayed later, fine
+
+    with pytest.raises(BackfillIncomplete, match=r"1 row\(s\) of app.tree were refused by the target during the "
+                                                 r"backfill .*23503.*`reconcile backfill --table app.tree --force`"):
+        run_replay(cfg)
+    assert 1 not in target_tree_ids(target_db)
+
+    again = run_backfill(cfg, BackfillSettings(replay=True, chunk_rows=50, workers=1, force=True, tables=("app.tree",),
+                                               slot_name=cfg.replay.slot_name))
+    assert again.status == "done"
+    final = run_replay(cfg)
+    assert final.status == "done" and final.caught_up and final.txns_applied == 1
+    assert fingerprint(source_db, "app.tree", "id") == fingerprint(target_db, "app.tree", "id")
+
+
+def target_tree_ids(target_db: str) -> set[int]:
+    with psycopg.connect(target_db) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM app.tree")}
 
 
 def test_a_concurrent_reader_never_sees_half_a_journal_transaction(source_db, target_db, drop_slots):
@@ -276,6 +324,60 @@ def test_a_refused_transaction_is_isolated_from_its_group_and_dead_lettered(sour
         assert dl[0][2] == "skipped" and result.dead_letters_open == 0 and result.txns_skipped == 1
 
 
+def log_running_xacts(url: str) -> None:
+    """Write an xl_running_xacts record now: where a slot may move its restart point (else every ~15 s)."""
+    run_sql(url, "SELECT pg_log_standby_snapshot()")
+
+
+@pytest.mark.parametrize("die_at", [None, "committed", "advanced"])
+def test_transactions_committing_in_another_order_than_they_began_are_applied_once_each(
+        source_db, target_db, drop_slots, die_at):
+    """A begins first and commits last; B and C begin later and commit first. With two messages per peek
+    every read is cut between transactions, the slot is advanced past B and C while A is still open
+    (restart points logged in between), and the replayer may die between its target commit and the slot
+    advance: A must still arrive whole, once, and nothing may arrive twice."""
+    items_pair(source_db, target_db)
+    cfg = make_config(source_db, target_db, [ITEMS], require_backfill=False, peek_changes=2)
+    init_replay(cfg)
+
+    def replay(fault=None):
+        with Replayer.from_config(cfg, fault=fault) as r:
+            try:
+                return r.run(until_caught_up=True)
+            except RuntimeError:  # died at the fault: the next run takes over
+                return None
+
+    def dies_once(point):
+        fired = []
+
+        def fault(where: str) -> None:
+            if where == point and not fired:
+                fired.append(where)
+                raise RuntimeError(f"killed at {where}")
+        return fault
+
+    with psycopg.connect(source_db) as a, psycopg.connect(source_db) as b:
+        a.execute("INSERT INTO app.items VALUES (1, 1.00, 'A first write')")  # A begins (no commit yet)
+        log_running_xacts(source_db)
+        b.execute("INSERT INTO app.items VALUES (2, 2.00, 'B')")  # B begins after A
+        run_sql(source_db, "INSERT INTO app.items VALUES (3, 3.00, 'C')")  # C begins and commits
+        b.commit()  # B commits before A
+        log_running_xacts(source_db)
+        first = replay(dies_once(die_at) if die_at else None)  # applies C and B while A is open
+        if first is not None:
+            assert first.status == "done" and first.txns_applied == 2 and first.caught_up
+        log_running_xacts(source_db)
+        a.execute("UPDATE app.items SET amount = amount + 0.01 WHERE id = 3")  # A's second write
+        a.execute("INSERT INTO app.items VALUES (4, 4.00, 'A last write')")
+        a.commit()  # A: began first, commits last
+    run_sql(source_db, "INSERT INTO app.items VALUES (5, 5.00, 'D')")
+    final = replay()
+    assert final.status == "done" and final.caught_up
+    assert fingerprint(source_db, "app.items", "id") == fingerprint(target_db, "app.items", "id")
+    with psycopg.connect(target_db) as conn:
+        assert read_watermark(conn, cfg.replay.slot_name).applied_txns == 4  # C, B, A, D: each exactly once
+
+
 def test_two_replayers_on_one_slot_cannot_both_apply(source_db, target_db, drop_slots):
     items_pair(source_db, target_db)
     cfg = make_config(source_db, target_db, [ITEMS], require_backfill=False)
@@ -333,3 +435,16 @@ def test_cli_init_run_status_and_dead_letters(source_db, target_db, drop_slots, 
     assert out.exit_code == 0 and "replay done" in out.output
     out = runner.invoke(replay_app, ["drop", "--config", str(path), "--yes"])
     assert out.exit_code == 0 and f"dropped replication slot {slot_for(source_db)}" in out.output
+
+
+def test_a_read_out_of_commit_order_stops_replay_instead_of_advancing_past_a_transaction():
+    def txn(lsn: int) -> SourceTxn:
+        return SourceTxn(xid=lsn, commit_lsn=lsn, end_lsn=lsn + 8, commit_ts=0)
+
+    skip_end, todo = split_read([txn(100), txn(200), txn(300)], 200)
+    assert skip_end == 208 and [t.commit_lsn for t in todo] == [300]
+    assert split_read([], 200) == (0, [])
+    with pytest.raises(ReadOutOfOrder, match=r"xid 150 .* after xid 300 .* out of commit order"):
+        split_read([txn(100), txn(300), txn(150)], 200)  # 150 <= watermark after 300: never skip it
+    with pytest.raises(ReadOutOfOrder, match="not after its commit"):
+        split_read([SourceTxn(xid=1, commit_lsn=500, end_lsn=500, commit_ts=0)], 0)

@@ -143,3 +143,22 @@ def test_malformed_messages_are_refused_with_a_reason():
     with pytest.raises(po.DecodeError, match="binary tuple values"):
         po.decode(b"I\x00\x00\x00\x01N\x00\x01b\x00\x00\x00\x01x")
     assert po.lsn_to_int("0/0") == 0 and po.int_to_lsn(po.lsn_to_int("1A/FF00")) == "1A/FF00"
+
+
+def test_the_assembler_refuses_what_would_drop_a_transaction_silently(src):
+    """Real messages in an order the slot never produces: a lost Commit, a change outside a transaction,
+    a Commit of another transaction. Each must stop the replay, never drop changes without a word."""
+    src.execute("INSERT INTO app.t (id, note) VALUES (1, 'first')")
+    src.execute("INSERT INTO app.t (id, note) VALUES (2, 'second')")
+    rows = peek(src)
+    kinds = [type(po.decode(r)).__name__ for r in rows]
+    b1, c1, b2, c2 = [i for i, k in enumerate(kinds) if k in ("Begin", "Commit")]
+    assert (kinds[b1], kinds[c1], kinds[b2], kinds[c2]) == ("Begin", "Commit", "Begin", "Commit")
+    tables = [TableSpec("app.t", ("id",))]
+    assert len(Assembler(tables).assemble(rows)[0]) == 2
+    with pytest.raises(po.DecodeError, match="has not committed"):  # the first Commit went missing
+        Assembler(tables).assemble(rows[:c1] + rows[b2:])
+    with pytest.raises(po.DecodeError, match="outside a transaction"):  # a change without its Begin
+        Assembler(tables).assemble(rows[b1 + 1:c1])
+    with pytest.raises(po.DecodeError, match="does not match its Begin"):  # another transaction's Commit
+        Assembler(tables).assemble(rows[:c1] + rows[c2:])

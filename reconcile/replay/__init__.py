@@ -37,13 +37,15 @@ from .errors import (
     BackfillIncomplete,
     DeadLetterNotFound,
     PrerequisiteFailed,
+    ReadOutOfOrder,
     ReplayError,
+    ReplayInterrupted,
     SlotBusy,
     SlotMissing,
     WatermarkMoved,
 )
 from .pgoutput import UNCHANGED, int_to_lsn, lsn_to_int
-from .runner import Replayer, ReplayResult, backfill_problems
+from .runner import Replayer, ReplayResult, backfill_problems, split_read
 from .settings import ReplaySettings
 from .source import (
     Assembler,
@@ -64,8 +66,10 @@ __all__ = [
     "DeadLetterNotFound",
     "NetChanges",
     "PrerequisiteFailed",
+    "ReadOutOfOrder",
     "ReplayControl",
     "ReplayError",
+    "ReplayInterrupted",
     "ReplayResult",
     "ReplaySettings",
     "Replayer",
@@ -94,4 +98,5 @@ __all__ = [
     "retry_dead_letter",
     "run_replay",
     "skip_dead_letter",
+    "split_read",
 ]

@@ -29,5 +29,29 @@ class SlotBusy(TransientError):
     """The replication slot is in use by another process right now."""
 
 
+class ReadOutOfOrder(ReplayError):
+    """A read of the slot broke the commit-order contract; replay stops before applying or advancing."""
+
+
+class ReplayInterrupted(TransientError):
+    """A replay run failed on a database error; what it committed is kept (exactly once): rerun it."""
+
+
 class DeadLetterNotFound(ReplayError):
     """No dead letter with that id."""
+
+
+def primary_message(exc: BaseException) -> str:
+    r"""The server's primary message of a database error (its first line otherwise, or its type name).
+
+    >>> primary_message(ValueError("first line\nsecond"))
+    'first line'
+    >>> primary_message(RuntimeError())
+    'RuntimeError'
+    """
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return primary
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -5,7 +5,10 @@ One *round* (:meth:`Replayer._round`):
 1. note the source's WAL flush position ``L``, then peek up to ``peek_changes`` messages from the slot
    (:class:`~reconcile.replay.source.SlotReader`; a transaction always arrives whole, and a tail
    without its Commit would be left for the next round);
-2. drop the transactions at or below the watermark (already applied: the process died between the
+2. check the read (:func:`split_read`: commit LSNs strictly increasing, transactions at or below the
+   watermark only as a prefix; anything else stops the run with :class:`ReadOutOfOrder` before any
+   apply or advance, since an advance past a transaction never applied would lose it silently) and
+   drop the transactions at or below the watermark (already applied: the process died between the
    target commit and the slot advance last time);
 3. group the rest, in commit order, into target transactions that fit the budget
    (:class:`reconcile.budget.Batcher`; a source transaction is never split), each written by
@@ -32,6 +35,13 @@ transactions at or below the watermark are skipped, and the slot only moves afte
 Kill the process anywhere and rerun: the target ends equal to the source, with no loss and no
 duplicate. Two replayers on one slot cannot both apply: each apply transaction checks the watermark
 it expects (DSQL's OCC makes the loser fail with 40001, then :class:`WatermarkMoved`).
+
+Bookkeeping: a run first closes ``running`` rows of this slot left by killed runs as ``abandoned``
+(:meth:`ReplayControl.abandon_stale_runs`). Messages stored on the run row, logged or raised go
+through :func:`reconcile.config.redact` with the endpoints' secrets; a database error escaping a run
+is raised as :class:`~reconcile.replay.errors.ReplayInterrupted` carrying only the redacted sentence.
+``log`` at DEBUG prints every read (flush position, messages, commit LSN range, watermark, skipped,
+to apply) and every slot advance.
 
 The copy/replay race (DESIGN.md): the replayer refuses to apply while the initial backfill of a
 replicated table is incomplete or was copied before the slot existed (``require_backfill``; opt out
@@ -60,7 +70,7 @@ import psycopg
 
 from reconcile.backfill.checkpoints import DONE, Control
 from reconcile.budget import Batcher, Budget, budget_from
-from reconcile.config import Config, DsqlEndpoint, TableSpec
+from reconcile.config import Config, DsqlEndpoint, TableSpec, redact
 from reconcile.control import migrate
 from reconcile.errors import LimitExceeded
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from, run_with_retry
@@ -78,7 +88,9 @@ from reconcile.replay.apply import (
     write_caught_up,
     write_watermark,
 )
-from reconcile.replay.errors import BackfillIncomplete
+from reconcile.errors import ReconcileError
+from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder, ReplayInterrupted
+from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
 from reconcile.replay.state import DeadLetter, ReplayControl
@@ -142,10 +154,53 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 6)
 
 
+def split_read(txns: Sequence[SourceTxn], watermark: int) -> tuple[int, list[SourceTxn]]:
+    """``(end LSN past the already applied transactions, the transactions to apply)`` of one read, checked.
+
+    The slot hands out whole transactions in commit order, so commit LSNs strictly increase, each ends
+    after it commits, and the ones at or below the watermark (applied before a crash left the slot
+    behind) form a prefix. The slot is later advanced to the end of the last transaction applied or
+    skipped, and it never re-sends what lies below its position: a read breaking that order would let
+    the advance jump over a transaction never applied. It stops the run instead (nothing applied,
+    nothing advanced).
+
+    >>> t = lambda c: SourceTxn(xid=c, commit_lsn=c, end_lsn=c + 1, commit_ts=0)
+    >>> split_read([t(10), t(20), t(30)], 20)[0], [x.commit_lsn for x in split_read([t(10), t(20), t(30)], 20)[1]]
+    (21, [30])
+    >>> split_read([t(20), t(10)], 0)
+    Traceback (most recent call last):
+    ...
+    reconcile.replay.errors.ReadOutOfOrder: The slot returned source transaction xid 10 (commit LSN 0/A) after xid 20 (commit LSN 0/14), out of commit order; replay stopped before applying or advancing past them so no transaction can be skipped: keep the slot, and report this with the source server's log.
+    """
+    skip_end, prev = 0, None
+    todo: list[SourceTxn] = []
+    for t in txns:
+        if prev is not None and t.commit_lsn <= prev.commit_lsn or t.end_lsn <= t.commit_lsn:
+            what = (f"after xid {prev.xid} (commit LSN {prev.commit_lsn_text}), out of commit order"
+                    if prev is not None and t.commit_lsn <= prev.commit_lsn
+                    else f"ending at {t.end_lsn_text}, not after its commit")
+            raise ReadOutOfOrder(
+                f"The slot returned source transaction xid {t.xid} (commit LSN {t.commit_lsn_text}) {what}; replay "
+                "stopped before applying or advancing past them so no transaction can be skipped: keep the slot, and "
+                "report this with the source server's log.")
+        prev = t
+        if t.commit_lsn <= watermark:
+            skip_end = t.end_lsn  # only a prefix can be here: commit LSNs increase
+        else:
+            todo.append(t)
+    return skip_end, todo
 
 
 def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: str) -> list[str]:
-    """Why the initial backfill of ``tables`` is not complete under ``slot_name`` (empty when it is)."""
+    """Why the initial backfill of ``tables`` is not complete under ``slot_name`` (empty when it is).
+
+    Complete means: planned, every chunk done, every chunk copied under the slot, and no row refused by
+    the target (``reconcile.rejects``). A refused row that committed before the slot existed reaches the
+    target only through the copy, so the replay never brings it: replaying on would leave the target
+    short of it for good while every later check of the replay itself looks clean (issue 5: journal
+    reversals refused by a foreign key when two workers copied journal chunks out of order). Which
+    refused rows predate the slot cannot be told from the rejects, so any of them blocks.
+    """
     problems = []
     for spec in tables:
         if control.load_plan(spec.name) is None:
@@ -159,6 +214,19 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
         stale = [c for c in chunks if c.replay_slot != slot_name]
         if stale:
             problems.append(f"{len(stale)} chunk(s) of {spec.name} were copied before slot {slot_name} existed")
+            continue
+        refused = control.count_rejects(spec.name)
+        if refused:
+            first = control.rejects(spec.name, limit=1)
+            why = f" (e.g. key {first[0].key}: SQLSTATE {first[0].sqlstate}, {first[0].reason})" if first else ""
+            fk = (" (a foreign key on the target refuses rows copied before their parents: add foreign keys only "
+                  "after the backfill and the replay catch-up, `reconcile schema apply --phase post-load`)"
+                  if first and first[0].sqlstate == "23503" else "")
+            problems.append(
+                f"{refused} row(s) of {spec.name} were refused by the target during the backfill{why}; rows "
+                "committed before the slot reach the target only through the copy, so replay could never bring them: "
+                f"fix the cause{fk} and copy the table again (`reconcile backfill --table {spec.name} --force`; see "
+                "`reconcile backfill rejects`)")
     return problems
 
 
@@ -186,8 +254,11 @@ class Replayer:
         dialect: str = "postgres",
         fault: Fault | None = None,
         clock: Callable[[], float] = time.time,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.settings = settings or ReplaySettings()
+        self.secrets = tuple(secrets)
+        """Passwords and tokens that must never reach a message, a log or the runs row (:func:`redact`)."""
         self.tables = list(tables)
         self.budget = budget or Budget()
         self.batch_budget = reserve(self.budget)
@@ -211,7 +282,8 @@ class Replayer:
 
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target), tables=config.tables,
                    settings=config.replay, budget=budget_from(config), policy=policy_from(config),
-                   dialect="dsql" if isinstance(config.target, DsqlEndpoint) else "postgres", fault=fault)
+                   dialect="dsql" if isinstance(config.target, DsqlEndpoint) else "postgres", fault=fault,
+                   secrets=config.secrets())
 
     def close(self) -> None:
         if self._source is not None:
@@ -230,6 +302,9 @@ class Replayer:
 
     def _tx(self, fn, label: str):
         return run_with_retry(self._target, fn, policy=self.policy, counters=self.counters, label=label)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.secrets)
 
     # --- preparation --------------------------------------------------------------------------------
 
@@ -290,6 +365,7 @@ class Replayer:
         try:
             migrate(self._target.get(), dialect=self.dialect, policy=self.policy, counters=self.counters)  # type: ignore[arg-type]
             result.run_id = run_id or runs.start_run(doc, kind=RUN_KIND)
+            self._abandon_stale_runs(result.run_id)
             self.prepare()
             self._decisions = self.control.decisions(self.settings.slot_name, self.wm.last_commit_lsn)
             while not stop.is_set():
@@ -309,23 +385,45 @@ class Replayer:
                     if stop.wait(wait):
                         break
         except _Halt as halt:
-            result.status, result.message, result.dead_letter_id = "stopped", halt.message, halt.dead_letter_id
+            result.status, result.dead_letter_id = "stopped", halt.dead_letter_id
+            result.message = self._redact(halt.message)
             result.caught_up = False
-            log.error("%s", halt.message)
+            log.error("%s", result.message)
         except KeyboardInterrupt:
             result.status, result.message = "done", "interrupted (Ctrl-C) between rounds; rerun to go on"
-        except BaseException as exc:  # recorded on the run row, then raised
-            result.status, result.message, unexpected = "error", f"{type(exc).__name__}: {exc}", exc
+        except BaseException as exc:  # recorded on the run row (secrets removed), then raised
+            text = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
+            result.status, result.message, unexpected = "error", self._redact(" ".join(text.split())), exc
+            if isinstance(exc, psycopg.Error):
+                # The driver's text may quote connection details: the caller gets the redacted sentence.
+                unexpected = ReplayInterrupted(
+                    f"Replay run {result.run_id or '(not started)'} failed on a database error "
+                    f"({self._redact(_primary(exc))}); what it committed is kept (exactly once): fix the cause if "
+                    "it persists and rerun `reconcile replay run`.")
         result.duration_seconds = round(time.monotonic() - t0, 3)
         self._finish(result)
         if result.run_id is not None:
             try:
                 runs.finish_run(result.run_id, result.status, result.to_dict())
             except Exception as exc:  # the summary (or the original error) still reaches the caller
-                log.warning("could not record the end of replay run %s: %s", result.run_id, exc)
+                log.warning("could not record the end of replay run %s: %s", result.run_id, self._redact(str(exc)))
         if unexpected is not None:
+            if isinstance(unexpected, ReplayInterrupted):
+                raise unexpected from None
             raise unexpected
         return result
+
+    def _abandon_stale_runs(self, run_id: str | None) -> None:
+        """Close earlier replay runs of this slot that were killed mid-way (see ReplayControl.abandon_stale_runs)."""
+        try:
+            closed = self.control.abandon_stale_runs(self.settings.slot_name, own_run_id=run_id,
+                                                     stale_after_seconds=self.settings.stale_run_minutes * 60)
+        except psycopg.Error as exc:  # bookkeeping only: never a reason not to replay
+            log.warning("could not close stale replay runs: %s", self._redact(_primary(exc)))
+            return
+        if closed:
+            log.warning("closed %d replay run(s) of slot %s that never finished as abandoned: %s", len(closed),
+                        self.settings.slot_name, ", ".join(closed))
 
     def _finish(self, result: ReplayResult) -> None:
         c = self.counters
@@ -343,7 +441,7 @@ class Replayer:
                     result.lag_bytes = max(0, po.lsn_to_int(slot["current_lsn"]) - done)
             result.dead_letters_open = self.control.count_open(self.settings.slot_name)
         except Exception as exc:  # the run's outcome matters more than these two numbers
-            log.warning("could not read the end-of-run lag or dead letters: %s", exc)
+            log.warning("could not read the end-of-run lag or dead letters: %s", self._redact(str(exc)))
 
     # --- one round ----------------------------------------------------------------------------------
 
@@ -355,15 +453,15 @@ class Replayer:
         rows = self.reader.peek(s.peek_changes)
         txns, partial = self.assembler.assemble(rows)
         limited = partial or len(rows) >= s.peek_changes
-        skip_end = 0
-        todo: list[SourceTxn] = []
-        for t in txns:
-            if t.commit_lsn <= self.wm.last_commit_lsn:
-                skip_end = max(skip_end, t.end_lsn)
-            else:
-                todo.append(t)
+        skip_end, todo = split_read(txns, self.wm.last_commit_lsn)
         if left is not None and len(todo) > left:
             todo, limited = todo[:left], True
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("read: flush %s, %d messages, %d transactions (%s..%s), watermark %s, %d already applied "
+                      "(skip to %s), %d to apply%s", po.int_to_lsn(flush), len(rows), len(txns),
+                      txns[0].commit_lsn_text if txns else "-", txns[-1].commit_lsn_text if txns else "-",
+                      po.int_to_lsn(self.wm.last_commit_lsn), sum(t.commit_lsn <= self.wm.last_commit_lsn for t in txns),
+                      po.int_to_lsn(skip_end), len(todo), ", cut short" if limited else "")
         caught_up = None if limited else flush
         self._advanced_to = 0
         try:
@@ -387,6 +485,8 @@ class Replayer:
         assert self.reader is not None
         if self.fault is not None:
             self.fault("committed")
+        log.debug("advance slot %s to %s (watermark %s)", self.settings.slot_name, po.int_to_lsn(end),
+                  po.int_to_lsn(self.wm.last_commit_lsn))
         self.reader.advance(end)
         if self.fault is not None:
             self.fault("advanced")
@@ -499,8 +599,8 @@ class Replayer:
         detail = exc.reason if isinstance(exc, ApplyRefused) else _primary(exc)
         what = f"SQLSTATE {sqlstate}: {detail}" if sqlstate else detail
         if self.settings.on_error == "skip":
-            reason = (f"The target refused source transaction xid {t.xid} (commit LSN {t.commit_lsn_text}) with {what}; "
-                      "skipped by on_error=skip (its changes are NOT on the target).")
+            reason = self._redact(f"The target refused source transaction xid {t.xid} (commit LSN {t.commit_lsn_text}) "
+                                  f"with {what}; skipped by on_error=skip (its changes are NOT on the target).")
             dl_id = self.control.record_dead_letter(self.settings.slot_name, t, reason=reason, sqlstate=sqlstate,
                                                     run_id=self.result.run_id, resolution="skipped",
                                                     resolved_by="replay (on_error=skip)", resolution_reason=reason)
@@ -522,6 +622,7 @@ class Replayer:
                "non-atomic window), or skip it with a reason." + (f" ({detail})" if detail else ""), "54000")
 
     def _dead_letter(self, t: SourceTxn, reason: str, sqlstate: str | None) -> None:
+        reason = self._redact(reason)
         dl_id = self.control.record_dead_letter(self.settings.slot_name, t, reason=reason, sqlstate=sqlstate,
                                                 run_id=self.result.run_id)
         raise _Halt(f"{reason} (dead letter {dl_id})", dl_id)
@@ -566,12 +667,3 @@ class Replayer:
                 self.result.target_commits += 1
                 self.result.rows_written += written
         self.result.split_windows += 1
-
-
-def _primary(exc: BaseException) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    if primary:
-        return primary
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

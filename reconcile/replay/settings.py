@@ -40,6 +40,10 @@ class ReplaySettings:
     (dead letter recorded as skipped, replay goes on)."""
     wal_warn_bytes: int = 1024 * 1024 * 1024
     """`replay status` warns when the slot retains more WAL than this (an idle slot bloats Aurora storage)."""
+    stale_run_minutes: float = 30.0
+    """A ``kind='replay'`` runs row of this slot still ``running`` is closed as ``abandoned`` by the next run
+    when its process is gone (same host, dead pid), or, from another host, when it started more than this
+    many minutes ago and the slot's watermark has not moved for as long (Airflow timeout, lost worker)."""
     require_backfill: bool = True
     """Refuse to apply while the initial backfill of a replicated table is incomplete (DESIGN.md, the
     copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
@@ -67,6 +71,9 @@ class ReplaySettings:
             raise InvalidSetting("replay", "on_error",
                                  f"must be one of {', '.join(ON_ERROR_POLICIES)}, got {self.on_error!r}",
                                  'use "stop" (order matters for a ledger) or "skip"')
+        if not self.stale_run_minutes > 0:
+            raise InvalidSetting("replay", "stale_run_minutes", f"must be positive, got {self.stale_run_minutes}",
+                                 "use e.g. 30 (longer than the longest time-boxed replay run)")
         if self.wal_warn_bytes < 0:
             raise InvalidSetting("replay", "wal_warn_bytes", f"must not be negative, got {self.wal_warn_bytes}",
                                  "use e.g. 1073741824 (1 GiB)")

@@ -31,6 +31,7 @@ from psycopg import sql
 from reconcile.config import TableSpec
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import PrerequisiteFailed, SlotBusy, SlotMissing
+from reconcile.replay.errors import primary_message as _primary
 
 log = logging.getLogger("reconcile.replay")
 
@@ -309,6 +310,7 @@ class SourceTxn:
 
 
 _ROW_CHANGES = (po.Insert, po.Update, po.Delete)
+_IN_TRANSACTION = (po.Insert, po.Update, po.Delete, po.Truncate)
 
 
 class Assembler:
@@ -363,6 +365,8 @@ class Assembler:
             t = type(m)
             if t in _ROW_CHANGES and m.relid in self.ignored:
                 continue
+            if cur is None and t in _IN_TRANSACTION:
+                raise po.DecodeError(f"a {t.__name__} message arrived outside a transaction (no Begin before it)")
             if t is po.Insert:
                 rel, pos = self._relation(m.relid)
                 cur.changes.append(Change("I", rel.qualified, rel, self._key(m.new, pos, rel), m.new))  # type: ignore[union-attr]
@@ -378,10 +382,17 @@ class Assembler:
                 rel, pos = self._relation(m.relid)
                 cur.changes.append(Change("D", rel.qualified, rel, self._key(m.old, pos, rel)))  # type: ignore[union-attr]
             elif t is po.Begin:
+                if cur is not None:  # never drop the open one silently: its changes would be lost
+                    raise po.DecodeError(f"Begin of xid {m.xid} while xid {cur.xid} (commit LSN "
+                                         f"{cur.commit_lsn_text}) has not committed")
                 cur = SourceTxn(m.xid, m.final_lsn, 0, m.commit_ts)
             elif t is po.Commit:
                 if cur is None:
                     raise po.DecodeError("Commit without Begin")
+                if m.commit_lsn != cur.commit_lsn or m.end_lsn <= m.commit_lsn:
+                    raise po.DecodeError(f"Commit of xid {cur.xid} at {po.int_to_lsn(m.commit_lsn)} (ending at "
+                                         f"{po.int_to_lsn(m.end_lsn)}) does not match its Begin "
+                                         f"({cur.commit_lsn_text})")
                 cur.end_lsn = m.end_lsn
                 cur.commit_ts = m.commit_ts
                 txns.append(cur)
@@ -442,8 +453,3 @@ class SlotReader:
         if row is None:
             raise SlotMissing(f"The source has no replication slot {self.slot_name}: run `reconcile replay init` first.")
         return po.lsn_to_int(row[0])
-
-
-def _primary(exc: BaseException) -> str:
-    diag = getattr(exc, "diag", None)
-    return (getattr(diag, "message_primary", None) if diag is not None else None) or str(exc).splitlines()[0]

@@ -5,7 +5,9 @@ with its reason, SQLSTATE, change count and the whole transaction as JSON (``pay
 longer than :data:`PART_CHARS` is stored in ``reconcile.dead_letter_parts`` in pieces
 (``payload_parts`` says how many; ``payload`` then holds only a short summary): nothing is ever
 truncated. The parts are written first, in budget-sized transactions, and the dead-letter row last,
-so an open dead letter always has its whole payload.
+so an open dead letter always has its whole payload. The id is deterministic (uuid5 of slot, commit
+LSN, xid and attempt): a run killed between the parts and the row leaves parts that the rerun
+overwrites in place (upsert) before it inserts the row (``ON CONFLICT DO NOTHING``), never a second set.
 
 A dead letter is *open* while ``resolved_at`` is NULL; replay stops at it. Resolutions
 (``resolution``): ``skip`` (an operator skipped it, with a reason: replay moves past it without
@@ -16,13 +18,17 @@ the next run), ``retry-split`` (apply it again in pieces: the operator accepts a
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from reconcile.backfill.checkpoints import _alive
 from reconcile.budget import Budget
 from reconcile.control.migrations import ident
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, Target, run_with_retry
@@ -34,6 +40,7 @@ PART_CHARS = 256 * 1024
 """Characters of payload per ``dead_letter_parts`` row (well under DSQL's 1 MiB per column)."""
 REASON_LIMIT = 4000
 _WINDOW_NS = uuid.UUID("0f3c7a52-55a4-4c1e-9a57-5b0c3de1c0a1")
+_DEAD_LETTER_NS = uuid.UUID("6d1f0c3e-2b8a-4f7e-9c41-8a0e5d2b7f19")
 
 RESOLUTIONS = ("skip", "skipped", "retry", "retry-split")
 
@@ -95,17 +102,32 @@ class ReplayControl:
 
     # --- dead letters -------------------------------------------------------------------------------
 
+    @staticmethod
+    def dead_letter_id(slot_name: str, txn: SourceTxn, attempt: int = 0) -> uuid.UUID:
+        """The id of the ``attempt``-th dead letter of a source transaction (deterministic: a rerun after a
+        kill writes onto the same id instead of adding a second one).
+
+        ``attempt`` counts the earlier, resolved dead letters of the same transaction (a ``retry`` that
+        failed again is a new dead letter, with a new id).
+        """
+        return uuid.uuid5(_DEAD_LETTER_NS, f"{slot_name}\0{txn.commit_lsn_text}\0{txn.xid}\0{attempt}")
+
     def record_dead_letter(self, slot_name: str, txn: SourceTxn, *, reason: str, sqlstate: str | None,
                            run_id: str | None, resolution: str | None = None, resolved_by: str | None = None,
                            resolution_reason: str | None = None) -> str:
         """Store a source transaction replay could not apply; returns the dead letter's id.
 
-        Idempotent for an open dead letter of the same transaction (its id is returned unchanged).
+        Idempotent, also across a kill anywhere inside it: an open dead letter of the same transaction is
+        returned unchanged; otherwise the id is :meth:`dead_letter_id` (slot, commit LSN, xid and the number
+        of earlier resolved dead letters of the transaction), the payload parts are upserted onto that id
+        and the row is inserted ``ON CONFLICT DO NOTHING``, so a rerun completes what a killed run began
+        and never adds a second set of parts.
         """
-        existing = [d for d in self.dead_letters(slot_name, commit_lsn=txn.commit_lsn_text) if d.open]
-        if existing and resolution is None:
-            return existing[0].dead_letter_id
-        dl_id = str(uuid.uuid4())
+        same = [d for d in self.dead_letters(slot_name, commit_lsn=txn.commit_lsn_text) if d.xid in (None, txn.xid)]
+        still_open = [d for d in same if d.open]
+        if still_open and resolution is None:
+            return still_open[0].dead_letter_id
+        dl_id = str(self.dead_letter_id(slot_name, txn, sum(1 for d in same if not d.open)))
         payload = json.dumps(txn.payload(), ensure_ascii=False, separators=(",", ":"))
         parts: int | None = None
         stored = payload
@@ -115,7 +137,8 @@ class ReplayControl:
             stored = json.dumps({"payload_parts": parts, "characters": len(payload), "changes": len(txn.changes),
                                  "note": "the payload is in reconcile.dead_letter_parts (part_no order)"})
             q = sql.SQL("INSERT INTO {} (dead_letter_id, part_no, data) VALUES (%s, %s, %s) "
-                        "ON CONFLICT DO NOTHING").format(ident("dead_letter_parts"))
+                        "ON CONFLICT (dead_letter_id, part_no) DO UPDATE SET data = EXCLUDED.data").format(
+                ident("dead_letter_parts"))
             rows = [(dl_id, i, p) for i, p in enumerate(pieces)]
             for batch in self.budget.batches(rows, lambda r: (1, len(r[2].encode()) + 64), what="payload part"):
                 self._tx(lambda c, b=batch: c.cursor().executemany(q, list(b)), "dead letter payload")
@@ -124,7 +147,8 @@ class ReplayControl:
 INSERT INTO {} (dead_letter_id, slot_name, xid, commit_lsn, end_lsn, table_name, reason, sqlstate, change_count,
                 payload, payload_parts, run_id, resolved_at, resolution, resolved_by, resolution_reason)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE now() END,
-        %s, %s, %s)""").format(ident("dead_letters"))
+        %s, %s, %s)
+ON CONFLICT (dead_letter_id) DO NOTHING""").format(ident("dead_letters"))
         params = (dl_id, slot_name, txn.xid, txn.commit_lsn_text, txn.end_lsn_text, ", ".join(tables) or None,
                   reason[:REASON_LIMIT], sqlstate, len(txn.changes), stored, parts, run_id, resolution, resolution,
                   resolved_by, resolution_reason)
@@ -242,6 +266,53 @@ ON CONFLICT (window_id) DO UPDATE SET pieces = EXCLUDED.pieces, run_id = EXCLUDE
                 for r in self._tx(lambda c: c.execute(q, (slot_name,)).fetchall(), "split windows read")]
 
     # --- runs -----------------------------------------------------------------------------------------
+
+    def abandon_stale_runs(self, slot_name: str, *, own_run_id: str | None, stale_after_seconds: float,
+                           host: str | None = None, alive: Callable[[int], bool] | None = None) -> list[str]:
+        """Close ``running`` replay runs of ``slot_name`` whose process cannot be alive as ``abandoned``.
+
+        A killed run (Airflow ``execution_timeout``, a lost worker, ``kill -9``) never finishes its row.
+        Such a row is closed when it was started on this host by a pid that is gone, or, from another host
+        (where its pid cannot be checked), when it started more than ``stale_after_seconds`` ago and the
+        slot's watermark (``replay_state.updated_at``) has not moved for as long: only one replayer can
+        apply on a slot, so a live one would have moved it. Rows of this process are left alone (another
+        thread may be replaying). A wrongly closed live run corrects its own row when it finishes.
+        Returns the ids closed.
+        """
+        host = host or socket.gethostname()
+        alive = alive or _alive
+        q = sql.SQL("SELECT r.run_id, r.settings, extract(epoch FROM now() - r.started_at), "
+                    "(SELECT extract(epoch FROM now() - s.updated_at) FROM {state} s WHERE s.slot_name = %s) "
+                    "FROM {runs} r WHERE r.kind = 'replay' AND r.status = 'running'").format(
+            runs=ident("runs"), state=ident("replay_state"))
+        rows = self._tx(lambda c: c.execute(q, (slot_name,)).fetchall(), "replay runs read")
+        closed: list[tuple[str, str]] = []
+        for run_id, settings, age, idle in rows:
+            run_id = str(run_id)
+            if run_id == own_run_id:
+                continue
+            try:
+                doc = json.loads(settings or "{}")
+            except json.JSONDecodeError:
+                doc = {}
+            if not isinstance(doc, dict) or (doc.get("settings") or {}).get("slot_name") != slot_name:
+                continue
+            pid = doc.get("pid")
+            if doc.get("host") == host and isinstance(pid, int):
+                if pid != os.getpid() and not alive(pid):
+                    closed.append((run_id, f"its process (pid {pid} on {host}) is gone"))
+            elif float(age) > stale_after_seconds and (idle is None or float(idle) > stale_after_seconds):
+                where = doc.get("host") or "an unknown host"
+                closed.append((run_id, f"it started {float(age) / 60:.0f} min ago on {where} and the slot's "
+                                       "watermark has not moved since"))
+        upd = sql.SQL("UPDATE {} SET status = 'abandoned', finished_at = now(), summary = %s "
+                      "WHERE run_id = %s AND status = 'running'").format(ident("runs"))
+        for run_id, why in closed:
+            summary = {"status": "abandoned", "caught_up": False, "closed_by_run": own_run_id,
+                       "message": f"Replay run {run_id} never finished ({why}); closed as abandoned. What it "
+                                  "committed is kept: the watermark says where replay stands."}
+            self._tx(lambda c, r=run_id, d=summary: c.execute(upd, (json.dumps(d), uuid.UUID(r))), "abandon run")
+        return [r for r, _ in closed]
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         q = sql.SQL("SELECT run_id, status, started_at, finished_at, summary FROM {} WHERE kind = 'replay' "
