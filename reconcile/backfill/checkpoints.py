@@ -28,11 +28,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reconcile.control.writer import ControlWriter
 from reconcile.backfill.errors import ChunkLost
 from reconcile.backfill.keys import Key, decode_key, encode_key
-from reconcile.budget import Budget
 from reconcile.control.migrations import ident
-from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, Target, run_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +140,8 @@ def _chunk_columns(alias: str | None = None) -> sql.Composed:
 _CHUNK_COLUMNS = _chunk_columns()
 
 
-class Control:
+class Control(ControlWriter):
     """Reads and writes the backfill's control rows on the target."""
-
-    def __init__(self, target: Target, *, budget: Budget | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                 counters: RetryCounters | None = None) -> None:
-        self.target = target
-        self.budget = budget or Budget()
-        self.policy = policy
-        self.counters = counters if counters is not None else RetryCounters()
-
-    def _tx(self, fn, label: str):
-        return run_with_retry(self.target, fn, policy=self.policy, counters=self.counters, label=label)
 
     def _read(self, query: sql.Composable, params: Sequence[Any] = ()) -> list[tuple]:
         return self._tx(lambda c: c.execute(query, params).fetchall(), "control read")

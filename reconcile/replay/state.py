@@ -28,10 +28,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reconcile.control.writer import ControlWriter
 from reconcile.backfill.checkpoints import _alive
-from reconcile.budget import Budget
 from reconcile.control.migrations import ident
-from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, Target, run_with_retry
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import DeadLetterNotFound, ReplayError
 from reconcile.replay.source import SourceTxn
@@ -87,18 +86,8 @@ def _dl(row: tuple) -> DeadLetter:
     return DeadLetter(str(row[0]), *row[1:])
 
 
-class ReplayControl:
+class ReplayControl(ControlWriter):
     """Reads and writes replay's control rows through the OCC retry helper, within the budget."""
-
-    def __init__(self, target: Target, *, budget: Budget | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                 counters: RetryCounters | None = None) -> None:
-        self.target = target
-        self.budget = budget or Budget()
-        self.policy = policy
-        self.counters = counters if counters is not None else RetryCounters()
-
-    def _tx(self, fn, label: str):
-        return run_with_retry(self.target, fn, policy=self.policy, counters=self.counters, label=label)
 
     # --- dead letters -------------------------------------------------------------------------------
 
