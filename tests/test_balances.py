@@ -104,3 +104,39 @@ def test_planted_discrepancies_are_found_exactly(ledger, source_db, target_db, t
     assert all(k[0] != "source" for kind in bal.values() for k in kind)   # the source is consistent
     assert "daily_total" in bal
     assert s["balance_differences"] == sum(len(v) for v in bal.values())
+
+
+def test_chunked_snapshot_equals_whole_ledger_read(ledger, source_db, target_db):
+    """Tiny key ranges (7 entries) give exactly the figures of one whole-ledger read, imbalances included."""
+    from dataclasses import replace
+
+    from reconcile.diff.balances import key_ranges, layout_of, read_snapshot
+
+    whole = replace(layout_of(ledger), chunk_rows=10**9, slot=None)
+    tiny = replace(whole, chunk_rows=7)
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        planted = plant_discrepancies(conn, ledger, seed=3)
+    with psycopg.connect(source_db, autocommit=True) as conn:   # more unbalanced txns than UNBALANCED_LIMIT
+        conn.execute("UPDATE ledger.entries SET amount = amount + 0.01 WHERE entry_id IN (SELECT min(entry_id) "
+                     "FROM ledger.entries GROUP BY txn_id ORDER BY txn_id DESC LIMIT 130)")
+    for url, set_isolation in ((source_db, True), (target_db, False)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert len(key_ranges(conn, "ledger.entries", "txn_id", 7)) > 100
+            assert len(key_ranges(conn, "ledger.entries", "account_id", 7)) > 10
+            a = read_snapshot(conn, whole, set_isolation=set_isolation)
+            b = read_snapshot(conn, tiny, set_isolation=set_isolation)
+        assert (b.accounts, b.entry_totals, b.unbalanced, b.daily) == (a.accounts, a.entry_totals, a.unbalanced, a.daily)
+        assert len(b.accounts) == 30 + 2 * 3 and b.daily
+    assert len(b.unbalanced) == 2 and all(s != 0 for _, _, s in b.unbalanced)   # the target's planted imbalance
+    assert {k for k, (_, stored, computed) in b.accounts.items() if stored != computed} >= {planted[3]["key"][0]}
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        src = read_snapshot(conn, tiny, set_isolation=True)
+    assert len(src.unbalanced) == 100 and src.unbalanced == sorted(src.unbalanced)
+
+
+def test_balance_chunk_rows_is_validated():
+    from reconcile.config import InvalidSetting
+
+    assert DiffSettings(balance_chunk_rows=7).balance_chunk_rows == 7
+    with pytest.raises(InvalidSetting):
+        DiffSettings(balance_chunk_rows=0)

@@ -78,6 +78,8 @@ class Layout:
     rule_sql: str | None = None
     slot: str | None = None
     """The replay slot whose watermark a target snapshot records (None: the snapshot records none)."""
+    chunk_rows: int = 200_000
+    """Entries one per-account or per-transaction GROUP BY query covers (about; ``[diff] balance_chunk_rows``)."""
 
 
 def layout_of(config: Any) -> Layout | None:
@@ -90,7 +92,8 @@ def layout_of(config: Any) -> Layout | None:
     settings = config.diff
     return Layout(a.name, e.name, a.account_column, a.balance_column, a.currency_column, e.account_column,
                   e.amount_column, e.currency_column, e.transaction_column, getattr(settings, "date_column", "posted_at"),
-                  getattr(settings, "balance_sql", None), lag.slot_name(config))
+                  getattr(settings, "balance_sql", None), lag.slot_name(config),
+                  getattr(settings, "balance_chunk_rows", 200_000))
 
 
 def _t(name: str) -> sql.Identifier:
@@ -106,24 +109,75 @@ def _cur(value: Any) -> str | None:
 
 
 def balance_rule(layout: Layout) -> sql.Composable:
-    """The per-account rule: (account, currency, stored, computed)."""
+    """The per-account rule over the whole ledger: (account, currency, stored, computed).
+
+    A user rule (``layout.rule_sql``, ``[diff] balance_sql``) is arbitrary SQL: it cannot be split
+    into key ranges generically, so it always runs whole, in one query (on DSQL its GROUP BYs must fit
+    128 MiB). The default rule is read in account ranges by :func:`read_snapshot` (see
+    :func:`_range_rule`); this whole-ledger form is the same rule without the ranges.
+    """
     if layout.rule_sql:
         return sql.SQL(layout.rule_sql).format(accounts=_t(layout.accounts), entries=_t(layout.entries))  # type: ignore[arg-type]
+    return _range_rule(layout, sql.SQL("TRUE"), sql.SQL("TRUE"))
+
+
+def _range_rule(layout: Layout, acc_where: sql.Composable, ent_where: sql.Composable) -> sql.Composable:
+    """The default rule restricted to the accounts matching ``acc_where`` / entries matching ``ent_where``."""
     return sql.SQL(
         "SELECT a.{aid} AS account, a.{acur} AS currency, a.{bal} AS stored, coalesce(e.total, 0) AS computed "
-        "FROM {accounts} a LEFT JOIN (SELECT {eacc} AS account, sum({amt}) AS total FROM {entries} GROUP BY 1) e "
-        "ON e.account = a.{aid}").format(
+        "FROM {accounts} a LEFT JOIN (SELECT {eacc} AS account, sum({amt}) AS total FROM {entries} WHERE {ew} GROUP BY 1) e "
+        "ON e.account = a.{aid} WHERE {aw}").format(
         aid=_i(layout.account_id), acur=_i(layout.account_currency), bal=_i(layout.balance),
-        accounts=_t(layout.accounts), eacc=_i(layout.entry_account), amt=_i(layout.amount), entries=_t(layout.entries))
+        accounts=_t(layout.accounts), eacc=_i(layout.entry_account), amt=_i(layout.amount), entries=_t(layout.entries),
+        ew=ent_where, aw=acc_where)
+
+
+def _range(column: sql.Composable, lo: Any, hi: Any) -> tuple[sql.Composable, list[Any]]:
+    """``lo < column <= hi`` (an open end when None: NULL keys are in no range) and its parameters."""
+    parts, params = [], []
+    if lo is not None:
+        parts.append(sql.SQL("{} > %s").format(column))
+        params.append(lo)
+    if hi is not None:
+        parts.append(sql.SQL("{} <= %s").format(column))
+        params.append(hi)
+    return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("{} IS NOT NULL").format(column)), params
+
+
+def key_ranges(conn: psycopg.Connection, table: str, column: str, rows: int) -> list[tuple[Any, Any]]:
+    """Ranges ``(lo, hi]`` of ``table.column`` that each hold about ``rows`` rows (one key's rows never split).
+
+    A keyset walk on the column (an index-only scan where it is indexed): each boundary is the key
+    ``rows`` rows past the previous one. The ranges cover every non-NULL key in order; the first has
+    ``lo`` None and the last ``hi`` None. One query per boundary, plus one that finds none.
+    """
+    out: list[tuple[Any, Any]] = []
+    lo = None
+    col, tab = _i(column), _t(table)
+    while True:
+        where, params = _range(col, lo, None)
+        row = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {w} ORDER BY {c} OFFSET %s LIMIT 1").format(
+            c=col, t=tab, w=where), [*params, rows - 1]).fetchone()
+        if row is None:
+            out.append((lo, None))
+            return out
+        out.append((lo, row[0]))
+        lo = row[0]
+
+
+def _column(conn: psycopg.Connection, table: str, column: str | None) -> tuple[bool, bool]:
+    """(the column exists, it may hold NULL)."""
+    if not column:
+        return False, False
+    schema, name = table.split(".", 1)
+    row = conn.execute("SELECT NOT a.attnotnull FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = "
+                       "a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                       "c.relname = %s AND a.attname = %s AND NOT a.attisdropped", (schema, name, column)).fetchone()
+    return (False, False) if row is None else (True, bool(row[0]))
 
 
 def _has_column(conn: psycopg.Connection, table: str, column: str | None) -> bool:
-    if not column:
-        return False
-    schema, name = table.split(".", 1)
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = "
-                        "a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
-                        "c.relname = %s AND a.attname = %s AND NOT a.attisdropped)", (schema, name, column)).fetchone()[0]
+    return _column(conn, table, column)[0]
 
 
 @dataclass
@@ -161,26 +215,59 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
     ``set_isolation`` asks for REPEATABLE READ explicitly and marks the source: its snapshot records
     ``pg_current_wal_lsn()``; a target snapshot records the watermark of ``layout.slot`` instead
     (the target runs nothing but REPEATABLE READ).
+
+    The per-account figures (default rule) and the unbalanced transactions are GROUP BYs with one
+    group per account / transaction: on DSQL (128 MiB per query) they cannot run over the whole
+    ledger at once. Inside the same transaction (one snapshot, so the figures stay consistent) they
+    run in key ranges of the entries' account / transaction column, about ``layout.chunk_rows``
+    entries each (boundaries from :func:`key_ranges`). A group never spans two ranges, so the
+    figures are exactly the whole-ledger ones; unbalanced transactions come in key order, up to
+    ``UNBALANCED_LIMIT`` as before. The currency and daily totals (few groups) and a user
+    ``balance_sql`` rule (not splittable) run whole.
     """
     snap = Snapshot()
     entries, amt, cur = _t(layout.entries), _i(layout.amount), _i(layout.entry_currency)
     with_daily = _has_column(conn, layout.entries, layout.date_column)
-    with_txn = _has_column(conn, layout.entries, layout.entry_txn)
+    with_txn, txn_nullable = _column(conn, layout.entries, layout.entry_txn)
+    aid_nullable = _column(conn, layout.accounts, layout.account_id)[1] if not layout.rule_sql else False
+    rows = max(1, int(layout.chunk_rows))
     with conn.transaction():
         if set_isolation:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snap.lsn = lag.lsn_int(lag.current_lsn(conn))  # the first statement: it takes the snapshot
         elif layout.slot:
             snap.lsn = lag.watermark(conn, layout.slot)
-        for account, currency, stored, computed in conn.execute(balance_rule(layout)).fetchall():
-            snap.accounts[account] = (_cur(currency), Decimal(stored or 0), Decimal(computed or 0))
+        if layout.rule_sql:
+            queries: list[tuple[sql.Composable, list[Any]]] = [(balance_rule(layout), [])]
+        else:
+            aid, eacc = sql.SQL("a.{}").format(_i(layout.account_id)), _i(layout.entry_account)
+            queries = []
+            for lo, hi in key_ranges(conn, layout.entries, layout.entry_account, rows):
+                acc_where, acc_params = _range(aid, lo, hi)
+                ent_where, ent_params = _range(eacc, lo, hi)
+                queries.append((_range_rule(layout, acc_where, ent_where), ent_params + acc_params))
+            if aid_nullable:  # accounts without a key match no entries (as in the whole-ledger join)
+                queries.append((_range_rule(layout, sql.SQL("a.{} IS NULL").format(_i(layout.account_id)),
+                                            sql.SQL("FALSE")), []))
+        for query, params in queries:
+            for account, currency, stored, computed in conn.execute(query, params).fetchall():
+                snap.accounts[account] = (_cur(currency), Decimal(stored or 0), Decimal(computed or 0))
         for currency, total, n in conn.execute(sql.SQL("SELECT {c}, coalesce(sum({a}), 0), count(*) FROM {e} GROUP BY 1").format(
                 c=cur, a=amt, e=entries)).fetchall():
             snap.entry_totals[_cur(currency)] = (Decimal(total), int(n))
         if with_txn:
-            snap.unbalanced = [(t, _cur(c), Decimal(s)) for t, c, s in conn.execute(sql.SQL(
-                "SELECT {t}, {c}, sum({a}) FROM {e} GROUP BY 1, 2 HAVING sum({a}) <> 0 ORDER BY 1, 2 LIMIT {n}").format(
-                t=_i(layout.entry_txn), c=cur, a=amt, e=entries, n=sql.Literal(UNBALANCED_LIMIT))).fetchall()]
+            txn = _i(layout.entry_txn)
+            wheres = [_range(txn, lo, hi) for lo, hi in key_ranges(conn, layout.entries, layout.entry_txn, rows)]
+            if txn_nullable:  # NULL sorts last, as in the whole-ledger ORDER BY
+                wheres.append((sql.SQL("{} IS NULL").format(txn), []))
+            for where, params in wheres:  # ascending key ranges: the first UNBALANCED_LIMIT in key order
+                left = UNBALANCED_LIMIT - len(snap.unbalanced)
+                if left <= 0:
+                    break
+                snap.unbalanced += [(t, _cur(c), Decimal(s)) for t, c, s in conn.execute(sql.SQL(
+                    "SELECT {t}, {c}, sum({a}) FROM {e} WHERE {w} GROUP BY 1, 2 HAVING sum({a}) <> 0 "
+                    "ORDER BY 1, 2 LIMIT {n}").format(t=txn, c=cur, a=amt, e=entries, w=where,
+                                                      n=sql.Literal(left)), params).fetchall()]
         if with_daily:
             for day, currency, n, volume in conn.execute(sql.SQL(
                     "SELECT ({d} AT TIME ZONE 'UTC')::date::text, {c}, count(*), "

@@ -50,6 +50,10 @@ class DiffSettings:
     """Per-side balance rule: SQL returning (account, currency, stored, computed) for every account;
     ``{accounts}`` and ``{entries}`` are replaced by the quoted table names. None = the double-entry
     default (stored balance vs sum of the account's entries)."""
+    balance_chunk_rows: int = 200_000
+    """Entries one per-account or per-transaction balance query covers (about): the balance diff reads
+    those GROUP BYs in key ranges of this size inside its one snapshot (DSQL: 128 MiB per query).
+    A ``balance_sql`` rule cannot be split and runs whole."""
     date_column: str = "posted_at"
     """Timestamp column of the entries table that daily totals group by (skipped when absent)."""
     report_dir: str = "reports/diff"
@@ -60,7 +64,7 @@ class DiffSettings:
     def __post_init__(self) -> None:
         for name, low in (("segment_rows", 100), ("precheck_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),
                           ("fetch_threshold", 10), ("workers", 1), ("recheck_rounds", 1),
-                          ("max_findings", 1)):
+                          ("max_findings", 1), ("balance_chunk_rows", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidSetting(_S, name, f"must be a whole number of at least {low}, got {value!r}",
