@@ -30,10 +30,11 @@ from reconcile.backfill.plan import plan_boundaries, select_range
 from reconcile.backfill.progress import BackfillSummary, Progress, TableSummary
 from reconcile.backfill.replay import SlotInfo, assert_replay_ready
 from reconcile.budget import Budget, budget_from
-from reconcile.config import Config, DsqlEndpoint, TableSpec
+from reconcile.config import Config, TableSpec
 from reconcile.control import migrate
 from reconcile.errors import ConfigError
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from
+from reconcile.schema.dialect import dialect_for
 
 log = logging.getLogger("reconcile.backfill")
 
@@ -106,7 +107,7 @@ class Backfill:
 
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
                    tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
-                   dialect="dsql" if isinstance(config.target, DsqlEndpoint) else "postgres", progress=progress)
+                   dialect=dialect_for(config.target).name, progress=progress)
 
     def close(self) -> None:
         for copier in self._copiers:

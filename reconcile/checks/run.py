@@ -25,6 +25,7 @@ from typing import Any
 from reconcile.checks.settings import SUITE_KINDS
 from reconcile.checks.spec import Check, suite_key
 from reconcile.config import Config
+from reconcile.schema.dialect import dialect_for
 from reconcile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
     started = time.perf_counter()
     policy, budget, counters = policy_from(config), budget_from(config), RetryCounters()
     secrets = config.secrets()
-    dialect = "dsql" if config.target.kind == "dsql" else "postgres"
+    dialect = dialect_for(config.target).name
     with connect(config.target, local_url=local_url) as target:
         migrate(target, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
         settings = {"sides": list(sides), "suites": list(suites), "report_dir": str(report) if report else None,

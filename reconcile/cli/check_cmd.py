@@ -106,12 +106,13 @@ def ack(kind: str = typer.Argument(..., help="What to acknowledge: reject."),
     from reconcile.occ import policy_from
     from reconcile.connections import connect
     from reconcile.control import migrate
+    from reconcile.schema.dialect import dialect_for
 
     if kind != "reject":
         raise typer.BadParameter("only 'reject' can be acknowledged (dead letters are resolved by the replay)")
     config = load(config_path)
     with connect(config.target) as target:
-        migrate(target, dialect="dsql" if config.target.kind == "dsql" else "postgres")
+        migrate(target, dialect=dialect_for(config.target).name)
         acknowledge(target, kind, ref, by=by, reason=reason, policy=policy_from(config))
     typer.echo(f"acknowledged {kind} {ref} by {by}")
 

@@ -70,7 +70,7 @@ import psycopg
 
 from reconcile.backfill.checkpoints import DONE, Control
 from reconcile.budget import Batcher, Budget, budget_from
-from reconcile.config import Config, DsqlEndpoint, TableSpec, redact
+from reconcile.config import Config, TableSpec, redact
 from reconcile.control import migrate
 from reconcile.errors import LimitExceeded
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from, run_with_retry
@@ -94,6 +94,7 @@ from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
 from reconcile.replay.state import DeadLetter, ReplayControl
+from reconcile.schema.dialect import dialect_for
 
 log = logging.getLogger("reconcile.replay")
 
@@ -282,7 +283,7 @@ class Replayer:
 
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target), tables=config.tables,
                    settings=config.replay, budget=budget_from(config), policy=policy_from(config),
-                   dialect="dsql" if isinstance(config.target, DsqlEndpoint) else "postgres", fault=fault,
+                   dialect=dialect_for(config.target).name, fault=fault,
                    secrets=config.secrets())
 
     def close(self) -> None:
