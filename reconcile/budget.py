@@ -308,6 +308,11 @@ def split_table_name(name: str) -> tuple[str, str]:
     return (schema if dot else "public"), table
 
 
+def qualified(name: str) -> sql.Identifier:
+    """``schema.table`` as a quoted identifier (a bare name is in ``public``)."""
+    return sql.Identifier(*split_table_name(name))
+
+
 _INDEXES = sql.SQL("""
 SELECT i.indexrelid,
        array_agg(a.attname::text ORDER BY k.ord) FILTER (WHERE k.attnum <> 0) AS cols,

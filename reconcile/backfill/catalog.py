@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
 from reconcile.backfill.errors import TableNotReady
 from reconcile.backfill.keys import KeyColumn
@@ -218,6 +217,3 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
     )
 
 
-def qualified(name: str) -> sql.Identifier:
-    """``schema.table`` as a quoted identifier."""
-    return sql.Identifier(*split_table_name(name))

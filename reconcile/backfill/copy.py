@@ -44,13 +44,13 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from reconcile.backfill.catalog import CONTROL_BYTES, CONTROL_ROWS, TableInfo, qualified
+from reconcile.backfill.catalog import CONTROL_BYTES, CONTROL_ROWS, TableInfo
 from reconcile.backfill.checkpoints import Chunk, Control, Reject
 from reconcile.backfill.config import BackfillSettings
 from reconcile.backfill.keys import Key, copy_fields, key_range, line_key, order_by
 from reconcile.backfill.pacing import BatchSizer, Throttle
 from reconcile.backfill.progress import Progress
-from reconcile.budget import Budget
+from reconcile.budget import Budget, qualified
 from reconcile.errors import LimitExceeded
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, run_with_retry
 

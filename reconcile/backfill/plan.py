@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
-from reconcile.backfill.catalog import TableInfo, qualified
+from reconcile.backfill.catalog import TableInfo
 from reconcile.backfill.checkpoints import Chunk
 from reconcile.backfill.keys import Key, KeyColumn, compare_sql, copy_field, key_range, order_by
+from reconcile.budget import qualified
 
 log = logging.getLogger(__name__)
 

@@ -53,6 +53,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reconcile.budget import qualified
 from reconcile.diff import lag
 from reconcile.diff.compare import Finding, jsonable
 
@@ -96,10 +97,6 @@ def layout_of(config: Any) -> Layout | None:
                   getattr(settings, "balance_chunk_rows", 200_000))
 
 
-def _t(name: str) -> sql.Identifier:
-    return sql.Identifier(*name.split(".", 1))
-
-
 def _i(name: str) -> sql.Identifier:
     return sql.Identifier(name)
 
@@ -117,7 +114,7 @@ def balance_rule(layout: Layout) -> sql.Composable:
     :func:`_range_rule`); this whole-ledger form is the same rule without the ranges.
     """
     if layout.rule_sql:
-        return sql.SQL(layout.rule_sql).format(accounts=_t(layout.accounts), entries=_t(layout.entries))  # type: ignore[arg-type]
+        return sql.SQL(layout.rule_sql).format(accounts=qualified(layout.accounts), entries=qualified(layout.entries))  # type: ignore[arg-type]
     return _range_rule(layout, sql.SQL("TRUE"), sql.SQL("TRUE"))
 
 
@@ -128,7 +125,7 @@ def _range_rule(layout: Layout, acc_where: sql.Composable, ent_where: sql.Compos
         "FROM {accounts} a LEFT JOIN (SELECT {eacc} AS account, sum({amt}) AS total FROM {entries} WHERE {ew} GROUP BY 1) e "
         "ON e.account = a.{aid} WHERE {aw}").format(
         aid=_i(layout.account_id), acur=_i(layout.account_currency), bal=_i(layout.balance),
-        accounts=_t(layout.accounts), eacc=_i(layout.entry_account), amt=_i(layout.amount), entries=_t(layout.entries),
+        accounts=qualified(layout.accounts), eacc=_i(layout.entry_account), amt=_i(layout.amount), entries=qualified(layout.entries),
         ew=ent_where, aw=acc_where)
 
 
@@ -153,7 +150,7 @@ def key_ranges(conn: psycopg.Connection, table: str, column: str, rows: int) -> 
     """
     out: list[tuple[Any, Any]] = []
     lo = None
-    col, tab = _i(column), _t(table)
+    col, tab = _i(column), qualified(table)
     while True:
         where, params = _range(col, lo, None)
         row = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {w} ORDER BY {c} OFFSET %s LIMIT 1").format(
@@ -226,7 +223,7 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
     ``balance_sql`` rule (not splittable) run whole.
     """
     snap = Snapshot()
-    entries, amt, cur = _t(layout.entries), _i(layout.amount), _i(layout.entry_currency)
+    entries, amt, cur = qualified(layout.entries), _i(layout.amount), _i(layout.entry_currency)
     with_daily = _has_column(conn, layout.entries, layout.date_column)
     with_txn, txn_nullable = _column(conn, layout.entries, layout.entry_txn)
     aid_nullable = _column(conn, layout.accounts, layout.account_id)[1] if not layout.rule_sql else False

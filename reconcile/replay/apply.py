@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from reconcile.budget import Budget
+from reconcile.budget import Budget, qualified
 from reconcile.config import TableSpec
 from reconcile.control.migrations import ident
 from reconcile.replay import pgoutput as po
@@ -268,7 +268,7 @@ class Writer:
             wanted = [i for i, v in enumerate(values) if v is po.UNCHANGED]
             q = sql.SQL("SELECT {} FROM {} WHERE ({}) = ({})").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(rel.columns[i].name)) for i in wanted),
-                _table_ident(table), sql.SQL(", ").join(map(sql.Identifier, t.key)),
+                qualified(table), sql.SQL(", ").join(map(sql.Identifier, t.key)),
                 sql.SQL(", ").join(sql.SQL("CAST(%s AS {})").format(sql.SQL(t.types[k])) for k in t.key))  # type: ignore[arg-type]
             found = conn.execute(q, list(origin)).fetchone()
             if found is None:
@@ -277,11 +277,6 @@ class Writer:
             for i, v in zip(wanted, found):
                 filled[i] = v
             rows[key] = (rel, tuple(filled), key)
-
-
-def _table_ident(name: str) -> sql.Identifier:
-    schema, _, table = name.rpartition(".")
-    return sql.Identifier(schema or "public", table)
 
 
 def upsert_statement(t: TargetTable, columns: Sequence[str]) -> sql.Composed:
@@ -303,7 +298,7 @@ def upsert_statement(t: TargetTable, columns: Sequence[str]) -> sql.Composed:
     overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if any(c in t.identity_always for c in columns) else sql.SQL("")
     # Type names come from format_type() on the target catalog (SQL text already).
     return sql.SQL("INSERT INTO {t} ({cols}){ov} SELECT {casts} FROM unnest({arrays}) AS u({vs}) {conflict}").format(
-        t=_table_ident(t.name), cols=sql.SQL(", ").join(map(sql.Identifier, columns)), ov=overriding,
+        t=qualified(t.name), cols=sql.SQL(", ").join(map(sql.Identifier, columns)), ov=overriding,
         casts=sql.SQL(", ").join(sql.SQL("CAST(u.{} AS {})").format(v, sql.SQL(t.types[c]))  # type: ignore[arg-type]
                                  for v, c in zip(vs, columns)),
         arrays=sql.SQL(", ").join([sql.SQL("%s::text[]")] * len(columns)), vs=sql.SQL(", ").join(vs),
@@ -320,7 +315,7 @@ def delete_statement(t: TargetTable) -> sql.Composed:
     """
     vs = [sql.Identifier(f"v{i}") for i in range(len(t.key))]
     return sql.SQL("DELETE FROM {t} WHERE ({key}) IN (SELECT {casts} FROM unnest({arrays}) AS u({vs}))").format(
-        t=_table_ident(t.name), key=sql.SQL(", ").join(map(sql.Identifier, t.key)),
+        t=qualified(t.name), key=sql.SQL(", ").join(map(sql.Identifier, t.key)),
         casts=sql.SQL(", ").join(sql.SQL("CAST(u.{} AS {})").format(v, sql.SQL(t.types[c]))  # type: ignore[arg-type]
                                  for v, c in zip(vs, t.key)),
         arrays=sql.SQL(", ").join([sql.SQL("%s::text[]")] * len(t.key)), vs=sql.SQL(", ").join(vs))

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from reconcile.budget import qualified, split_table_name
 from reconcile.config import TableSpec
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import PrerequisiteFailed, SlotBusy, SlotMissing
@@ -48,15 +49,6 @@ def prepare_session(conn: psycopg.Connection) -> psycopg.Connection:
     for stmt in SOURCE_SESSION:
         conn.execute(stmt)
     return conn
-
-
-def _split(name: str) -> tuple[str, str]:
-    schema, _, table = name.rpartition(".")
-    return schema or "public", table
-
-
-def _qualified(name: str) -> sql.Identifier:
-    return sql.Identifier(*_split(name))
 
 
 # --- prerequisites ----------------------------------------------------------------------------------
@@ -123,7 +115,7 @@ def check_prerequisites(conn: psycopg.Connection, tables: Sequence[TableSpec], *
             found.problems.append("The source has no free replication slot (max_replication_slots is used up): "
                                   "drop an unused slot or raise max_replication_slots and restart.")
     for spec in tables:
-        schema, table = _split(spec.name)
+        schema, table = split_table_name(spec.name)
         row = conn.execute(_TABLE, (schema, table)).fetchone()
         if row is None:
             found.problems.append(f"Table {spec.name} does not exist on the source: fix [[tables]] or create it.")
@@ -201,19 +193,19 @@ def init_capture(conn: psycopg.Connection, tables: Sequence[TableSpec], *, slot_
     found.raise_if_any()
     actions: list[str] = []
     for name in found.need_identity_full:
-        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(_qualified(name)))
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(qualified(name)))
         actions.append(f"set REPLICA IDENTITY FULL on {name}")
     names = [t.name for t in tables]
     have = publication_tables(conn, publication)
     if have is None:
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(publication), sql.SQL(", ").join(_qualified(n) for n in names)))
+            sql.Identifier(publication), sql.SQL(", ").join(qualified(n) for n in names)))
         actions.append(f"created publication {publication} for {', '.join(names)}")
     else:
         missing = [n for n in names if n not in have]
         if missing:
             conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(publication), sql.SQL(", ").join(_qualified(n) for n in missing)))
+                sql.Identifier(publication), sql.SQL(", ").join(qualified(n) for n in missing)))
             actions.append(f"added {', '.join(missing)} to publication {publication}")
     slot = slot_row(conn, slot_name)
     if slot is None:
