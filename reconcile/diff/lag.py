@@ -29,6 +29,8 @@ from typing import Any
 
 import psycopg
 
+from reconcile.replay.pgoutput import lsn_to_int
+
 DEFAULT_SLOT = "reconcile"
 
 
@@ -38,10 +40,7 @@ def lsn_int(lsn: str | None) -> int | None:
     >>> lsn_int("1/0"), lsn_int("0/10")
     (4294967296, 16)
     """
-    if lsn is None or lsn == "":
-        return None
-    hi, _, lo = str(lsn).partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
+    return None if lsn is None or lsn == "" else lsn_to_int(str(lsn))
 
 
 def slot_name(config: Any) -> str:
