@@ -52,6 +52,7 @@ __all__ = [
     "TableSpec",
     "load_config",
     "mask_conninfo",
+    "one_line",
     "redact",
 ]
 
@@ -127,6 +128,12 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
                      secret.replace("\\", "\\\\").replace("'", "\\'")}:
             text = text.replace(form, "***")
     return mask_conninfo(text)
+
+
+def one_line(text: str, secrets: Iterable[str | None] = (), *, limit: int = 500) -> str:
+    """``text`` redacted (:func:`redact`), on one line, at most ``limit`` characters."""
+    text = " ".join(redact(text, secrets).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,8 +661,7 @@ class Config:
         from reconcile.errors import ReconcileError
 
         text = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
-        text = " ".join(redact(text, self.secrets()).split())
-        return text if len(text) <= limit else text[:limit - 3] + "..."
+        return one_line(text, self.secrets(), limit=limit)
 
     def table(self, name: str) -> TableSpec:
         """The table called ``name`` (schema.table).

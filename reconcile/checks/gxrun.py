@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from reconcile.checks.spec import Check, suite_key
-from reconcile.config import Config, DsqlEndpoint, Endpoint, LocalEndpoint, mask_conninfo, redact
+from reconcile.config import Config, DsqlEndpoint, Endpoint, LocalEndpoint, mask_conninfo, one_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
             definition = context.validation_definitions.add(
                 gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
         except Exception as exc:  # the table is missing, the query does not parse...
-            message = _clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+            message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
             for check in group:
                 outcomes[(side, check.suite, check.name)].exception = message
             continue
@@ -263,7 +263,7 @@ def _fill(outcome: Outcome, r, secrets: Sequence[str | None]) -> None:
     message = _exception_message(info)
     result = r.result or {}
     outcome.success = bool(r.success) and message is None
-    outcome.exception = _clean(message, secrets) if message else None
+    outcome.exception = one_line(message, secrets) if message else None
     observed = result.get("observed_value")
     if observed is None and "unexpected_count" in result:
         observed = {"unexpected_count": result.get("unexpected_count"),
@@ -280,11 +280,6 @@ def _exception_message(info: dict) -> str | None:
         if isinstance(value, dict) and value.get("raised_exception"):
             return value.get("exception_message") or "a metric raised an error"
     return None
-
-
-def _clean(message: str, secrets: Sequence[str | None]) -> str:
-    text = " ".join(redact(message, secrets).split())
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _jsonable(value: Any) -> Any:
