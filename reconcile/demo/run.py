@@ -39,26 +39,21 @@ class DemoResult:
                 "steps": self.steps, "timings": self.timings, "injected": self.injected}
 
 
-class _Workload:
-    """The live write workload on the source, in a background thread until stopped."""
+class _Background:
+    """``work(stop_event)`` in a daemon thread until :meth:`stop`, which returns its result or raises its error."""
 
-    def __init__(self, endpoint: Any, tps: float, seed: int) -> None:
-        from reconcile import connections
-
+    def __init__(self, name: str, work: Callable[[threading.Event], Any]) -> None:
         self._stop = threading.Event()
-        self.report: Any = None
+        self.result: Any = None
         self.error: BaseException | None = None
 
-        def work() -> None:
-            from reconcile.workload import run_workload
-
+        def run() -> None:
             try:
-                self.report = run_workload(lambda: connections.connect(endpoint), tps=tps, duration=None,
-                                           seed=seed, stop_event=self._stop)
+                self.result = work(self._stop)
             except BaseException as exc:  # reported by stop()
                 self.error = exc
 
-        self._thread = threading.Thread(target=work, name="demo-workload", daemon=True)
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
     def stop(self) -> Any:
@@ -66,33 +61,24 @@ class _Workload:
         self._thread.join(timeout=60)
         if self.error is not None:
             raise self.error
-        return self.report
+        return self.result
 
 
-class _ReplayFollower:
+def _workload(endpoint: Any, tps: float, seed: int) -> _Background:
+    """The live write workload on the source, until stopped; ``stop()`` returns its report."""
+    from reconcile import connections
+    from reconcile.workload import run_workload
+
+    return _Background("demo-workload", lambda stop: run_workload(
+        lambda: connections.connect(endpoint), tps=tps, duration=None, seed=seed, stop_event=stop))
+
+
+def _replay_follower(config: Any) -> _Background:
     """The shadow replay keeps following the slot while the reconciliation runs (as the scheduled
     replay DAG does in production), so the lag-aware diff sees its watermark pass the diff's start."""
+    from reconcile.replay import run_replay
 
-    def __init__(self, config: Any) -> None:
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-
-        def follow() -> None:
-            from reconcile.replay import run_replay
-
-            try:
-                run_replay(config, follow=True, stop_event=self._stop)
-            except BaseException as exc:  # reported by stop()
-                self.error = exc
-
-        self._thread = threading.Thread(target=follow, name="demo-replay", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        if self.error is not None:
-            raise self.error
+    return _Background("demo-replay", lambda stop: run_replay(config, follow=True, stop_event=stop))
 
 
 def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: int = 10_000,
@@ -181,7 +167,7 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
         result.steps["replay_init"] = init
         s.detail = f"slot {config.replay.slot_name}"
 
-    workload = _Workload(config.source, tps, seed) if tps > 0 else None
+    workload = _workload(config.source, tps, seed) if tps > 0 else None
     with progress.step(f"live workload on the source ({tps:g} tps)") as s:
         s.detail = "running in the background" if workload else "off (--tps 0)"
 
@@ -216,7 +202,7 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
             s.detail = ", ".join(p.get("kind", "?") for p in result.injected)
 
     with progress.step(f"reconcile: diffs, balances, expectations{runner.suffix}") as s:
-        follower = _ReplayFollower(config)
+        follower = _replay_follower(config)
         try:
             rec = runner.reconcile(ws.reports)
         finally:
