@@ -100,6 +100,13 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     return run_id
 
 
+def _balances_due(config: Any, tables: list[str]) -> bool:
+    """Whether a run over ``tables`` owes a balance diff: a ledger is configured, ``[diff] balances`` is
+    on and the run covers its accounts or entries table (a missing balance diff is then an error)."""
+    layout = bal.layout_of(config)
+    return layout is not None and _settings(config).balances and bool({layout.accounts, layout.entries} & set(tables))
+
+
 def _run_settings(conn: psycopg.Connection, run_id: str) -> dict:
     run = store.get_run(conn, run_id)
     if run is None or run["kind"] != "diff":
@@ -314,6 +321,8 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         balances = by_table.get(store.BALANCES)
         if balances is not None and balances["error"]:
             errors["balances"] = balances["error"]
+        elif balances is None and _balances_due(config, run["settings"].get("tables", [])):
+            errors["balances"] = "not compared (diff_balances did not run for it)"
         persistent = sum(t["missing"] + t["extra"] + t["changed"] for t in tables.values())
         balance_diffs = balances["changed"] if balances else 0
         in_flight = sum(t["in_flight"] for t in tables.values()) + (balances["in_flight"] if balances else 0)

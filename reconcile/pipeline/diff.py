@@ -8,8 +8,8 @@
 - :func:`diff_balances_step` compares balances (per account and currency, trial balance, zero-sum);
 - :func:`checks_step` runs the expectation suites on both sides (a 'check' run);
 - :func:`diff_finish` closes the run with its verdict and writes the report (folder, or an S3 link);
-  it runs after failed steps too: a table whose step never reported is closed as ``error`` (not
-  compared) by :func:`reconcile.diff.finish_diff`, and so is a balance diff that never reported;
+  it runs after failed steps too: a table or a due balance diff whose step never reported is closed
+  as ``error`` (not compared) by :func:`reconcile.diff.finish_diff`;
 - :func:`reconcile_verdict` says whether the whole reconciliation is green, for the final task that
   fails a red run (or one whose steps failed) visibly.
 """
@@ -40,10 +40,6 @@ class DiffRunClosed(TerminalError):
 
 class DiffNotStarted(TerminalError):
     """The start step opened no diff run (it failed), so there is nothing to diff into or close."""
-
-
-NOT_COMPARED = "not compared: the balances step did not finish (its task failed or never ran)"
-"""The error recorded for a balance diff that never reported."""
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -148,37 +144,6 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     return result
 
 
-def _close_missing_balances(config: Config, run_id: str) -> bool:
-    """Record the balance diff of run ``run_id`` as ``error`` (not compared) when it was due and never reported.
-
-    :func:`reconcile.diff.finish_diff` closes a table that never reported as ``error`` but reads a
-    missing balance diff as zero differences; this makes a failed balances step count as what it is.
-    Due: the config has a ledger (accounts + entries), ``[diff] balances`` is on and the run covers
-    one of those tables (as :func:`reconcile.diff.run_diff` decides). Returns whether it wrote.
-    """
-    from reconcile.budget import budget_from
-    from reconcile.connections import connect
-    from reconcile.diff import store
-    from reconcile.diff.balances import layout_of
-    from reconcile.occ import policy_from
-
-    layout = layout_of(config)
-    if layout is None or not config.diff.balances:
-        return False
-    with connect(config.target) as conn:
-        run = store.get_run(conn, run_id)
-        covered = set((run or {}).get("settings", {}).get("tables") or ())
-        if run is None or not covered & {layout.accounts, layout.entries}:
-            return False
-        if any(r["table"] == store.BALANCES for r in store.load_results(conn, run_id)):
-            return False
-        store.save_table(conn, run_id, store.BALANCES,
-                         {"status": "error", "error": NOT_COMPARED, "details": {"reason": NOT_COMPARED}}, [],
-                         budget=budget_from(config), policy=policy_from(config))
-    log.warning("diff run %s: the balance diff never reported; recorded as an error (not compared)", run_id)
-    return True
-
-
 def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -> dict[str, Any]:
     """Close run ``run_id``: verdict, summary and report; returns the run summary (verdict, report_dir...).
 
@@ -187,7 +152,6 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -
     """
     from reconcile.diff import finish_diff
 
-    _close_missing_balances(config, run_id)
     result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
