@@ -155,6 +155,7 @@ class TableContract:
     only_target: tuple[str, ...] = ()
     """Target columns the source lacks (they keep their defaults)."""
     target_columns: tuple[CatalogColumn, ...] = field(default=(), repr=False)
+    source_columns: tuple[CatalogColumn, ...] = field(default=(), repr=False)
 
     def column(self, name: str) -> ColumnContract:
         for c in self.columns:
@@ -315,7 +316,7 @@ def derive_contract(table: str, source: Sequence[CatalogColumn], target: Sequenc
     src_names = {c.name for c in source}
     return TableContract(table, tuple(cols), tuple(key), False,
                          tuple(s.name for s in source if s.name not in tgt),
-                         tuple(t.name for t in target if t.name not in src_names), tuple(target))
+                         tuple(t.name for t in target if t.name not in src_names), tuple(target), tuple(source))
 
 
 def _from_stored(table: str, rows: Mapping[str, Mapping[str, Any]], source: Sequence[CatalogColumn],
@@ -358,7 +359,7 @@ def _from_stored(table: str, rows: Mapping[str, Mapping[str, Any]], source: Sequ
         cols.append(_runtime(base, s, t))
     return TableContract(table, tuple(cols), tuple(key), True,
                          tuple(s.name for s in source if s.name not in tgt),
-                         tuple(t.name for t in target if t.name not in src_names), tuple(target))
+                         tuple(t.name for t in target if t.name not in src_names), tuple(target), tuple(source))
 
 
 def load_contracts(source: psycopg.Connection, target: psycopg.Connection,
