@@ -51,11 +51,12 @@ def _key(table: Table, keys: Mapping[str, tuple[str, ...]]) -> tuple[str, ...] |
 
 def special_numeric_scan(conn: psycopg.Connection, catalog: Catalog, *, tables: Iterable[str] | None = None,
                          keys: Mapping[str, tuple[str, ...]] | None = None,
-                         chunk_rows: int = CHUNK_ROWS) -> dict[str, SpecialValues]:
+                         chunk_rows: int = CHUNK_ROWS, max_rows: int | None = None) -> dict[str, SpecialValues]:
     """NaN and +-Infinity counts of every numeric column (domains over numeric included) that has any.
 
     Reads each table in keyset chunks of ``chunk_rows`` rows (one aggregate row per chunk crosses the
-    wire); a table with neither primary key nor configured key is read in one statement.
+    wire); a table with neither primary key nor configured key is read in one statement. ``max_rows``
+    stops after that many rows of each table (the audit's sample mode).
 
     Returns:
         ``schema.table.column`` -> (NaN values, infinite values), only for columns holding some.
@@ -80,11 +81,13 @@ def special_numeric_scan(conn: psycopg.Connection, catalog: Catalog, *, tables: 
         ident = sql.Identifier(table.schema, table.name)
         key = _key(table, keys)
         if key is None:
-            row = conn.execute(sql.SQL("SELECT {} FROM {} AS c").format(sql.SQL(", ").join(aggs), ident)).fetchone()
+            source = sql.SQL("(SELECT * FROM {} LIMIT {})").format(ident, sql.Literal(max_rows)) if max_rows else ident
+            row = conn.execute(sql.SQL("SELECT {} FROM {} AS c").format(sql.SQL(", ").join(aggs), source)).fetchone()
             totals = [int(v or 0) for v in row]
         else:
             kcols = sql.SQL(", ").join(map(sql.Identifier, key))
             last: tuple | None = None
+            seen = 0
             while True:
                 where = sql.SQL("")
                 if last is not None:
@@ -101,7 +104,8 @@ def special_numeric_scan(conn: psycopg.Connection, catalog: Catalog, *, tables: 
                     break
                 last = tuple(row[1:1 + len(key)])
                 totals = [t + int(v or 0) for t, v in zip(totals, row[1 + len(key):])]
-                if n < chunk_rows:
+                seen += n
+                if n < chunk_rows or (max_rows is not None and seen >= max_rows):
                     break
         for i, c in enumerate(cols):
             nans, infs = totals[2 * i], totals[2 * i + 1]

@@ -32,6 +32,7 @@ backfill and the replay refuse the table before copying anything.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +68,17 @@ def normalisation(target_type: str) -> str:
     return kind_of(target_type)
 
 
+_QUALIFIER = re.compile(r'(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\.(?=["a-z_])')
+
+
 def _norm(type_sql: str) -> str:
-    return "".join(type_sql.lower().split())
+    """A type's text for comparison: no spaces, no case, no schema qualification (the plan reads the source
+    with an empty search_path, so it prints ``public.citext`` where a stage's session prints ``citext``).
+
+    >>> _norm("public.citext") == _norm("citext"), _norm("character varying(10)[]")
+    (True, 'charactervarying(10)[]')
+    """
+    return _QUALIFIER.sub("", "".join(type_sql.lower().split()))
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,24 @@ def _raw(text: str) -> sql.SQL:
     return sql.SQL(text)  # type: ignore[arg-type]
 
 
-def _column_sql(c: ColumnTranslation) -> sql.Composed:
+def _check_names(table: Table, columns: Sequence[ColumnTranslation]) -> dict[str, str]:
+    """Explicit names for the CHECKs the plan adds to columns (enum labels, inlined domains): left unnamed,
+    PostgreSQL would call one ``<table>_<column>_check``, which a source constraint may already be called."""
+    taken = {con.name for con in table.constraints}
+    out: dict[str, str] = {}
+    for c in columns:
+        if not c.check:
+            continue
+        name, n = f"{table.name}_{c.name}_type_check"[:63], 1
+        while name in taken:
+            n += 1
+            name = f"{table.name}_{c.name}_type_check{n}"[:63]
+        taken.add(name)
+        out[c.name] = name
+    return out
+
+
+def _column_sql(c: ColumnTranslation, check_name: str | None = None) -> sql.Composed:
     parts: list[sql.Composable] = [sql.Identifier(c.name), sql.SQL(" "), _raw(c.target_type)]
     if c.identity:
         parts += [sql.SQL(" "), _raw(c.identity)]
@@ -234,6 +251,8 @@ def _column_sql(c: ColumnTranslation) -> sql.Composed:
     if c.not_null:
         parts.append(sql.SQL(" NOT NULL"))
     if c.check:
+        if check_name:
+            parts += [sql.SQL(" CONSTRAINT "), sql.Identifier(check_name)]
         parts += [sql.SQL(" CHECK ("), _raw(c.check), sql.SQL(")")]
     return sql.Composed(parts)
 
@@ -367,7 +386,8 @@ def build_plan(
                     seq = catalog.sequence(seq_name)
                     seq_records.append(SequenceRecord(seq_name, q, c.name, seq.last_value if seq else None,
                                                       "identity" if c.identity else "bigint"))
-        elements: list[sql.Composable] = [_column_sql(c) for c in columns]
+        check_names = _check_names(table, columns)
+        elements: list[sql.Composable] = [_column_sql(c, check_names.get(c.name)) for c in columns]
         json_columns = {c.name for c in columns if c.target_type == "json"}
         pk = table.primary_key
         primary_key: tuple[str, ...] = ()
