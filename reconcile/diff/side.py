@@ -39,6 +39,19 @@ class _Overflowing:
             return bytes(data).decode()
 
 
+class _OverflowingBinary:
+    """Mixin for binary date/time loaders: the infinities (the type's largest and smallest values) load as
+    ``infinity`` / ``-infinity``, as the text loaders do (key columns are fetched in binary)."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        try:
+            return super().load(data)  # type: ignore[misc]
+        except (psycopg.DataError, ValueError, OverflowError):
+            raw = bytes(data)
+            value = int.from_bytes(raw, "big", signed=True)
+            return "-infinity" if value < 0 else "infinity"
+
+
 class _Text(Loader):
     """Loads a value as its text form (intervals: months are not 30 days, so timedelta would equate them)."""
 
@@ -55,11 +68,14 @@ def exact_loaders(conn: psycopg.Connection) -> None:
       ``30 days``);
     * json, jsonb: parsed with decimals kept exact (``1.50`` stays ``Decimal('1.50')``, never a float).
     """
-    from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
+    from psycopg.types import datetime as pgdt
     from psycopg.types.json import set_json_loads
 
-    for name, base in (("date", DateLoader), ("timestamp", TimestampLoader), ("timestamptz", TimestamptzLoader)):
-        conn.adapters.register_loader(name, type(f"Exact{base.__name__}", (_Overflowing, base), {}))
+    for name, text, binary in (("date", pgdt.DateLoader, pgdt.DateBinaryLoader),
+                               ("timestamp", pgdt.TimestampLoader, pgdt.TimestampBinaryLoader),
+                               ("timestamptz", pgdt.TimestamptzLoader, pgdt.TimestamptzBinaryLoader)):
+        conn.adapters.register_loader(name, type(f"Exact{text.__name__}", (_Overflowing, text), {}))
+        conn.adapters.register_loader(name, type(f"Exact{binary.__name__}", (_OverflowingBinary, binary), {}))
     conn.adapters.register_loader("interval", _Text)
     set_json_loads(lambda s: json.loads(s, parse_float=Decimal), conn)
 
