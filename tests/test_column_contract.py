@@ -41,7 +41,7 @@ from reconcile.replay import ReplaySettings, init_replay, run_replay
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import ReplayError
 from reconcile.schema import apply_plan, plan_from_source, record_plan
-from reconcile.schema.contract import ContractError, load_contract
+from reconcile.schema.contract import ContractError, derive_contract, load_contract
 
 TABLE = TableSpec("legacy.holdings", ("id",))
 
@@ -279,6 +279,10 @@ def test_every_type_through_backfill_replay_and_diff_under_the_contract(source_d
     got = {c.name: (c.target_type, c.conversion) for c in contract.columns if c.name != "id"}
     assert got == EXPECTED
     assert not contract.refusals
+    # Without the stored plan, the two catalogs give the same contract (what a hand-made target gets).
+    derived = derive_contract(TABLE.name, contract.source_columns, contract.target_columns, TABLE.key)
+    assert [(c.name, c.conversion, c.target_type) for c in derived.columns] == \
+        [(c.name, c.conversion, c.target_type) for c in contract.columns] and not derived.stored
     assert {c["column"]: c["read_expression"] for c in plan.to_dict()["column_contract"]}["tags"] == "array_to_json(tags)"
     assert "array_to_json(tags)" in plan.render()
 
@@ -465,3 +469,24 @@ def test_generated_expectations_run_on_each_side_with_that_sides_types(source_db
     run_sql(target_db, "ALTER TABLE app.t DROP CONSTRAINT t_st_check", "UPDATE app.t SET st = 'c' WHERE id = 1")
     red = run_checks(cfg)
     assert [(o.side, o.check.name) for o in red.failed] == [("target", "check:t_st_check")]
+
+
+def test_a_key_whose_type_would_change_is_an_audit_blocker_and_refused(source_db, target_db):
+    from reconcile.audit import AuditOptions, run_audit
+
+    run_sql(source_db, "CREATE SCHEMA app", "CREATE TYPE app.code AS ENUM ('x', 'y')",
+            "CREATE TABLE app.k (code app.code PRIMARY KEY, n int)", "INSERT INTO app.k VALUES ('x', 1), ('y', 2)")
+    spec = TableSpec("app.k", ("code",))
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        report = run_audit(conn, tables=[spec], options=AuditOptions(lint=False, workload=False))
+        plan = plan_from_source(conn, tables=[spec], dialect="postgres")
+    blocker = next(f for f in report.findings if f.code == "key_conversion")
+    assert blocker.severity.value == "blocker" and blocker.object == "app.k.code"
+    assert "key_conversion:app.k.code" in {f.id for f in plan.findings}
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        apply_plan(conn, plan, phase="pre-load")
+        record_plan(conn, plan)
+    cfg = Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", target_db),
+                 tables=(spec,))
+    with pytest.raises(TableNotReady, match=r"refuses app\.k\.code: key column code would be stored as its text form"):
+        run_backfill(cfg, BackfillSettings(replay=False))

@@ -24,6 +24,7 @@ __all__ = [
     "MIN_NUMERIC_PRECISION",
     "STORABLE",
     "ColumnTranslation",
+    "expression_follows",
     "IdStrategy",
     "NumericProfile",
     "planned_numeric",
@@ -119,6 +120,16 @@ class ColumnTranslation:
     @property
     def changed(self) -> bool:
         return bool(self.answers)
+
+
+def expression_follows(conversion: str, col: Column) -> bool:
+    """Whether an expression written over the source column (a CHECK) still means the same on the target:
+    the column keeps its type, or it is an enum or citext whose text the rewritten expression compares alike
+    (:func:`rewrite_expression` turns enum casts into ``::text``)."""
+    if conversion == "none":
+        return True
+    base = col.base_type_name if col.type_kind == "d" else col.type_name
+    return conversion == "text" and (bool(col.enum_labels) or base == "citext")
 
 
 _QUOTED = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'

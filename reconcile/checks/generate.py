@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from reconcile.audit.catalog import Catalog, Constraint, Table, qualified_schemas, read_catalog
-from reconcile.audit.translate import rewrite_expression
+from reconcile.audit.translate import expression_follows, rewrite_expression
 from reconcile.audit.triggers import Invariant, describe_trigger_body
 from reconcile.checks.ledger import balance_query
 from reconcile.checks.spec import Check, escape_query, ident, qualified
@@ -181,11 +181,6 @@ def target_conversions(table: Table, catalog: Catalog, target: dict[str, Any] | 
     return out
 
 
-def _follows(conversion: str, col: Any) -> bool:
-    """Whether an expression over a column still means the same on the target (see :mod:`reconcile.schema.plan`)."""
-    return conversion == "none" or (conversion == "text" and (bool(col.enum_labels) or col.type_name == "citext"))
-
-
 def table_checks(table: Table, catalog: Catalog | None = None,
                  conversions: dict[str, str] | None = None) -> list[Check]:
     """Expectations re-expressing one table's keys, NOT NULL columns, CHECKs and foreign keys.
@@ -198,7 +193,7 @@ def table_checks(table: Table, catalog: Catalog | None = None,
     conversions = conversions or {}
 
     def changed(columns: Sequence[str]) -> list[str]:
-        return [c for c in columns if not _follows(conversions.get(c, "none"), table.column(c))]
+        return [c for c in columns if not expression_follows(conversions.get(c, "none"), table.column(c))]
 
     def add(check_name: str, cls: str, kwargs: dict[str, Any], what: str, con: Constraint | None = None,
             sides: tuple[str, ...] = ("source", "target"), **extra: Any) -> None:

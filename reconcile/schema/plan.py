@@ -35,6 +35,7 @@ from reconcile.audit.translate import (
     ColumnTranslation,
     IdStrategy,
     NumericProfile,
+    expression_follows,
     rewrite_expression,
     translate_column,
 )
@@ -208,15 +209,6 @@ class SchemaPlan:
 
 
 _NOT_VALID = re.compile(r"\s+NOT\s+VALID\s*$", re.I)
-
-
-def _check_survives(c: ColumnTranslation, table: Table) -> bool:
-    """Whether a CHECK over this column still means the same on the target: its type is kept, or it is an
-    enum (or citext) whose text form the rewritten expression compares the same way."""
-    if c.conversion == "none":
-        return True
-    col = table.column(c.name)
-    return c.conversion == "text" and (bool(col.enum_labels) or col.type_name == "citext")
 
 
 def _raw(text: str) -> sql.SQL:
@@ -418,7 +410,8 @@ def build_plan(
                 elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(con.name),
                                                                    _raw(rewrite_expression(con.definition, catalog))))
             elif con.kind == "c":
-                changed = [c.name for c in columns if c.name in con.columns and not _check_survives(c, table)]
+                changed = [c.name for c in columns
+                           if c.name in con.columns and not expression_follows(c.conversion, table.column(c.name))]
                 if changed:
                     found = make("check_on_converted_column", cq, f"check {con.name} on {q} ({con.definition}) refers "
                                  f"to {', '.join(changed)}, whose type changes on the target", table=q,
