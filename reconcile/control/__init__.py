@@ -2,7 +2,8 @@
 
 Tables (see :mod:`reconcile.control.migrations` for their columns): ``runs``, ``chunks`` (backfill
 checkpoints), ``replay_state`` (the replay watermark), ``dead_letters``, ``rejects``,
-``audit_events`` (the gate trail) and ``schema_migrations`` (which steps have run).
+``audit_events`` (the gate trail), ``column_plan`` (the column contract, :mod:`reconcile.schema.contract`)
+and ``schema_migrations`` (which steps have run).
 Control writes obey the same budget and retry rules as data writes (:mod:`reconcile.budget`,
 :mod:`reconcile.occ`).
 """
