@@ -24,9 +24,9 @@ __all__ = [
     "MIN_NUMERIC_PRECISION",
     "STORABLE",
     "ColumnTranslation",
-    "expression_follows",
     "IdStrategy",
     "NumericProfile",
+    "expression_follows",
     "planned_numeric",
     "rewrite_expression",
     "translate_column",
@@ -282,7 +282,7 @@ def translate_column(col: Column, table: Table, catalog: Catalog, *,
             default = None
             notes.append(f"{base_sql} stored as its text form")
         if is_domain:
-            if conversion not in ("none", "text") and check:
+            if check and not expression_follows(conversion, col):
                 notes.append(f"domain {col.type_schema}.{col.type_name} CHECK not inlined: the column's type "
                              "changes on the target (the source keeps enforcing it)")
                 check = None
