@@ -325,14 +325,7 @@ GROUP BY i.indexrelid
 ORDER BY i.indexrelid
 """)
 
-_COLUMNS = sql.SQL("""
-SELECT a.attname::text, t.typname::text, a.atttypmod, t.typlen, s.avg_width
-FROM pg_catalog.pg_attribute a
-JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_catalog.pg_stats s ON s.schemaname = %s AND s.tablename = %s AND s.attname = a.attname
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-""")
+_AVG_WIDTHS = sql.SQL("SELECT attname::text, avg_width FROM pg_catalog.pg_stats WHERE schemaname = %s AND tablename = %s")
 
 # Longest text form of fixed-size types (what octet_length(value::text) can reach).
 _TEXT_WIDTH = {
@@ -428,9 +421,14 @@ def table_cost(
             index_columns=index_columns, expression_columns=expressions, sampled_rows=int(n), source="sample",
         )
 
-    # Nothing to sample: estimate from statistics, else from column types.
-    roid = oid if rconn is conn and (rschema, rname) == (schema, name) else _relation_oid(rconn, rschema, rname)
-    columns = rconn.execute(_COLUMNS, (rschema, rname, roid)).fetchall()
+    # Nothing to sample: estimate from statistics, else from column types (the one column reader).
+    from reconcile.db.columns import read_columns
+
+    if not (rconn is conn and (rschema, rname) == (schema, name)):
+        _relation_oid(rconn, rschema, rname)
+    widths_seen = dict(rconn.execute(_AVG_WIDTHS, (rschema, rname)).fetchall())
+    columns = [(c.name, c.base, c.typmod, c.typlen, widths_seen.get(c.name))
+               for c in read_columns(rconn, tables=[f"{rschema}.{rname}"]).get(f"{rschema}.{rname}", ())]
     widths = {c: _column_text_width(typ, mod, length, avg) for c, typ, mod, length, avg in columns}
     have_stats = any(avg is not None for *_, avg in columns)
     row = 2 + sum(widths.values()) + max(0, len(widths) - 1)

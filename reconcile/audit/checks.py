@@ -186,6 +186,8 @@ def _column_finding(code: str, obj: str, col, target_type: str, catalog: Catalog
         return make(code, obj, f"{obj} is an array ({col.type_sql})", target_type=target_type)
     if code == "jsonb_column":
         return make(code, obj, f"{obj} is jsonb", target_type=target_type)
+    if code == "money_column":
+        return make(code, obj, f"{obj} is money", target_type=target_type)
     if code == "custom_type":
         extra = f" from extension {col.type_extension}" if col.type_extension else ""
         why = None

@@ -220,6 +220,17 @@ CODES: dict[str, Code] = {
         "per value).",
         "The plan declares json and the copy casts jsonb::json (jsonb's normalized text); jsonb "
         "operators and GIN indexes must change."),
+    "money_column": Code(
+        M, "column",
+        "Aurora DSQL has no money type, and its text form depends on the server's lc_monetary.",
+        "The plan stores the exact amount as numeric(38,6) (the copy and the replay cast money::numeric); "
+        "the currency symbol is not stored, so code formatting the value must add it."),
+    "key_conversion": Code(
+        B, "column",
+        "This key column's type changes on the target: keys would sort and compare differently on the two "
+        "sides, so keyset chunks, the replay's upserts and the diff's key ranges could not agree.",
+        "Configure a key whose type DSQL stores as it is (an integer, text, uuid...), or change the column's "
+        "type on the source before the copy."),
     "extension": Code(
         M, "extension",
         "Aurora DSQL supports no extensions.",
@@ -273,6 +284,12 @@ CODES: dict[str, Code] = {
         "validated by an asynchronous job.",
         "The plan adds it after the tables (ADD CONSTRAINT ... NOT VALID, then VALIDATE: ASYNC on "
         "DSQL, waited for); apply it after the backfill with `schema apply --phase post-load`."),
+    "check_on_converted_column": Code(
+        W, "constraint",
+        "The CHECK refers to a column whose type changes on the target (an array stored as json, money as "
+        "numeric...), so its expression cannot run there as written.",
+        "Left out of the plan; the generated expectation keeps checking it on the source. Enforce it in the "
+        "application, or re-express it over the target's type and add it by hand."),
     "foreign_key_outside": Code(
         W, "constraint",
         "The foreign key references a table that is not migrated.",
@@ -345,6 +362,12 @@ CODES: dict[str, Code] = {
         B, "column",
         "Values here fit no DSQL numeric column (infinity, or more than 1000 digits).",
         "Fix or move these values (e.g. store them as text) before the copy."),
+    "numeric_special": Code(
+        B, "column",
+        "Aurora DSQL numeric columns hold finite numbers only: NaN and +-Infinity cannot be stored in a "
+        "numeric(p,s) column (PostgreSQL refuses infinity there too), so the copy would refuse these rows.",
+        "Replace them on the source (e.g. with NULL) or store the column as double precision if NaN is "
+        "meaningful, then plan again; until then the backfill refuses the table."),
     "json_too_large": Code(
         B, "column", "Aurora DSQL stores JSON values of at most 1 MiB.",
         "Shrink or split these documents, or move them to object storage, before the copy."),

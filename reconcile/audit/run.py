@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from reconcile.audit.carry import carry_findings, special_numeric_scan
 from reconcile.audit.catalog import qualified_schemas, read_catalog
 from reconcile.audit.checks import catalog_findings
 from reconcile.audit.errors import AuditFailed
@@ -105,6 +106,7 @@ def run_audit(conn: psycopg.Connection, *, tables: Sequence[TableSpec] | None = 
 
     extra: list[Finding] = []
     profiles = {}
+    special: dict = {}
     if options.scan:
         log.info("STEP 2: scanning data (%s)", options.scan)
         with _step("scanning the data"):
@@ -112,10 +114,15 @@ def run_audit(conn: psycopg.Connection, *, tables: Sequence[TableSpec] | None = 
                                 chunk_rows=options.chunk_rows)
         profiles = numeric_profiles(scans)
         extra += data_findings(catalog, scans)
+        with _step("scanning numeric columns for NaN and infinity"):
+            sample = options.scan == "sample"
+            special = special_numeric_scan(conn, catalog, keys=keys, chunk_rows=options.chunk_rows,
+                                           max_rows=options.sample_rows if sample else None)
         checks["levels"].append("data")
         checks["scan"] = {"mode": options.scan, "rows": sum(s.rows for s in scans),
                           "chunks": sum(s.chunks for s in scans), "tables": len(scans)}
     findings, invariants = catalog_findings(catalog, keys=keys, numeric=profiles, id_strategy=options.id_strategy)
+    extra += carry_findings(catalog, keys=keys, special=special)  # what the column contract cannot carry
     if options.collation_sample:
         with _step("sampling text keys"):
             extra += collation_findings(conn, catalog, sample=options.collation_sample)

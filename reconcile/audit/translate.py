@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reconcile.audit.catalog import Catalog, Column, Table, is_c_collation
+from reconcile.db.columns import CONVERSIONS, conversion_for
 
 __all__ = [
     "DEFAULT_SCALE_FLOOR",
@@ -25,6 +26,7 @@ __all__ = [
     "ColumnTranslation",
     "IdStrategy",
     "NumericProfile",
+    "expression_follows",
     "planned_numeric",
     "rewrite_expression",
     "translate_column",
@@ -112,10 +114,22 @@ class ColumnTranslation:
     """(finding code, object) pairs this translation answers."""
     notes: tuple[str, ...] = field(default=(), compare=False)
     """One line per change, for the plan's comments."""
+    conversion: str = "none"
+    """How values travel (a key of :data:`reconcile.db.columns.CONVERSIONS`): the column contract's decision."""
 
     @property
     def changed(self) -> bool:
         return bool(self.answers)
+
+
+def expression_follows(conversion: str, col: Column) -> bool:
+    """Whether an expression written over the source column (a CHECK) still means the same on the target:
+    the column keeps its type, or it is an enum or citext whose text the rewritten expression compares alike
+    (:func:`rewrite_expression` turns enum casts into ``::text``)."""
+    if conversion == "none":
+        return True
+    base = col.base_type_name if col.type_kind == "d" else col.type_name
+    return conversion == "text" and (bool(col.enum_labels) or base == "citext")
 
 
 _QUOTED = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
@@ -210,43 +224,45 @@ def translate_column(col: Column, table: Table, catalog: Catalog, *,
         notes.append(f"default {default} dropped (calls {', '.join(col.default_functions)})")
         default = None
 
-    # Then the type itself.
+    # Then the type itself (a domain's base type decides, its CHECK is inlined where it still applies).
+    conversion = "none"
     if not col.identity:
-        if col.type_kind == "e":
-            enum = f"{col.type_schema}.{col.type_name}"
-            answers.append(("enum", enum))
-            target = "text"
-            labels = ", ".join("'" + label.replace("'", "''") + "'" for label in col.enum_labels)
-            check = f"{qname} IN ({labels})"
-            copy = f"{qname}::text"
-            notes.append(f"enum {enum} stored as text CHECK ({col.name} IN ...)")
-        elif col.type_kind == "d":
+        is_domain = col.type_kind == "d"
+        base = (col.base_type_name or "text") if is_domain else name
+        category = (col.base_category or "") if is_domain else col.category
+        base_sql = (col.base_type_sql or "text") if is_domain else col.type_sql
+        if is_domain:
             domain = f"{col.type_schema}.{col.type_name}"
             answers.append(("domain", domain))
-            base = col.base_type_name or "text"
             checks = [re.sub(r"\bVALUE\b", qname, c.removeprefix("CHECK ").strip()) for c in col.domain_checks]
             check = " AND ".join(checks) or None
-            if base == "numeric" and col.base_type_sql == "numeric":
-                p, s = planned_numeric(numeric)
-                answers.append(("plain_numeric", obj))
-                target = f"numeric({p},{s})"
-            elif col.base_category == "A" or base not in STORABLE or col.enum_labels:
-                target = "text"
-                copy = f"{qname}::text"
-            else:
-                target = col.base_type_sql or "text"
-            notes.append(f"domain {domain} inlined as {target}" + (" with its CHECK" if check else ""))
-        elif col.category == "A":
-            answers.append(("array_column", obj))
-            target = "json"
-            copy = f"array_to_json({qname})"
+        if col.type_kind == "e" or (is_domain and col.enum_labels):
+            enum = f"{col.type_schema}.{col.type_name}" if not is_domain else base
+            if not is_domain:
+                answers.append(("enum", enum))
+            target, conversion = "text", "text"
+            labels = ", ".join("'" + label.replace("'", "''") + "'" for label in col.enum_labels)
+            enum_check = f"{qname} IN ({labels})"
+            check = enum_check if check is None else f"{enum_check} AND {check}"
+            notes.append(f"enum {enum} stored as text CHECK ({col.name} IN ...)")
+        elif category == "A":
+            if not is_domain:
+                answers.append(("array_column", obj))
+            target, conversion = "json", "array_json"
             default = None
-            notes.append(f"{col.type_sql} stored as a JSON array (json)")
-        elif name == "jsonb":
-            answers.append(("jsonb_column", obj))
-            target = "json"
-            copy = f"{qname}::json"
+            notes.append(f"{base_sql} stored as a JSON array (json)")
+        elif base == "jsonb":
+            if not is_domain:
+                answers.append(("jsonb_column", obj))
+            target, conversion = "json", "jsonb_json"
             notes.append("jsonb stored as json")
+        elif base == "money":
+            if not is_domain:
+                answers.append(("money_column", obj))
+            target, conversion = f"numeric({MIN_NUMERIC_PRECISION},{DEFAULT_SCALE_FLOOR})", "money_numeric"
+            default = None
+            notes.append(f"money stored as numeric({MIN_NUMERIC_PRECISION},{DEFAULT_SCALE_FLOOR}) (exact; "
+                         "the currency symbol is not stored)")
         elif col.is_plain_numeric:
             p, s = planned_numeric(numeric)
             answers.append(("plain_numeric", obj))
@@ -256,12 +272,24 @@ def translate_column(col: Column, table: Table, catalog: Catalog, *,
                 seen = (f" (observed: {numeric.max_integer_digits} integer digits, scale {numeric.max_scale}"
                         f"{', sampled' if numeric.sampled else ''})")
             notes.append(f"plain numeric declared numeric({p},{s}){seen}")
-        elif name not in STORABLE:
-            answers.append(("custom_type", obj))
+        elif base in STORABLE:
+            target = base_sql
+        else:
+            if not is_domain:
+                answers.append(("custom_type", obj))
             target = "text"
-            copy = f"{qname}::text"
+            conversion = conversion_for(base, category, "text") or "text"
             default = None
-            notes.append(f"{col.type_sql} stored as its text form")
+            notes.append(f"{base_sql} stored as its text form")
+        if is_domain:
+            if check and not expression_follows(conversion, col):
+                notes.append(f"domain {col.type_schema}.{col.type_name} CHECK not inlined: the column's type "
+                             "changes on the target (the source keeps enforcing it)")
+                check = None
+            notes.append(f"domain {col.type_schema}.{col.type_name} inlined as {target}"
+                         + (" with its CHECK" if check else ""))
+        if conversion != "none":
+            copy = CONVERSIONS[conversion].shown(qname)
     if col.collation and not is_c_collation(col.collation):
         answers.append(("column_collation", obj))
         notes.append(f'COLLATE "{col.collation}" dropped (C)')
@@ -269,4 +297,5 @@ def translate_column(col: Column, table: Table, catalog: Catalog, *,
         default = rewrite_expression(default, catalog)
     return ColumnTranslation(
         name=col.name, source_type=col.type_sql, target_type=target, not_null=col.not_null, default=default,
-        identity=identity, check=check, copy_expression=copy, answers=tuple(answers), notes=tuple(notes))
+        identity=identity, check=check, copy_expression=copy, answers=tuple(answers), notes=tuple(notes),
+        conversion=conversion)

@@ -1,4 +1,9 @@
-"""What the backfill needs to know about one table on both sides, read once from the catalogs."""
+"""What the backfill needs to know about one table on both sides: its column contract, keys and costs.
+
+The columns, their types on both sides and how each is read come from the column contract
+(:func:`reconcile.schema.contract.load_contract`), never from a catalog query of the backfill's own;
+a table whose contract refuses a column is refused here, before any chunk is copied.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from reconcile.backfill.keys import KeyColumn
 from reconcile.budget import Budget, TableCost, split_table_name, table_cost
 from reconcile.config import TableSpec
 from reconcile.errors import LimitExceeded
+from reconcile.schema.contract import ContractError, TableContract, load_contract
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +29,6 @@ CONTROL_BYTES = 4096
 """Bytes reserved for the same checkpoint."""
 
 _C_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
-
-# Types are named without their modifier (format_type(oid, -1): "character varying", "numeric",
-# "bpchar", "bit"): an explicit CAST to varchar(10) or char(3) would silently truncate a value the
-# target must refuse. The column's own modifier still applies when the value is assigned.
-_COLUMNS = """
-SELECT a.attname::text, format_type(a.atttypid, -1), a.attcollation <> 0,
-       a.attgenerated <> '', a.attidentity = 'a'
-FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
 
 # Unique, non-partial, non-expression indexes: their key columns in order, with each column's
 # collation name ('' when the column is not collatable).
@@ -49,13 +44,6 @@ WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND k.ord <= i.ind
 GROUP BY i.indexrelid
 HAVING bool_and(k.attnum <> 0)
 """
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-    collatable: bool
 
 
 @dataclass(frozen=True)
@@ -84,6 +72,10 @@ class TableInfo:
     """DSQL rows one table row costs (1, plus its secondary indexes when index tuples count)."""
     index_key_bytes: int
     """Bytes added to a row's measured size for its secondary-index entries (largest sampled)."""
+    contract: TableContract | None = None
+    """How each column is read, converted and written (:mod:`reconcile.schema.contract`)."""
+    read_conversions: tuple[str, ...] = ()
+    """The conversion of each copied column (``none``: read as it is), in ``columns`` order."""
 
     @property
     def update_columns(self) -> tuple[str, ...]:
@@ -101,10 +93,6 @@ def _relation(conn: psycopg.Connection, name: str, side: str) -> int:
                else "fix the table name in the config")
         raise TableNotReady(f"table {name} does not exist on the {side}; {fix}")
     return row[0]
-
-
-def _columns(conn: psycopg.Connection, oid: int) -> list[tuple[str, str, bool, bool, bool]]:
-    return [tuple(r) for r in conn.execute(_COLUMNS, (oid,)).fetchall()]  # type: ignore[misc]
 
 
 def _unique_keys(conn: psycopg.Connection, oid: int) -> list[tuple[list[str], list[str]]]:
@@ -144,21 +132,31 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
     name = spec.name
     soid = _relation(source, name, "source")
     toid = _relation(target, name, "target")
-    scols = _columns(source, soid)
-    tcols = {c[0]: c for c in _columns(target, toid)}
-
-    columns = [c[0] for c in scols if not c[3]]  # generated columns are computed, not copied
-    missing = [c for c in columns if c not in tcols]
+    try:
+        contract = load_contract(source, target, spec)
+    except ContractError as exc:
+        raise TableNotReady(str(exc)) from exc
+    refusal = contract.refuse("backfill")
+    if refusal:
+        raise TableNotReady(refusal)
+    targets = {c.name: c for c in contract.target_columns}
+    copied = contract.copied  # generated source columns are computed, not copied
+    columns = [c.name for c in copied]
+    generated_on_source = {c.name for c in contract.source_columns if c.generated}
+    missing = [c for c in contract.missing_on_target if c not in generated_on_source]
     if missing:
         raise TableNotReady(f"{name}: the target lacks column(s) {', '.join(missing)}; add them to the target "
                             "table (or recreate it from the source DDL) before the backfill")
-    generated = [c for c in columns if tcols[c][3]]
+    generated = [c for c in columns if targets[c].generated]
     if generated:
         raise TableNotReady(f"{name}: column(s) {', '.join(generated)} are generated on the target but stored "
                             "on the source; make them plain columns on the target")
-    skipped = [c for c in tcols if c not in columns and not tcols[c][3]]
+    skipped = [c for c in contract.only_target if not targets[c].generated]
     if skipped:
         log.info("%s: target-only column(s) %s keep their defaults", name, ", ".join(skipped))
+    if contract.converted:
+        log.info("%s: %s; converted: %s", name, contract.origin,
+                 "; ".join(c.describe() for c in contract.converted))
 
     key = tuple(spec.key)
     absent = [k for k in key if k not in columns]
@@ -178,9 +176,9 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
     source_unique = unique_on_key(source, soid, "source")
     unique_on_key(target, toid, "target")
 
-    sinfo = {c[0]: c for c in scols}
-    source_key = tuple(KeyColumn(k, sinfo[k][1], sinfo[k][2]) for k in key)
-    target_key = tuple(KeyColumn(k, tcols[k][1], tcols[k][2]) for k in key)
+    by_name = {c.name: c for c in copied}
+    source_key = tuple(KeyColumn(k, by_name[k].source_cast, by_name[k].source_collatable) for k in key)
+    target_key = tuple(KeyColumn(k, by_name[k].target_cast, by_name[k].target_collatable) for k in key)
 
     # The source serves C-ordered ranges from an index only when one lists the key columns in key
     # order and every collatable one is C-collated there.
@@ -207,13 +205,14 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
     rows_cap, cost = _budget_caps(budget, cost)
     return TableInfo(
         name=name, key=key, columns=tuple(columns),
-        target_types=tuple(tcols[c][1] for c in columns),
+        target_types=tuple(c.target_cast for c in copied),
         source_key=source_key, target_key=target_key,
         key_positions=tuple(columns.index(k) for k in key),
         index_ordered=index_ordered,
-        overriding=any(tcols[c][4] for c in columns),
+        overriding=any(c.identity_always for c in copied),
         cost=cost, rows_cap=rows_cap, row_dsql_rows=budget.dsql_rows(cost),
         index_key_bytes=cost.index_key_bytes,
+        contract=contract, read_conversions=tuple(c.conversion for c in copied),
     )
 
 

@@ -2,7 +2,8 @@
 
 A chunk ``[lo, hi)`` is copied as a sequence of *batches*. Each batch is
 
-1. one statement on the source, ``COPY (SELECT ... WHERE key > last ORDER BY key LIMIT n) TO STDOUT``
+1. one statement on the source, ``COPY (SELECT ... WHERE key > last ORDER BY key LIMIT n) TO STDOUT``,
+   each column read through the column contract's read expression (``array_to_json(tags)``)
    (its own snapshot, over in milliseconds: no long-running source transaction), with ``n`` from
    :class:`~reconcile.backfill.pacing.BatchSizer` (the budget's row cap, adapting toward
    ``batch_seconds``). When no source index returns the key in C order (a text key on a non-C
@@ -51,6 +52,7 @@ from reconcile.backfill.keys import Key, copy_fields, key_range, line_key, order
 from reconcile.backfill.pacing import BatchSizer, Throttle
 from reconcile.backfill.progress import Progress
 from reconcile.budget import Budget, qualified
+from reconcile.db.columns import CONVERSIONS
 from reconcile.errors import LimitExceeded
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, run_with_retry
 
@@ -125,7 +127,11 @@ class Statements:
         self._types = [sql.SQL(t) for t in info.target_types]  # type: ignore[arg-type]
         n = len(info.columns)
         self.read_order = order_by(info.source_key, "t")
-        self.source_columns = sql.SQL(", ").join(sql.Identifier("t", c) for c in info.columns)
+        # Each column through its contract's read expression (``array_to_json(t.tags)``): COPY then emits
+        # the target's value, which lands unchanged by COPY FROM or by the casts of the upserts.
+        conversions = info.read_conversions or ("none",) * n
+        self.source_columns = sql.SQL(", ").join(
+            CONVERSIONS[conv].read_sql(sql.Identifier("t", c)) for c, conv in zip(info.columns, conversions))
         self.source_table = table
         self.copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
         vs = [sql.Identifier(f"v{i}") for i in range(n)]

@@ -16,11 +16,19 @@ suite named for the table (``ledger.accounts``) with:
   entries". One the ledger suite already checks (same tables and columns) is left out here.
 
 The same suites run on the source and on the target: the target keeps the source's table and column
-names (:mod:`reconcile.schema`).
+names (:mod:`reconcile.schema`), but not always their types (the column contract,
+:mod:`reconcile.schema.contract`: an enum is text there, an array json, money numeric). So each check
+is written for the types of the side it runs on: a CHECK expression runs on the target as the plan
+rewrote it for the target (enum and domain casts become their stored types), and a check over a
+column whose type changes in a way the expression cannot follow (a uniqueness test of a json column,
+``cardinality(tags)`` over a json array) runs on the source only, saying so in its evidence. The
+target's real types come from its catalog when a target connection is given (else from the plan's
+own decision, :func:`reconcile.audit.translate.translate_column`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -30,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from reconcile.audit.catalog import Catalog, Constraint, Table, qualified_schemas, read_catalog
+from reconcile.audit.translate import expression_follows, rewrite_expression
 from reconcile.audit.triggers import Invariant, describe_trigger_body
 from reconcile.checks.ledger import balance_query
 from reconcile.checks.spec import Check, escape_query, ident, qualified
@@ -37,8 +46,8 @@ from reconcile.config import Config
 
 __all__ = ["generate_suite", "read_invariants", "table_checks"]
 
-_IN_SET = re.compile(r"^CHECK \(\(?\(?(?P<col>\"[^\"]+\"|\w+)\)? = ANY \(\(?ARRAY\[(?P<items>.*)\]\)?(?:::\w+(?:\[\])?)?\)\)\)?$")
-_ITEM = re.compile(r"^'(?P<v>(?:[^']|'')*)'(?:::[\w ]+)?$")
+_IN_SET = re.compile(r"^CHECK \(\(?\(?(?P<col>\"[^\"]+\"|\w+)\)? = ANY \(\(?ARRAY\[(?P<items>.*)\]\)?(?:::[\w.\"]+(?:\[\])?)?\)\)\)?$")
+_ITEM = re.compile(r"^'(?P<v>(?:[^']|'')*)'(?:::[\w .\"]+)?$")
 
 
 def generate_suite(config: Config, *, catalog: Catalog | None = None, invariants: Sequence[Invariant] | None = None,
@@ -62,10 +71,12 @@ def generate_suite(config: Config, *, catalog: Catalog | None = None, invariants
         found += _trigger_invariants(catalog)
     covered = _ledger_balance(config)
     checks: list[Check] = []
+    targets = _target_columns(target, [t.name for t in config.tables]) if target is not None else {}
     for spec in config.tables:
         if not catalog.has_table(spec.name):
             continue
-        checks += table_checks(catalog.table(spec.name), catalog)
+        table = catalog.table(spec.name)
+        checks += table_checks(table, catalog, conversions=target_conversions(table, catalog, targets.get(spec.name)))
     seen: set[str] = set()
     for inv in found:
         if inv.name in seen or inv.kind != "balance_equals_sum_of_entries":
@@ -142,32 +153,92 @@ def _invariant_check(inv: Invariant, covered: set[tuple[str, ...]], tables: set[
                  table=s["accounts"], evidence={"invariant": inv.to_dict()})
 
 
-def table_checks(table: Table, catalog: Catalog | None = None) -> list[Check]:
-    """Expectations re-expressing one table's keys, NOT NULL columns, CHECKs and foreign keys."""
+def _target_columns(target: psycopg.Connection, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
+    from reconcile.db.columns import read_columns  # the one column reader
+
+    return {t: {c.name: c for c in cols} for t, cols in read_columns(target, tables=tables).items()}
+
+
+def target_conversions(table: Table, catalog: Catalog, target: dict[str, Any] | None = None) -> dict[str, str]:
+    """Column -> the column contract's conversion (``none`` where the target keeps the source's type).
+
+    From the target's catalog when given (its real types), else from the plan's decision.
+    """
+    from reconcile.audit.translate import translate_column
+    from reconcile.db.columns import conversion_for
+
+    out: dict[str, str] = {}
+    for col in table.columns:
+        if target is not None:
+            t = target.get(col.name)
+            if t is None:
+                continue
+            base = col.base_type_name if col.type_kind == "d" else col.type_name
+            category = col.base_category if col.type_kind == "d" else col.category
+            out[col.name] = conversion_for(base or "", category or "", t.base) or "unknown"
+        else:
+            out[col.name] = translate_column(col, table, catalog).conversion
+    return out
+
+
+def table_checks(table: Table, catalog: Catalog | None = None,
+                 conversions: dict[str, str] | None = None) -> list[Check]:
+    """Expectations re-expressing one table's keys, NOT NULL columns, CHECKs and foreign keys.
+
+    ``conversions`` (column -> the column contract's conversion) makes each check fit the target's
+    types; without it every column is taken to keep its type.
+    """
     name = table.qualified
     checks: list[Check] = []
+    conversions = conversions or {}
 
-    def add(check_name: str, cls: str, kwargs: dict[str, Any], what: str, con: Constraint | None = None) -> None:
+    def changed(columns: Sequence[str]) -> list[str]:
+        return [c for c in columns if not expression_follows(conversions.get(c, "none"), table.column(c))]
+
+    def add(check_name: str, cls: str, kwargs: dict[str, Any], what: str, con: Constraint | None = None,
+            sides: tuple[str, ...] = ("source", "target"), **extra: Any) -> None:
         evidence = {"constraint": con.name, "definition": con.definition} if con is not None else {}
-        checks.append(Check(name, check_name, cls, kwargs, what, table=name, evidence=evidence))
+        checks.append(Check(name, check_name, cls, kwargs, what, table=name, evidence=evidence | extra, sides=sides))
+
+    def source_only(columns: Sequence[str]) -> dict[str, Any]:
+        moved = changed(columns)
+        if not moved:
+            return {}
+        return {"sides": ("source",), "target_note": f"runs on the source only: {', '.join(moved)} change type on "
+                                                     "the target (column contract)"}
 
     for con in table.constraints:
         if con.kind in ("p", "u") and con.columns:
             label = "primary key" if con.kind == "p" else f"unique constraint {con.name}"
             if len(con.columns) == 1:
                 add(f"unique:{con.columns[0]}", "ExpectColumnValuesToBeUnique", {"column": con.columns[0]},
-                    f"two rows of {name} share {con.columns[0]} ({label})", con)
+                    f"two rows of {name} share {con.columns[0]} ({label})", con, **source_only(con.columns))
             else:
                 add(f"unique:{','.join(con.columns)}", "ExpectCompoundColumnsToBeUnique",
                     {"column_list": list(con.columns), "ignore_row_if": "any_value_is_missing"},
-                    f"two rows of {name} share ({', '.join(con.columns)}) ({label})", con)
+                    f"two rows of {name} share ({', '.join(con.columns)}) ({label})", con, **source_only(con.columns))
     for col in table.columns:
         if col.not_null and not col.generated:
             add(f"not_null:{col.name}", "ExpectColumnValuesToNotBeNull", {"column": col.name},
                 f"{name}.{col.name} is NULL (NOT NULL on the source)")
     for con in table.constraints:
         if con.kind == "c":
-            checks.append(_check_constraint(name, con))
+            moved = changed(con.columns)
+            target_definition = rewrite_expression(con.definition, catalog) if catalog is not None else con.definition
+            if moved:
+                check = _check_constraint(name, con)
+                checks.append(dataclasses.replace(check, sides=("source",), evidence=check.evidence | {
+                    "target_note": f"runs on the source only: {', '.join(moved)} change type on the target, where "
+                                   "the plan leaves this CHECK out (finding check_on_converted_column)"}))
+            elif target_definition != con.definition:
+                # Enum or domain casts in the definition: the target has text / the base type instead.
+                checks.append(dataclasses.replace(_check_constraint(name, con), sides=("source",)))
+                target_con = dataclasses.replace(con, definition=target_definition)
+                checks.append(dataclasses.replace(_check_constraint(name, target_con), sides=("target",),
+                                                  evidence={"constraint": con.name, "definition": con.definition,
+                                                            "target_definition": target_definition}))
+            else:
+                checks.append(_check_constraint(name, con))
         elif con.kind == "f" and con.ref_table and con.columns and len(con.columns) == len(con.ref_columns):
             if catalog is not None and not catalog.has_table(con.ref_table):
                 continue

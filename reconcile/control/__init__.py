@@ -2,7 +2,8 @@
 
 Tables (see :mod:`reconcile.control.migrations` for their columns): ``runs``, ``chunks`` (backfill
 checkpoints), ``replay_state`` (the replay watermark), ``dead_letters``, ``rejects``,
-``audit_events`` (the gate trail) and ``schema_migrations`` (which steps have run).
+``audit_events`` (the gate trail), ``column_plan`` (the column contract, :mod:`reconcile.schema.contract`)
+and ``schema_migrations`` (which steps have run).
 Control writes obey the same budget and retry rules as data writes (:mod:`reconcile.budget`,
 :mod:`reconcile.occ`).
 """
@@ -31,6 +32,7 @@ from reconcile.control import replay_tables as _replay_tables  # noqa: E402,F401
 from reconcile.control import diff_tables as _diff_tables  # noqa: E402,F401
 from reconcile.control import check_tables as _check_tables  # noqa: E402,F401
 from reconcile.control import gate_tables as _gate_tables  # noqa: E402,F401
+from reconcile.control import column_tables as _column_tables  # noqa: E402,F401
 
 __all__ = [
     "BOOKKEEPING_TABLE",

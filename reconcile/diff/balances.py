@@ -166,11 +166,10 @@ def _column(conn: psycopg.Connection, table: str, column: str | None) -> tuple[b
     """(the column exists, it may hold NULL)."""
     if not column:
         return False, False
-    schema, name = table.split(".", 1)
-    row = conn.execute("SELECT NOT a.attnotnull FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = "
-                       "a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
-                       "c.relname = %s AND a.attname = %s AND NOT a.attisdropped", (schema, name, column)).fetchone()
-    return (False, False) if row is None else (True, bool(row[0]))
+    from reconcile.db.columns import read_columns  # the one column reader
+
+    found = [c for c in read_columns(conn, tables=[table]).get(table, ()) if c.name == column]
+    return (False, False) if not found else (True, not found[0].not_null)
 
 
 def _has_column(conn: psycopg.Connection, table: str, column: str | None) -> bool:

@@ -2,13 +2,17 @@
 
 The in-database hash only points at rows worth looking at; whether two rows differ is decided
 here, on the values the driver returns: ``Decimal`` compares by value (``1.0 == 1.00``), aware
-datetimes compare as instants, json values as parsed objects, ``None`` never equals ``""``.
+datetimes compare as instants, json values as parsed objects, ``None`` never equals ``""``. Floats
+compare as IEEE values except that NaN equals NaN and ``-0.0`` differs from ``0.0`` (their text forms
+differ, so the hash differs: the exact comparison must agree). Values Python cannot hold (an
+``infinity`` timestamp) arrive as their text forms (:func:`reconcile.diff.side.exact_loaders`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +26,25 @@ KINDS = (MISSING, EXTRA, CHANGED)
 
 
 def same(a: Any, b: Any) -> bool:
-    """Exact equality of two column values as returned by psycopg."""
+    """Exact equality of two column values as returned by psycopg.
+
+    >>> same(float("nan"), float("nan")), same(-0.0, 0.0), same(Decimal("1.50"), Decimal("1.5"))
+    (True, False, True)
+    >>> same([Decimal("1.5"), None], [Decimal("1.50"), None]), same("infinity", "infinity")
+    (True, True)
+    """
     if a is None or b is None:
         return a is None and b is None
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, Decimal) and isinstance(b, Decimal):
         if a.is_nan() or b.is_nan():
             return a.is_nan() and b.is_nan()
@@ -41,7 +61,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, float):
-        return repr(value)
+        return repr(value)  # 'nan', 'inf', '-0.0': exact, and valid JSON as a string
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -112,6 +112,39 @@ class Candidates:
         return len(self.missing) + len(self.extra) + len(self.changed)
 
 
+def shape_of(pair: Pair, spec: Any) -> TableShape:
+    """The table as its column contract describes it (:func:`reconcile.schema.contract.load_contract`).
+
+    Both sides hash and fetch the columns they share; the source side of a converted column goes
+    through its read expression, and both sides are normalised by the target type's kind.
+
+    Raises:
+        DiffError: a table or key column is missing on a side, the stored column plan no longer
+            describes the tables, or a key column's conversion is refused.
+    """
+    from reconcile.diff.errors import DiffError
+    from reconcile.schema.contract import ContractError, load_contract
+
+    try:
+        contract = load_contract(pair.source.conn(), pair.target.conn(), spec)
+    except ContractError as exc:
+        raise DiffError(str(exc)) from exc
+    by_name = {c.name: c for c in contract.columns}
+    missing_key = [k for k in spec.key if k not in by_name]
+    if missing_key:
+        raise DiffError(f"key column(s) {missing_key} of {spec.name} are missing on one side; fix the key in [[tables]]")
+    refused = [f"{spec.name}.{k}: {by_name[k].refused}" for k in spec.key if by_name[k].refused]
+    if refused:
+        raise DiffError(f"The column plan refuses {'; '.join(refused)}, so the two sides' keys cannot be compared; "
+                        "configure another key or change the column on the source.")
+    src = tuple(Column(c.name, sqlgen.kind_of(c.target_type), c.source_type, conversion=c.conversion)
+                for c in contract.columns)
+    tgt = tuple(Column(c.name, sqlgen.kind_of(c.target_type), c.target_type) for c in contract.columns)
+    key = tuple(Column(k, sqlgen.kind_of(by_name[k].target_type), by_name[k].target_type) for k in spec.key)
+    return TableShape(spec.name, sql.Identifier(spec.schema, spec.table), key, src, tgt,
+                      contract.missing_on_target, contract.only_target)
+
+
 def _cols(shape: TableShape, side: Side) -> list[Column]:
     """The side's columns in the hash layout both sides share (:func:`reconcile.diff.sqlgen.hash_layout`)."""
     src, tgt = sqlgen.hash_layout(shape.source_columns, shape.target_columns)
@@ -329,8 +362,12 @@ def candidates(pair: Pair, shape: TableShape, settings: DiffSettings) -> Candida
 
 
 def fetch_rows(side: Side, shape: TableShape, keys: Sequence[tuple]) -> dict[tuple, tuple]:
-    """Full rows (in the source's column order) for ``keys`` on one side, keyed by key tuple."""
-    cols = [c for c in shape.source_columns]
+    """Full rows (in the source's column order) for ``keys`` on one side, keyed by key tuple.
+
+    The source reads converted columns through their read expressions, so both sides return values of
+    the target's types (a ``text[]`` as the json list the target holds).
+    """
+    cols = list(shape.source_columns if side.name == "source" else shape.target_columns)
     positions = [shape.names.index(k.name) for k in shape.key]
     out: dict[tuple, tuple] = {}
     for i in range(0, len(keys), FETCH_BATCH):

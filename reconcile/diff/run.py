@@ -115,22 +115,7 @@ def _run_settings(conn: psycopg.Connection, run_id: str) -> dict:
 
 
 def _shape(pair: Pair, spec: Any) -> hashdiff.TableShape:
-    src_cols, tgt_cols = pair.both(lambda s: s.columns(spec.schema, spec.table))
-    if not src_cols:
-        raise DiffError(f"table {spec.name} does not exist on the source; fix [[tables]] or the source schema")
-    if not tgt_cols:
-        raise DiffError(f"table {spec.name} does not exist on the target; create it (reconcile schema apply) first")
-    tgt_by = {c.name: c for c in tgt_cols}
-    src_by = {c.name: c for c in src_cols}
-    common = [c for c in src_cols if c.name in tgt_by]
-    missing_key = [k for k in spec.key if k not in src_by or k not in tgt_by]
-    if missing_key:
-        raise DiffError(f"key column(s) {missing_key} of {spec.name} are missing on one side; fix the key in [[tables]]")
-    from psycopg import sql
-    return hashdiff.TableShape(
-        spec.name, sql.Identifier(spec.schema, spec.table), tuple(src_by[k] for k in spec.key), tuple(common),
-        tuple(tgt_by[c.name] for c in common),
-        tuple(c.name for c in src_cols if c.name not in tgt_by), tuple(c.name for c in tgt_cols if c.name not in src_by))
+    return hashdiff.shape_of(pair, spec)  # the column contract: both sides, converted columns read through it
 
 
 def _pair(config: Any) -> Pair:

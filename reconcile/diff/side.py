@@ -2,9 +2,11 @@
 
 A :class:`Side` hands each thread its own autocommit connection (psycopg connections are not
 shared between threads), set up so that values print the same on both servers: ``TimeZone=UTC``,
-``DateStyle=ISO``, ``IntervalStyle=postgres``, ``extra_float_digits=1`` (shortest exact floats).
-A :class:`Pair` runs one query on each side at the same time: the source query in the calling
-thread, the target query in a small pool, so a segment costs the slower side, not the sum.
+``DateStyle=ISO``, ``IntervalStyle=postgres``, ``extra_float_digits=1`` (shortest exact floats),
+and so that row values load exactly and never fail (:func:`exact_loaders`: ``infinity`` dates as
+text, intervals as text, json numbers as Decimal). A :class:`Pair` runs one query on each side at
+the same time: the source query in the calling thread, the target query in a small pool, so a
+segment costs the slower side, not the sum.
 
 Reads only: the diff never writes through these connections (control-table writes go through
 :mod:`reconcile.diff.store` and the OCC retry helper).
@@ -12,18 +14,70 @@ Reads only: the diff never writes through these connections (control-table write
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
-
-from reconcile.diff.sqlgen import Column, kind_of
+from psycopg.adapt import Loader
 
 SESSION = ("SET TimeZone TO 'UTC'", "SET DateStyle TO 'ISO, MDY'", "SET IntervalStyle TO 'postgres'",
            "SET extra_float_digits TO 1")
+
+
+class _Overflowing:
+    """Mixin: a value Python's type cannot hold (``infinity``, a year past 9999, BC) loads as its text form."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        try:
+            return super().load(data)  # type: ignore[misc]
+        except (psycopg.DataError, ValueError, OverflowError):
+            return bytes(data).decode()
+
+
+class _OverflowingBinary:
+    """Mixin for binary date/time loaders: the infinities (the type's largest and smallest values) load as
+    ``infinity`` / ``-infinity``, as the text loaders do (key columns are fetched in binary)."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        try:
+            return super().load(data)  # type: ignore[misc]
+        except (psycopg.DataError, ValueError, OverflowError):
+            raw = bytes(data)
+            value = int.from_bytes(raw, "big", signed=True)
+            return "-infinity" if value < 0 else "infinity"
+
+
+class _Text(Loader):
+    """Loads a value as its text form (intervals: months are not 30 days, so timedelta would equate them)."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        return bytes(data).decode()
+
+
+def exact_loaders(conn: psycopg.Connection) -> None:
+    """Make the row fetch of a diff exact and total: every value the backfill can copy loads and compares.
+
+    * date, timestamp, timestamptz: Python's types stop at year 9999 and have no infinity; such values
+      load as their text form (``infinity``, ``-infinity``) instead of raising ``DataError``;
+    * interval: its text form (psycopg's timedelta counts a month as 30 days: ``1 mon`` would equal
+      ``30 days``);
+    * json, jsonb: parsed with decimals kept exact (``1.50`` stays ``Decimal('1.50')``, never a float).
+    """
+    from psycopg.types import datetime as pgdt
+    from psycopg.types.json import set_json_loads
+
+    for name, text, binary in (("date", pgdt.DateLoader, pgdt.DateBinaryLoader),
+                               ("timestamp", pgdt.TimestampLoader, pgdt.TimestampBinaryLoader),
+                               ("timestamptz", pgdt.TimestamptzLoader, pgdt.TimestamptzBinaryLoader)):
+        conn.adapters.register_loader(name, type(f"Exact{text.__name__}", (_Overflowing, text), {}))
+        conn.adapters.register_loader(name, type(f"Exact{binary.__name__}", (_OverflowingBinary, binary), {}))
+    conn.adapters.register_loader("interval", _Text)
+    set_json_loads(lambda s: json.loads(s, parse_float=Decimal), conn)
 
 
 class Side:
@@ -45,6 +99,7 @@ class Side:
                 conn.autocommit = True
             for stmt in SESSION:
                 conn.execute(stmt)
+            exact_loaders(conn)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -62,15 +117,6 @@ class Side:
         """Every statement sent counts (``queries``: the round trips of a diff, for the run's details)."""
         with self._lock:
             self.queries += 1
-
-    def columns(self, schema: str, table: str) -> list[Column]:
-        """The table's columns in order (empty when the table does not exist)."""
-        rows = self.fetch(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
-            "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (schema, table))
-        return [Column(name, kind_of(type_name), type_name) for name, type_name in rows]
 
     def estimate_rows(self, schema: str, table: str) -> float | None:
         row = self.one("SELECT c.reltuples FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "

@@ -12,12 +12,18 @@ Row normalisation, so that equal values hash equal on both servers:
 * timestamptz, date, time: their text form in a session with ``TimeZone=UTC`` and
   ``DateStyle=ISO`` (set by :class:`~reconcile.diff.side.Side`), i.e. UTC to the microsecond;
 * json: ``c::jsonb::text`` (canonical key order and spacing); jsonb: ``c::text``;
+* bytea: ``encode(c, 'hex')`` (whatever the session's ``bytea_output``);
 * integers, floats (shortest exact text), booleans, uuids: ``c::text``. Their text is never
   empty and never holds ``|``, so ``coalesce(x, '')`` marks NULL unambiguously;
 * text-like and every other type: ``octet_length(x) || ':' || x`` (a length prefix), NULL as
   ``''``, so an empty string (``0:``) never equals NULL and no value can fake a separator;
 * the last text-like column of the layout needs no length (nothing follows it): ``':' || x``,
   NULL as ``''`` (so ``''`` is ``:`` and NULL is nothing).
+
+A converted column (the column contract, :mod:`reconcile.schema.contract`) is read on the source
+*through its read expression* (``array_to_json(tags)``, ``price::numeric``) and then normalised by
+the target type's kind on both sides, so a source ``text[]`` and a target ``json`` holding the same
+elements hash equal; its :attr:`Column.conversion` names the expression.
 
 Columns are joined with ``|`` in the *hash layout* of :func:`hash_layout` (the same on both
 sides: never-empty kinds first, then text-like columns, the last one marked rather than
@@ -59,6 +65,21 @@ class Column:
     """How :func:`value_text` renders it: "" by kind (the general rule above), "plain" (``c::text``,
     for a numeric whose text is already canonical) or "last" (``':' || c``, only for the final field
     of a row); set by :func:`hash_layout`."""
+    conversion: str = "none"
+    """The column contract's conversion: the value is read through its expression (source side only)."""
+
+    def ref(self, alias: str | None = None) -> sql.Composable:
+        """The column's value: the column itself, or its read expression over it.
+
+        >>> Column("tags", "json", conversion="array_json").ref().as_string()
+        'array_to_json("tags")'
+        """
+        ident = sql.Identifier(alias, self.name) if alias else sql.Identifier(self.name)
+        if self.conversion == "none":
+            return ident
+        from reconcile.db.columns import CONVERSIONS
+
+        return CONVERSIONS[self.conversion].read_sql(ident)
 
     @property
     def collate_c(self) -> bool:
@@ -95,6 +116,8 @@ def kind_of(type_name: str) -> str:
         return "json"
     if t == "jsonb":
         return "jsonb"
+    if t == "bytea":
+        return "bytea"
     if t == "text" or t.startswith("character") or t.startswith("varchar") or t.startswith("bpchar"):
         return "text"
     return "other"
@@ -106,24 +129,30 @@ def value_text(col: Column, alias: str | None = None) -> sql.Composed:
     >>> value_text(Column("amount", "numeric")).as_string()
     'coalesce(trim_scale("amount")::text, \\'\\')'
     """
-    ref = sql.Identifier(alias, col.name) if alias else sql.Identifier(col.name)
+    ref = col.ref(alias)
+    if col.conversion != "none":
+        ref = sql.SQL("({})").format(ref)
     if col.form == "plain":
         return sql.SQL("coalesce({}::text, '')").format(ref)
     if col.form == "last":
-        inner = sql.SQL("{}::jsonb::text" if col.kind == "json" else "{}::text").format(ref)
-        return sql.SQL("coalesce(':' || {}, '')").format(inner)
+        return sql.SQL("coalesce(':' || {}, '')").format(_text(col, ref))
     if col.kind == "numeric":
         return sql.SQL("coalesce(trim_scale({})::text, '')").format(ref)
     if col.kind in PLAIN_KINDS:
         return sql.SQL("coalesce({}::text, '')").format(ref)
-    if col.kind == "json":
-        inner = sql.SQL("{}::jsonb::text").format(ref)
-    else:
-        inner = sql.SQL("{}::text").format(ref)
+    inner = _text(col, ref)
     return sql.SQL("coalesce(octet_length({i})::text || ':' || {i}, '')").format(i=inner)
 
 
-TEXT_LIKE = frozenset({"text", "json", "jsonb", "other"})
+def _text(col: Column, ref: sql.Composable) -> sql.Composed:
+    if col.kind == "json":
+        return sql.SQL("{}::jsonb::text").format(ref)
+    if col.kind == "bytea":
+        return sql.SQL("encode({}, 'hex')").format(ref)
+    return sql.SQL("{}::text").format(ref)
+
+
+TEXT_LIKE = frozenset({"text", "json", "jsonb", "bytea", "other"})
 """Kinds whose text may be empty or hold ``|``: length-prefixed (or marked when last)."""
 
 
@@ -159,12 +188,12 @@ def hash_layout(source: Sequence[Column], target: Sequence[Column]) -> tuple[lis
         form = ""
         if s.kind == t.kind == "numeric" and s.type_name.lower() == t.type_name.lower() and _fixed_scale(s.type_name):
             form = "plain"
-        out_s.append(Column(s.name, s.kind, s.type_name, form))
-        out_t.append(Column(t.name, t.kind, t.type_name, form))
+        out_s.append(Column(s.name, s.kind, s.type_name, form, s.conversion))
+        out_t.append(Column(t.name, t.kind, t.type_name, form, t.conversion))
     for i, (s, t) in enumerate(texts):
         form = "last" if i == len(texts) - 1 else ""
-        out_s.append(Column(s.name, s.kind, s.type_name, form))
-        out_t.append(Column(t.name, t.kind, t.type_name, form))
+        out_s.append(Column(s.name, s.kind, s.type_name, form, s.conversion))
+        out_t.append(Column(t.name, t.kind, t.type_name, form, t.conversion))
     return out_s, out_t
 
 
@@ -310,14 +339,21 @@ def boundaries_query(table: sql.Composable, key: Sequence[Column], lo: tuple | N
 
 def rows_query(table: sql.Composable, columns: Sequence[Column], key: Sequence[Column],
                keys: Sequence[tuple]) -> tuple[sql.Composed, list[Any]]:
-    """The full rows whose key is in ``keys`` (equality, so no collation matters)."""
+    """The full rows whose key is in ``keys`` (equality, so no collation matters); converted columns are
+    read through their expression, so both sides return values of the target's types.
+
+    >>> q, p = rows_query(sql.Identifier("t"), [Column("id", "int"), Column("tags", "json", conversion="array_json")],
+    ...                   [Column("id", "int")], [(1,)])
+    >>> q.as_string()
+    'SELECT "id", array_to_json("tags") FROM "t" WHERE "id" IN (%s)'
+    """
     if len(key) == 1:
         ref: sql.Composable = sql.Identifier(key[0].name)
     else:
         ref = sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c.name) for c in key))
     one = key_value(key)
     q = sql.SQL("SELECT {c} FROM {t} WHERE {k} IN ({vals})").format(
-        c=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns), t=table, k=ref,
+        c=sql.SQL(", ").join(c.ref() for c in columns), t=table, k=ref,
         vals=sql.SQL(", ").join(one for _ in keys))
     return q, [v for k in keys for v in k]
 

@@ -32,7 +32,7 @@ from .api import (
     run_replay,
     skip_dead_letter,
 )
-from .apply import NetChanges, TargetTable, Watermark, Writer, inspect_target, read_watermark
+from .apply import Converter, NetChanges, TargetTable, Watermark, Writer, inspect_target, read_watermark
 from .errors import (
     BackfillIncomplete,
     DeadLetterNotFound,
@@ -64,6 +64,7 @@ __all__ = [
     "BackfillIncomplete",
     "DeadLetter",
     "DeadLetterNotFound",
+    "Converter",
     "NetChanges",
     "PrerequisiteFailed",
     "ReadOutOfOrder",

@@ -14,7 +14,9 @@ under the explicit ``split`` policy). Inside it:
    transaction, so a crash anywhere leaves either all of it or none of it.
 
 Values travel as the source's text forms and are cast on the target to the column's type *without*
-its modifier (as the backfill does): the column's own modifier applies on assignment, so a value too
+its modifier (as the backfill does); a column whose column contract converts on the source (an array
+stored as json, money as numeric) is first converted there by :class:`Converter`, with the very read
+expression the backfill used: the column's own modifier applies on assignment, so a value too
 long for ``varchar(10)`` is refused rather than cut, and numeric digits are never rounded through a
 float. A column whose new value is the unchanged-TOAST marker is left out of its statement (rows
 with the same set of such columns share one statement), so the target keeps its value.
@@ -28,7 +30,7 @@ bytes of the row times (1 + secondary indexes); an unchanged TOASTed value is pr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -44,6 +46,8 @@ from reconcile.replay.source import Change, SourceTxn
 UNCHANGED_BYTES = 64 * 1024
 """Bytes assumed for an unchanged TOASTed value (its size is not sent; TOAST starts near 2 KiB)."""
 ROW_OVERHEAD = 16
+CONVERTED_GROWTH = 3
+"""Bytes a value converted on the source is priced at, per byte of its decoded text (``{a,b}`` → ``["a","b"]``)."""
 CONTROL_ROWS = 2
 """DSQL rows reserved in each apply transaction for the watermark (and a split window) row."""
 CONTROL_BYTES = 8192
@@ -62,33 +66,50 @@ class ApplyRefused(Exception):
         self.sqlstate = None
 
 
-_COLUMNS = """
-SELECT a.attname::text, format_type(a.atttypid, -1), a.attidentity = 'a', a.attgenerated <> ''
-FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-
 @dataclass(frozen=True)
 class TargetTable:
-    """A replicated table as the target has it."""
+    """A replicated table as its column contract and the target have it."""
 
     name: str
     key: tuple[str, ...]
     types: dict[str, str]
-    """Column → type name without modifier (SQL text from ``format_type``)."""
+    """Column → target type name without modifier (SQL text from ``format_type``)."""
     identity_always: frozenset[str]
     generated: frozenset[str]
     secondary_indexes: int
+    source_conversions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Column → (conversion, source type without modifier) for the columns whose decoded text the contract
+    converts on the source (``array_json``, ``money_numeric``)."""
 
 
-def inspect_target(conn: psycopg.Connection, tables: Sequence[TableSpec]) -> dict[str, TargetTable]:
-    """Read every replicated table's columns, types and index count from the target catalog.
+def inspect_target(conn: psycopg.Connection, tables: Sequence[TableSpec],
+                   source: psycopg.Connection | None = None) -> dict[str, TargetTable]:
+    """Every replicated table's column contract (types, conversions) and secondary-index count.
+
+    Args:
+        conn: the target.
+        tables: the replicated tables.
+        source: the source (the contract is checked against both catalogs); None reads the target
+            alone and converts nothing (for callers that only price changes).
 
     Raises:
-        ReplayError: a table is missing on the target.
+        ReplayError: a table is missing on the target, its stored column plan no longer describes the
+            source or the target, or the plan refuses one of its columns.
     """
+    from reconcile.db.columns import read_columns
+    from reconcile.schema.contract import ContractError, load_contracts
+
+    contracts = {}
+    if source is not None:
+        try:
+            contracts = load_contracts(source, conn, tables)
+        except ContractError as exc:
+            raise ReplayError(str(exc)) from exc
+        for contract in contracts.values():
+            refusal = contract.refuse("replay")
+            if refusal:
+                raise ReplayError(refusal)
+    columns = read_columns(conn, tables=[t.name for t in tables]) if source is None else {}
     out = {}
     for spec in tables:
         schema, _, table = spec.name.rpartition(".")
@@ -98,14 +119,91 @@ def inspect_target(conn: psycopg.Connection, tables: Sequence[TableSpec]) -> dic
         if row is None:
             raise ReplayError(f"Table {spec.name} does not exist on the target: create the target schema "
                               "(`reconcile schema apply`) before replaying.")
-        oid = row[0]
-        cols = conn.execute(_COLUMNS, (oid,)).fetchall()
         (nidx,) = conn.execute("SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = %s AND NOT indisprimary",
-                               (oid,)).fetchone()
-        out[spec.name] = TargetTable(spec.name, tuple(spec.key), {c[0]: c[1] for c in cols},
-                                     frozenset(c[0] for c in cols if c[2]), frozenset(c[0] for c in cols if c[3]),
-                                     int(nidx))
+                               (row[0],)).fetchone()
+        contract = contracts.get(spec.name)
+        target_cols = contract.target_columns if contract is not None else columns.get(spec.name, ())
+        conversions = {c.name: (c.conversion, c.source_cast) for c in (contract.columns if contract else ())
+                       if c.replay == "source"}
+        out[spec.name] = TargetTable(spec.name, tuple(spec.key), {c.name: c.cast for c in target_cols},
+                                     frozenset(c.name for c in target_cols if c.identity_always),
+                                     frozenset(c.name for c in target_cols if c.generated), int(nidx), conversions)
     return out
+
+
+class Converter:
+    """Decoded text → target value, on the source, for the columns whose contract converts there.
+
+    pgoutput sends each value in its source type's text form (``{a,"b c",NULL}`` for a ``text[]``). A
+    column the contract stores differently (``array_json``: a JSON array) is converted by running the
+    contract's read expression on the source over ``CAST(text AS source type)``, in the replay's own
+    source session (whose text forms are pinned like the backfill's), so the replay writes exactly the
+    value the backfill wrote. One query per converted column per apply group; NULLs and
+    unchanged-TOAST markers are left alone (the target keeps its own converted value).
+    """
+
+    def __init__(self, targets: dict[str, TargetTable]) -> None:
+        self.targets = targets
+        self._queries: dict[tuple[str, str], sql.Composed] = {}
+        self.queries = 0
+
+    @property
+    def needed(self) -> bool:
+        return any(t.source_conversions for t in self.targets.values())
+
+    def query(self, conversion: str, source_cast: str) -> sql.Composed:
+        """``SELECT (<read expression over CAST(u.v AS type)>)::text FROM unnest(%s::text[]) ... ORDER BY n``.
+
+        >>> Converter({}).query("array_json", "text[]").as_string()  # doctest: +NORMALIZE_WHITESPACE
+        'SELECT (array_to_json(CAST(u."v" AS text[])))::text FROM unnest(%s::text[])
+         WITH ORDINALITY AS u("v", "n") ORDER BY u."n"'
+        """
+        from reconcile.db.columns import CONVERSIONS
+
+        q = self._queries.get((conversion, source_cast))
+        if q is None:
+            # The source type's name comes from format_type() on the source catalog (SQL text already).
+            value = sql.SQL("CAST(u.{} AS {})").format(sql.Identifier("v"), sql.SQL(source_cast))  # type: ignore[arg-type]
+            q = self._queries[(conversion, source_cast)] = sql.SQL(
+                "SELECT ({})::text FROM unnest(%s::text[]) WITH ORDINALITY AS u({}, {}) ORDER BY u.{}").format(
+                CONVERSIONS[conversion].read_sql(value), sql.Identifier("v"), sql.Identifier("n"), sql.Identifier("n"))
+        return q
+
+    def convert(self, source: psycopg.Connection, net: NetChanges) -> int:
+        """Convert ``net``'s values in place; returns the number of values converted."""
+        done = 0
+        for table, rows in net.tables.items():
+            t = self.targets.get(table)
+            if t is None or not t.source_conversions:
+                continue
+            for column, (conversion, source_cast) in t.source_conversions.items():
+                spots: list[tuple[tuple[str, ...], int]] = []
+                texts: list[str] = []
+                for key, entry in rows.items():
+                    if entry is _DELETE:
+                        continue
+                    rel, values, _origin = entry
+                    i = _position(rel, column)
+                    if i is None or not isinstance(values[i], str):
+                        continue
+                    spots.append((key, i))
+                    texts.append(values[i])  # type: ignore[arg-type]
+                if not texts:
+                    continue
+                self.queries += 1
+                converted = [r[0] for r in source.execute(self.query(conversion, source_cast), (texts,)).fetchall()]
+                for (key, i), value in zip(spots, converted):
+                    rel, values, origin = rows[key]  # type: ignore[misc]
+                    rows[key] = (rel, values[:i] + (value,) + values[i + 1:], origin)
+                done += len(texts)
+        return done
+
+
+def _position(rel: po.Relation, column: str) -> int | None:
+    for i, c in enumerate(rel.columns):
+        if c.name == column:
+            return i
+    return None
 
 
 def reserve(budget: Budget) -> Budget:
@@ -121,6 +219,7 @@ class Pricer:
         self.budget = budget
         self._mult = {n: 1 + t.secondary_indexes for n, t in targets.items()}
         self._rows = {n: (1 + t.secondary_indexes) if budget.count_index_tuples else 1 for n, t in targets.items()}
+        self._converted = {n: frozenset(t.source_conversions) for n, t in targets.items() if t.source_conversions}
 
     def change(self, c: Change) -> tuple[int, int]:
         mult = self._mult.get(c.table, 1)
@@ -129,11 +228,14 @@ class Pricer:
             nbytes = sum(len(k) for k in c.key) + ROW_OVERHEAD
         else:
             nbytes = ROW_OVERHEAD
-            for v in c.new:
+            converted = self._converted.get(c.table)
+            for i, v in enumerate(c.new):
                 if v is None:
                     nbytes += 1
                 elif v is po.UNCHANGED:
                     nbytes += UNCHANGED_BYTES
+                elif converted and c.relation.columns[i].name in converted:
+                    nbytes += CONVERTED_GROWTH * len(v) + 2  # an array literal grows as JSON (quotes, commas)
                 else:
                     nbytes += len(v) + 2
         if c.old_key is not None:

@@ -77,6 +77,7 @@ from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolic
 from reconcile.replay import pgoutput as po
 from reconcile.replay.apply import (
     ApplyRefused,
+    Converter,
     NetChanges,
     Pricer,
     Watermark,
@@ -326,8 +327,10 @@ class Replayer:
                     "Replay applies nothing until the initial backfill of every replicated table is done under slot "
                     f"{s.slot_name} ({'; '.join(problems)}): finish `reconcile backfill` first, or set "
                     "[replay] require_backfill = false (--skip-backfill-check) for tables that need no backfill.")
-        targets = self._tx(lambda c: inspect_target(c, self.tables), "inspect target tables")
+        source = self._source
+        targets = self._tx(lambda c: inspect_target(c, self.tables, source=source), "inspect target tables")
         self.writer = Writer(targets, [t.name for t in self.tables])
+        self.converter = Converter(targets)
         self.pricer = Pricer(targets, self.budget)
         self.wm = self._tx(lambda c: read_watermark(c, s.slot_name), "read watermark")
         self._prepared = True
@@ -559,6 +562,7 @@ class Replayer:
         for t in txns:
             if t.commit_lsn not in self._skips:
                 net.add_all(t.changes)
+        self._convert(net)
         slot, expected, last, fault = self.settings.slot_name, self.wm.last_commit_lsn, txns[-1], self.fault
         writer = self.writer
 
@@ -570,6 +574,11 @@ class Replayer:
 
         written = self._tx(apply, f"apply of {len(txns)} source transaction(s)")
         self._committed(txns, written, caught_up)
+
+    def _convert(self, net: NetChanges) -> None:
+        """The column contract's source-side conversions (arrays to json, money to numeric), before the write."""
+        if self.converter.needed and self._source is not None:
+            self.converter.convert(self._source, net)
 
     def _committed(self, txns: list[SourceTxn], written: int, caught_up: int | None) -> None:
         now = self.clock()
@@ -644,6 +653,7 @@ class Replayer:
         for i, piece in enumerate(pieces):
             net = NetChanges()
             net.add_all(piece.items)
+            self._convert(net)
             last = i == len(pieces) - 1
             expected = self.wm.last_commit_lsn
 

@@ -3,7 +3,8 @@
 * :func:`plan_from_source` reads the source catalog (and sizes plain numeric columns from the
   data) and returns a :class:`SchemaPlan`; :func:`build_plan` does the same from a catalog.
 * :func:`apply_plan` runs it on the target one statement per transaction, skipping what exists,
-  and reports drift; :func:`record_plan` stores the source sequences and invariants it carries.
+  and reports drift; :func:`record_plan` stores the source sequences, invariants and the column
+  contract (:mod:`reconcile.schema.contract`) it carries.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from reconcile.audit.carry import special_numeric_scan
 from reconcile.audit.catalog import qualified_schemas, read_catalog
 from reconcile.audit.scan import DEFAULT_CHUNK_ROWS, numeric_profiles, scan_tables
 from reconcile.audit.translate import IdStrategy
@@ -61,7 +63,8 @@ def plan_from_source(conn: psycopg.Connection, *, tables: Sequence[TableSpec | s
     """Read the source and plan its target schema.
 
     Plain numeric columns are sized from a full, chunked scan of their values (so the planned
-    precision holds every value the source has); nothing else reads data.
+    precision holds every value the source has), and every numeric column is scanned for NaN and
+    infinity (refused in the column contract); nothing else reads data.
 
     Args:
         conn: an autocommit connection to the source.
@@ -78,5 +81,6 @@ def plan_from_source(conn: psycopg.Connection, *, tables: Sequence[TableSpec | s
     keys = {t.name: tuple(t.key) for t in tables or () if isinstance(t, TableSpec)}
     scans = scan_tables(conn, catalog, tables=names or None, keys=keys, mode="full", chunk_rows=chunk_rows,
                         numeric_only=True)
+    special = special_numeric_scan(conn, catalog, tables=names or None, keys=keys)
     return build_plan(catalog, dialect=dialect, tables=tables, numeric=numeric_profiles(scans),
-                      id_strategy=id_strategy)
+                      id_strategy=id_strategy, special=special)

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from reconcile.budget import Budget
 from reconcile.control import ident
+from reconcile.db.columns import read_columns
 from reconcile.errors import MigrationFailed
 from reconcile.schema.errors import SchemaApplyFailed
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, run_with_retry
@@ -58,16 +59,8 @@ def introspect(conn: psycopg.Connection, schemas: Iterable[str]) -> TargetState:
     names = list(dict.fromkeys(schemas))
     present = {r[0] for r in conn.execute(
         "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)", (names,))}
-    tables: dict[str, dict[str, tuple[str, bool]]] = {}
-    for schema, table, column, typ, notnull in conn.execute(
-            "SELECT n.nspname, c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull "
-            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY n.nspname, c.relname, a.attnum",
-            (names,)):
-        cols = tables.setdefault(f"{schema}.{table}", {})
-        if column is not None:
-            cols[column] = (typ, notnull)
+    tables = {name: {c.name: (c.type, c.not_null) for c in cols}
+              for name, cols in read_columns(conn, schemas=names).items()}
     indexes = frozenset(f"{s}.{i}" for s, i in conn.execute(
         "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
         "ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s) AND c.relkind IN ('i', 'I')", (names,)))
@@ -299,13 +292,15 @@ _SEQUENCE = sql.SQL(
 
 def record_plan(conn: psycopg.Connection, plan: SchemaPlan, *, budget: Budget | None = None,
                 policy: RetryPolicy = DEFAULT_POLICY, counters: RetryCounters | None = None) -> None:
-    """Record the plan's source sequences and invariants in the control schema on the target.
+    """Record the plan's column contract, source sequences and invariants in the control schema on the target.
 
-    The sequences' last values are what cutover needs to start the target's keys above; the
-    invariants are what the balance checks verify. Both upsert, so recording twice is harmless.
+    The column contract (``reconcile.column_plan``) is how every stage reads, converts and compares
+    each column; the sequences' last values are what cutover needs to start the target's keys above;
+    the invariants are what the balance checks verify. All upsert, so recording twice is harmless.
     """
     from reconcile.audit.store import store_invariants
     from reconcile.control import migrate
+    from reconcile.schema.contract import store_contract
 
     budget = budget or Budget()
     migrate(conn, dialect=plan.dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
@@ -319,3 +314,5 @@ def record_plan(conn: psycopg.Connection, plan: SchemaPlan, *, budget: Budget | 
 
         run_with_retry(conn, write, policy=policy, counters=counters, label="record source sequences")
     store_invariants(conn, plan.invariants, budget=budget, policy=policy, counters=counters, migrate=False)
+    store_contract(conn, plan.contract(), fingerprint=plan.source_fingerprint, budget=budget, policy=policy,
+                   counters=counters)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
+from reconcile.audit.carry import SpecialValues, carry_findings
 from reconcile.audit.catalog import Catalog, Index, Table
 from reconcile.audit.checks import QUOTAS, catalog_findings
 from reconcile.audit.findings import Finding, make
@@ -34,12 +35,14 @@ from reconcile.audit.translate import (
     ColumnTranslation,
     IdStrategy,
     NumericProfile,
+    expression_follows,
     rewrite_expression,
     translate_column,
 )
 from reconcile.audit.triggers import Invariant
 from reconcile.config import TableSpec
 from reconcile.errors import TerminalError
+from reconcile.schema.contract import special_refusal
 from reconcile.schema.dialect import Dialect, get_dialect
 
 __all__ = ["PHASES", "LeftOut", "PlannedStatement", "SchemaPlan", "SequenceRecord", "TablePlan", "build_plan"]
@@ -85,10 +88,13 @@ class TablePlan:
     primary_key: tuple[str, ...] = ()
     source: str | None = None
     """The source table, when it differs (never, today)."""
+    refused: Mapping[str, str] = field(default_factory=dict)
+    """Column -> why the pipeline cannot carry its values (NaN or infinity in a numeric column)."""
 
     def column_map(self) -> list[dict[str, Any]]:
-        """How the backfill reads each column: ``{"name", "type", "copy_expression"}``."""
-        return [{"name": c.name, "type": c.target_type, "copy_expression": c.copy_expression} for c in self.columns]
+        """How each column travels: ``{"name", "type", "source_type", "conversion", "copy_expression", "refused"}``."""
+        return [{"name": c.name, "type": c.target_type, "source_type": c.source_type, "conversion": c.conversion,
+                 "copy_expression": c.copy_expression, "refused": self.refused.get(c.name)} for c in self.columns]
 
 
 @dataclass(frozen=True)
@@ -175,12 +181,18 @@ class SchemaPlan:
                 value = "never used" if r.last_value is None else f"last value {r.last_value}"
                 out.append(f"--   {r.table}.{r.column} <- {r.sequence} ({value}; {r.strategy})")
             out.append("")
-        copies = [(t.name, c) for t in self.tables for c in t.columns if c.copy_expression]
-        if copies:
-            out.append("-- Copy expressions (how the backfill reads converted columns on the source):")
-            out += [f"--   {t}.{c.name}: {c.copy_expression}" for t, c in copies]
+        contract = [c for c in self.contract() if c.converted or c.refused]
+        if contract:
+            out.append("-- Column contract (stored by `schema apply`; backfill, replay and diff all read through it):")
+            out += [f"--   {c.table}.{c.describe()}" for c in contract]
             out.append("")
         return "\n".join(out)
+
+    def contract(self) -> list[Any]:
+        """Every planned column's :class:`~reconcile.schema.contract.ColumnContract`."""
+        from reconcile.schema.contract import contract_from_plan
+
+        return contract_from_plan(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +204,7 @@ class SchemaPlan:
             "left_out": [lo.__dict__ for lo in self.left_out],
             "sequences": [r.__dict__ for r in self.sequences],
             "invariants": [i.to_dict() for i in self.invariants],
+            "column_contract": [c.to_dict() for c in self.contract()],
         }
 
 
@@ -204,7 +217,24 @@ def _raw(text: str) -> sql.SQL:
     return sql.SQL(text)  # type: ignore[arg-type]
 
 
-def _column_sql(c: ColumnTranslation) -> sql.Composed:
+def _check_names(table: Table, columns: Sequence[ColumnTranslation]) -> dict[str, str]:
+    """Explicit names for the CHECKs the plan adds to columns (enum labels, inlined domains): left unnamed,
+    PostgreSQL would call one ``<table>_<column>_check``, which a source constraint may already be called."""
+    taken = {con.name for con in table.constraints}
+    out: dict[str, str] = {}
+    for c in columns:
+        if not c.check:
+            continue
+        name, n = f"{table.name}_{c.name}_type_check"[:63], 1
+        while name in taken:
+            n += 1
+            name = f"{table.name}_{c.name}_type_check{n}"[:63]
+        taken.add(name)
+        out[c.name] = name
+    return out
+
+
+def _column_sql(c: ColumnTranslation, check_name: str | None = None) -> sql.Composed:
     parts: list[sql.Composable] = [sql.Identifier(c.name), sql.SQL(" "), _raw(c.target_type)]
     if c.identity:
         parts += [sql.SQL(" "), _raw(c.identity)]
@@ -213,6 +243,8 @@ def _column_sql(c: ColumnTranslation) -> sql.Composed:
     if c.not_null:
         parts.append(sql.SQL(" NOT NULL"))
     if c.check:
+        if check_name:
+            parts += [sql.SQL(" CONSTRAINT "), sql.Identifier(check_name)]
         parts += [sql.SQL(" CHECK ("), _raw(c.check), sql.SQL(")")]
     return sql.Composed(parts)
 
@@ -240,6 +272,7 @@ def build_plan(
     id_strategy: IdStrategy = "bigint",
     findings: Sequence[Finding] | None = None,
     invariants: Sequence[Invariant] | None = None,
+    special: Mapping[str, SpecialValues] | None = None,
 ) -> SchemaPlan:
     """The target DDL for the source catalog.
 
@@ -251,6 +284,8 @@ def build_plan(
         numeric: observed profiles of plain numeric columns (``schema.table.column``).
         id_strategy: generated keys as plain ``bigint`` (default) or ``identity``.
         findings, invariants: the catalog findings to cite (default: computed here).
+        special: NaN and infinity counts of numeric columns (``schema.table.column``), from
+            :func:`reconcile.audit.carry.special_numeric_scan`: such columns are refused.
 
     Raises:
         TerminalError: a configured table does not exist in the source.
@@ -268,7 +303,9 @@ def build_plan(
         findings = computed if findings is None else findings
         invariants = found_invariants if invariants is None else invariants
     known = {f.id for f in findings}
-    extra: list[Finding] = []
+    extra: list[Finding] = [f for f in carry_findings(catalog, keys=keys, special=special) if f.id not in known]
+    known |= {f.id for f in extra}
+    special = special or {}
 
     def cite(code: str, obj: str) -> str:
         fid = f"{code}:{obj}"
@@ -303,6 +340,7 @@ def build_plan(
                    for c in table.columns]
         answers: list[str] = []
         notes: list[str] = []
+        refused: dict[str, str] = {}
         if table.persistence == "u":
             answers.append(cite("unlogged_table", q))
             notes.append("UNLOGGED dropped: an ordinary table")
@@ -324,6 +362,14 @@ def build_plan(
             for code, obj in c.answers:
                 answers.append(cite(code, obj))
             notes += [f"{c.name}: {n}" for n in c.notes]
+            why = special_refusal(*special[f"{q}.{c.name}"]) if f"{q}.{c.name}" in special else None
+            if why is not None:
+                refused[c.name] = why
+                if f"numeric_special:{q}.{c.name}" in known:
+                    answers.append(cite("numeric_special", f"{q}.{c.name}"))
+                notes.append(f"{c.name}: REFUSED: {why}; the backfill and the replay refuse the table until it is fixed")
+            if f"key_conversion:{q}.{c.name}" in known:
+                answers.append(cite("key_conversion", f"{q}.{c.name}"))
             if c.identity or any(code in ("serial", "identity") for code, _ in c.answers):
                 col = table.column(c.name)
                 seq_name = (col.default_sequences or (col.identity_sequence,))[0]
@@ -332,7 +378,8 @@ def build_plan(
                     seq = catalog.sequence(seq_name)
                     seq_records.append(SequenceRecord(seq_name, q, c.name, seq.last_value if seq else None,
                                                       "identity" if c.identity else "bigint"))
-        elements: list[sql.Composable] = [_column_sql(c) for c in columns]
+        check_names = _check_names(table, columns)
+        elements: list[sql.Composable] = [_column_sql(c, check_names.get(c.name)) for c in columns]
         json_columns = {c.name for c in columns if c.target_type == "json"}
         pk = table.primary_key
         primary_key: tuple[str, ...] = ()
@@ -363,6 +410,16 @@ def build_plan(
                 elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(con.name),
                                                                    _raw(rewrite_expression(con.definition, catalog))))
             elif con.kind == "c":
+                changed = [c.name for c in columns
+                           if c.name in con.columns and not expression_follows(c.conversion, table.column(c.name))]
+                if changed:
+                    found = make("check_on_converted_column", cq, f"check {con.name} on {q} ({con.definition}) refers "
+                                 f"to {', '.join(changed)}, whose type changes on the target", table=q,
+                                 columns=changed, definition=con.definition)
+                    extra.append(found)
+                    known.add(found.id)
+                    left_out.append(LeftOut("constraint", cq, found.id))
+                    continue
                 body = _NOT_VALID.sub("", rewrite_expression(con.definition, catalog))
                 if not con.validated:
                     answers.append(cite("check_not_valid", cq))
@@ -394,7 +451,7 @@ def build_plan(
             phase="pre-load", kind="table", object=q, table=q, answers=list(dict.fromkeys(answers)), notes=notes,
             statement=sql.SQL("CREATE TABLE IF NOT EXISTS {} (\n    {}\n)").format(
                 ident, sql.SQL(",\n    ").join(elements))))
-        table_plans.append(TablePlan(q, tuple(columns), tuple(primary_key)))
+        table_plans.append(TablePlan(q, tuple(columns), tuple(primary_key), refused=refused))
         # DSQL counts every index, the unique constraints' and the primary key's included.
         room = QUOTAS["indexes"] - sum(1 for i in table.indexes if i.backs_constraint in ("p", "u"))
         for idx in table.indexes:
