@@ -52,7 +52,7 @@ def audit(
     from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import dialect_for
 
-    from ._common import load
+    from ._common import load, preflight
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format")
@@ -65,6 +65,7 @@ def audit(
         raise typer.BadParameter(f"{report} must end in .md or .html", param_hint="--report")
 
     cfg = load(config)
+    preflight(cfg, "audit")
     options = AuditOptions(scan=("full" if full else "sample") if scan_data else None,
                            sample_rows=sample or DEFAULT_SAMPLE_ROWS, workload=workload)
     described = cfg.source.describe()

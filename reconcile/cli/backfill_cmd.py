@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, load, preflight, run_app
 
 app = typer.Typer(help="Copy the source tables into the target in resumable, budget-sized chunks.",
                   invoke_without_command=True)
@@ -76,6 +76,7 @@ def _run(config_path: Optional[Path], as_json: bool, progress: Optional[bool], *
 
     config = load(config_path)
     settings = _settings(config, **options)
+    preflight(config, "backfill")
     reporter = Progress(enabled=progress is not False)
     if reporter.enabled and not reporter.tty:
         # Not a terminal (Airflow, CI): progress travels as structured log lines on stderr.

@@ -24,11 +24,12 @@ def _plan(config: Optional[Path], dialect: Optional[str], id_strategy: str):
     from reconcile.connections import connect
     from reconcile.schema import dialect_for, get_dialect, plan_from_source
 
-    from ._common import load
+    from ._common import load, preflight
 
     if id_strategy not in ("bigint", "identity"):
         raise typer.BadParameter(f"must be bigint or identity, got {id_strategy!r}", param_hint="--id-strategy")
     cfg = load(config)
+    preflight(cfg, "schema")
     try:
         chosen = get_dialect(dialect) if dialect else dialect_for(cfg.target)
     except ValueError as exc:
