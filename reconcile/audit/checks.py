@@ -17,6 +17,7 @@ from reconcile.audit.translate import (
     translate_column,
 )
 from reconcile.audit.triggers import Invariant, describe_trigger_body
+from reconcile.keyrule import rule_sentence
 
 __all__ = ["MONITORING_EXTENSIONS", "QUOTAS", "catalog_findings", "trigger_findings"]
 
@@ -251,8 +252,9 @@ def _table_findings(table: Table, catalog: Catalog, key: tuple[str, ...] | None)
     if table.primary_key is None:
         usable = bool(key) and all(any(c.name == k for c in table.columns) for k in key or ())
         if usable:
-            fix = (f"The plan declares the configured key ({', '.join(key or ())}) as the primary key; "
-                   "make sure it is unique and not null on the source.")
+            fix = (f"The plan declares the configured key ({', '.join(key or ())}) as the target's primary key "
+                   f"(pre-load, inline in CREATE TABLE); {rule_sentence(q, key or ())}. The audit checks that on "
+                   "the data (key_not_unique when it fails); replay init needs --replica-identity-full for it.")
             out.append(make("no_primary_key", q, f"{q} has no primary key", fix=fix, key=list(key or ())))
         else:
             out.append(make("no_primary_key", q, f"{q} has no primary key and no configured key"))

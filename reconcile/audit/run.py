@@ -16,6 +16,7 @@ from reconcile.audit.catalog import qualified_schemas, read_catalog
 from reconcile.audit.checks import catalog_findings
 from reconcile.audit.errors import AuditFailed
 from reconcile.audit.findings import Finding, make
+from reconcile.audit.keys import key_findings
 from reconcile.audit.lint import LintUnavailable, dump_schema, lint_findings, run_dsql_lint
 from reconcile.audit.report import AuditReport
 from reconcile.audit.scan import (
@@ -116,6 +117,9 @@ def run_audit(conn: psycopg.Connection, *, tables: Sequence[TableSpec] | None = 
         checks["scan"] = {"mode": options.scan, "rows": sum(s.rows for s in scans),
                           "chunks": sum(s.chunks for s in scans), "tables": len(scans)}
     findings, invariants = catalog_findings(catalog, keys=keys, numeric=profiles, id_strategy=options.id_strategy)
+    with _step("checking the configured keys of tables without a primary key"):
+        findings, key_problems = key_findings(conn, catalog, keys, findings)
+    extra += key_problems
     if options.collation_sample:
         with _step("sampling text keys"):
             extra += collation_findings(conn, catalog, sample=options.collation_sample)

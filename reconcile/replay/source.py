@@ -30,6 +30,7 @@ from psycopg import sql
 
 from reconcile.budget import qualified, split_table_name
 from reconcile.config import TableSpec
+from reconcile.keyrule import rule_sentence
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import PrerequisiteFailed, SlotBusy, SlotMissing
 from reconcile.replay.errors import primary_message as _primary
@@ -145,9 +146,10 @@ def check_prerequisites(conn: psycopg.Connection, tables: Sequence[TableSpec], *
             found.need_identity_full.append(spec.name)
         else:
             found.problems.append(
-                f"{spec.name} has no primary key and no replica identity; adding it to a publication would make every "
-                f"UPDATE and DELETE on it fail on the source (55000): add a primary key, or rerun init with "
-                "--replica-identity-full to set REPLICA IDENTITY FULL on it.")
+                f"{rule_sentence(spec.name, spec.key)}, and replay needs the key's old values in every UPDATE and "
+                "DELETE, which such a table sends only with a replica identity (added to a publication without one, "
+                "every UPDATE and DELETE on it would fail on the source, 55000): rerun init with "
+                "--replica-identity-full to set REPLICA IDENTITY FULL on it, or add a primary key.")
     return found
 
 
