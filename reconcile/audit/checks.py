@@ -123,10 +123,20 @@ def catalog_findings(
             msg += ": " + ", ".join(problems) + " not allowed on DSQL"
         out.append(make("sequence", seq.qualified, msg, last_value=seq.last_value))
 
-    trigger_functions = {t.function for table in catalog.tables for t in table.triggers}
+    callers: dict[str, list[str]] = {}
+    for table in catalog.tables:
+        for t in table.triggers:
+            callers.setdefault(t.function, []).append(f"{table.qualified}.{t.name}")
     for fn in catalog.functions:
-        if fn.qualified in trigger_functions:
-            continue  # reported with its trigger
+        if fn.qualified in callers and fn.language not in ("sql", "internal"):
+            # Its own finding (the plan lists it as left out), besides the finding of each trigger calling it.
+            out.append(make("procedural_function", fn.signature,
+                            f"trigger function {fn.signature} in LANGUAGE {fn.language}, called by trigger(s) "
+                            f"{', '.join(callers[fn.qualified])}", language=fn.language,
+                            triggers=callers[fn.qualified],
+                            fix="Move what it does into the application, with the trigger that calls it (a "
+                                "finding of its own); the plan leaves both out."))
+            continue
         if fn.kind == "p":
             out.append(make("procedure", fn.signature, f"procedure {fn.signature} (LANGUAGE {fn.language})",
                             language=fn.language))

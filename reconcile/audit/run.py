@@ -63,7 +63,7 @@ class AuditOptions:
     lint: bool = True
     """Run pg_dump + dsql-lint over the DDL."""
     workload: bool = True
-    """Read pg_stat_statements (creating the extension when the library is loaded)."""
+    """Read pg_stat_statements when the extension exists (the audit never creates it)."""
     collation_sample: int = ORDER_SAMPLE
     """Key values per text key read to compare the source's ordering with C (0: skip)."""
     id_strategy: IdStrategy = "bigint"

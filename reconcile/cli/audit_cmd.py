@@ -40,8 +40,8 @@ def audit(
     store: bool = typer.Option(True, "--store/--no-store", envvar="RECONCILE_AUDIT_STORE",
                                help="Record the run and its findings in the control schema on the target."),
     workload: bool = typer.Option(True, "--workload/--no-workload", envvar="RECONCILE_AUDIT_WORKLOAD",
-                                  help="Check statement sizes in pg_stat_statements (creates the extension "
-                                       "on the source if the library is loaded)."),
+                                  help="Check statement sizes in pg_stat_statements (read only: when the "
+                                       "extension is missing, the audit says how to enable it)."),
 ) -> None:
     """Report what in the source DSQL will refuse or change: statements (dsql-lint), catalog, data, workload."""
     from reconcile.audit.scan import DEFAULT_SAMPLE_ROWS
