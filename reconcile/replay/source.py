@@ -147,8 +147,8 @@ def check_prerequisites(conn: psycopg.Connection, tables: Sequence[TableSpec], *
         else:
             found.problems.append(
                 f"{rule_sentence(spec.name, spec.key)}, and replay needs the key's old values in every UPDATE and "
-                "DELETE, which such a table sends only with a replica identity (added to a publication without one, "
-                "every UPDATE and DELETE on it would fail on the source, 55000): rerun init with "
+                "DELETE, which such a table sends only with a replica identity (without one, every UPDATE and DELETE "
+                "on it would fail on the source once it is in the publication (55000)): rerun init with "
                 "--replica-identity-full to set REPLICA IDENTITY FULL on it, or add a primary key.")
     return found
 
