@@ -285,6 +285,8 @@ def _check_role_columns(found: Preflight, index: int, spec: TableSpec, facts: Ke
             fix = f'name the column holding the {what}{_close(column, facts.columns)}'
             if setting == "currency_column":
                 fix += f", {_CURRENCY_FIX}"
+            if side == "target":
+                fix = "the target table does not match the source: recreate it from `reconcile schema plan`"
             found.mismatches.append(Mismatch(where, side, f"{spec.name} has no column {column} on the {side} ({where}, "
                                                           f"the {spec.role} table's {what}); {fix}"))
             continue
