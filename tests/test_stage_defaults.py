@@ -45,8 +45,9 @@ def test_bare_schema_apply_waits_for_backfill_and_catch_up_and_the_slot_comes_fr
 
     init = runner.invoke(app, ["replay", "init", *cfg])
     assert init.exit_code == 0, (init.output, init.exception)
-    # --replay checks the slot replay will read: [replay] slot_name, not a built-in name
-    backfill = runner.invoke(app, ["backfill", *cfg, "--replay", "--no-progress", "--chunk-rows", "100"])
+    # the backfill records the slot replay will read, [replay] slot_name, not a built-in name (with --replay it
+    # also refuses to start without it: tests/test_keyrule.py)
+    backfill = runner.invoke(app, ["backfill", *cfg, "--no-progress", "--chunk-rows", "100"])
     assert backfill.exit_code == 0, (backfill.output, backfill.exception)
     with psycopg.connect(target_db) as conn:
         assert conn.execute("SELECT DISTINCT replay_slot FROM reconcile.chunks").fetchall() == [(slot,)]
