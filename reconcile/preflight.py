@@ -223,7 +223,8 @@ def _missing_table(conn: psycopg.Connection, index: int, name: str, side: Side) 
         "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1", (schema,))]
     if side == "source":
-        listed = f"; tables in schema {schema}: {', '.join(others[:12])}" if others else f"; schema {schema} has no tables"
+        listed = (f"; tables in schema {schema}: {', '.join(others[:12])}" if others
+                  else f"; schema {schema} has no tables")
         text = (f"table {name} does not exist on the source{_close(name, others)}; fix tables[{index}].name"
                 f"{listed}")
     else:
@@ -292,8 +293,8 @@ def _check_role_columns(found: Preflight, index: int, spec: TableSpec, facts: Ke
             continue
         type_sql, category, _ = facts.columns[column]
         if not _kind_ok(categories, category):
-            found.mismatches.append(Mismatch(where, side, f"{spec.name}.{column} ({where}) is {type_sql} on the {side}, "
-                                                          f"but the {what} must be {kind}; name such a column"))
+            found.mismatches.append(Mismatch(where, side, f"{spec.name}.{column} ({where}) is {type_sql} on the "
+                                                          f"{side}, but the {what} must be {kind}; name such a column"))
 
 
 def _check_stage_columns(found: Preflight, config: Config, facts: dict[str, KeyFacts], side: Side) -> None:

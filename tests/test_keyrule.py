@@ -66,7 +66,8 @@ def test_every_stage_requires_the_same_of_a_keyless_table_and_says_it_the_same_w
     finding = report.find("key_not_unique", "legacy.postings")
     assert finding is not None and finding.severity.value == "blocker"
     assert finding.message == VIOLATION
-    assert (finding.details["duplicate_values"], finding.details["duplicate_rows"], finding.details["null_rows"]) == (2, 5, 1)
+    counts = (finding.details["duplicate_values"], finding.details["duplicate_rows"], finding.details["null_rows"])
+    assert counts == (2, 5, 1)
     assert report.exit_code == 1
 
     # config check, schema plan, replay init: the same sentence, nothing created on the source
@@ -123,7 +124,8 @@ def test_a_keyless_table_whose_key_holds_moves_without_any_source_index(source_d
     init = runner.invoke(app, ["replay", "init", "--config", cfg_path, "--replica-identity-full"])
     assert init.exit_code == 0, init.output
 
-    backfill = runner.invoke(app, ["backfill", "--config", cfg_path, "--replay", "--no-progress", "--chunk-rows", "500"])
+    backfill = runner.invoke(app, ["backfill", "--config", cfg_path, "--replay", "--no-progress",
+                                   "--chunk-rows", "500"])
     assert backfill.exit_code == 0, (backfill.output, backfill.exception)
     with psycopg.connect(source_db) as s, psycopg.connect(target_db) as t:
         q = "SELECT ref, line, amount, memo FROM legacy.postings ORDER BY ref COLLATE \"C\", line"
