@@ -255,8 +255,11 @@ def _check_side(found: Preflight, config: Config, conn: psycopg.Connection, side
                     rows = f", {counts.rows:,} rows" if counts is not None else ""
                     found.verified.append(f"{spec.name}: key ({', '.join(spec.key)}) is unique and not null on the "
                                           f"source ({how}{rows})")
-        _check_role_columns(found, i, spec, facts, side)
-    _check_stage_columns(found, config, facts_by_table, side)
+        # On the target, only what the source has and the target lacks (the rest is reported once, for the source).
+        known = None if source_facts is None else source_facts.get(spec.name)
+        _check_role_columns(found, i, spec, facts, side, known)
+    if side == "source":
+        _check_stage_columns(found, config, facts_by_table, side)
     return facts_by_table
 
 
@@ -275,11 +278,14 @@ def _kind_ok(categories: str | None, category: str) -> bool:
     return categories is None or category in categories
 
 
-def _check_role_columns(found: Preflight, index: int, spec: TableSpec, facts: KeyFacts, side: Side) -> None:
+def _check_role_columns(found: Preflight, index: int, spec: TableSpec, facts: KeyFacts, side: Side,
+                        source: KeyFacts | None = None) -> None:
     for setting in ROLE_COLUMNS.get(spec.role or "", {}):
         column = getattr(spec, setting, None)
         if not column:
             continue  # not configured: this ledger has no such column (e.g. no currency)
+        if side == "target" and (source is None or column not in source.columns):
+            continue  # missing on the source too: reported there
         categories, what, kind = _ROLE_TYPES.get(setting, (None, setting.removesuffix("_column"), ""))
         where = f"tables[{index}].{setting}"
         if column not in facts.columns:

@@ -78,6 +78,14 @@ def test_every_stage_requires_the_same_of_a_keyless_table_and_says_it_the_same_w
         result = runner.invoke(app, [*command, "--config", cfg_path])
         assert result.exit_code != 0
         assert str(result.exception) == f"{label} cannot start: {VIOLATION}"
+    # the replay library itself (no CLI in front of it) checks the same rule before it sets anything
+    from reconcile.replay import PrerequisiteFailed, ReplaySettings, init_replay
+
+    lib_cfg = Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", target_db),
+                     tables=(POSTINGS,), stages={"replay": ReplaySettings(slot_name=slot, publication=f"{slot}_pub")})
+    with pytest.raises(PrerequisiteFailed) as refused:
+        init_replay(lib_cfg, replica_identity_full=True)
+    assert str(refused.value) == VIOLATION + "."
     with psycopg.connect(source_db) as conn:
         assert conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = 'legacy.postings'::regclass"
                             ).fetchone() == ("d",)
