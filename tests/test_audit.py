@@ -237,6 +237,7 @@ def test_lint_diagnostics_merge_into_catalog_findings_or_stand_alone():
 
 def test_the_awkward_schema_gets_every_finding_with_its_severity(awkward_db):
     with _conn(awkward_db) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")  # the audit only reads it
         conn.execute("INSERT INTO legacy.audit_log SELECT now(), 'bulk' FROM generate_series(1, 3500)")
         report = run_audit(conn, schemas=["legacy"])
     got = {(f.code, f.object): f.severity.value for f in report.findings}
@@ -386,3 +387,74 @@ def test_audit_exits_0_without_a_blocker(source_db, target_db, tmp_path):
     data = json.loads(result.stdout)
     assert data["counts"]["blocker"] == 0 and data["exit_code"] == 0
     assert {f["code"] for f in data["findings"]} <= {"database_collation", "inline_keys", "monitoring_extension"}
+
+
+# --- accuracy ----------------------------------------------------------------------------------
+
+
+def test_the_workload_check_reads_only_and_never_creates_pg_stat_statements(source_db):
+    with _conn(source_db) as conn:
+        seed(conn, accounts=10, transactions=20)
+        before = conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall()
+        first = run_audit(conn, schemas=["ledger"], options=AuditOptions(lint=False))
+        assert conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall() == before
+        second = run_audit(conn, schemas=["ledger"], options=AuditOptions(lint=False))
+        dbname = conn.info.dbname
+    assert first.source_fingerprint == second.source_fingerprint
+    assert {f.id for f in first.findings} == {f.id for f in second.findings}  # the next audit does not differ
+    (missing,) = first.by_code("workload_unavailable")
+    assert missing.message.startswith(f"pg_stat_statements is not installed in database {dbname}")
+    assert "CREATE EXTENSION pg_stat_statements" in missing.fix and missing.details["library_loaded"] is True
+    assert "workload" not in first.checks["levels"]
+
+
+def test_a_never_analysed_table_gets_no_negative_size(source_db):
+    with _conn(source_db) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        conn.execute("CREATE SCHEMA s")
+        conn.execute("CREATE TABLE s.fresh (id bigint PRIMARY KEY, v text) WITH (autovacuum_enabled = false)")
+        conn.execute("INSERT INTO s.fresh SELECT g, repeat('x', 200) FROM generate_series(1, 3500) g")
+        assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 's.fresh'::regclass").fetchone() == (-1.0,)
+        report = run_audit(conn, schemas=["s"], options=AuditOptions(lint=False))
+    (bulk,) = [f for f in report.by_code("workload_rows") if "s.fresh" in f.details["query"]]
+    assert bulk.details["rows_per_call"] == 3500
+    assert bulk.details["estimated_bytes_per_call"] is None  # unknown, not negative
+    assert "MiB" not in bulk.message and "-" not in bulk.message.split("modifies", 1)[1]
+
+
+def test_values_not_fitting_numeric_18_6_are_counted_exactly(source_db):
+    with _conn(source_db) as conn:
+        conn.execute("CREATE SCHEMA s")
+        conn.execute("CREATE TABLE s.rates (id int PRIMARY KEY, rate numeric)")
+        # 2,000 values of scale 8: 1,643 need the 7th decimal, 357 end in zeros and fit numeric(18,6) exactly
+        conn.execute("INSERT INTO s.rates SELECT g, CASE WHEN g <= 1643 THEN (g + 0.0000001)::numeric(20,8) "
+                     "ELSE g::numeric(20,8) END FROM generate_series(1, 2000) g")
+        full = run_audit(conn, schemas=["s"], options=AuditOptions(scan="full", lint=False, workload=False))
+        sample = run_audit(conn, schemas=["s"], options=AuditOptions(scan="sample", sample_rows=500, lint=False,
+                                                                     workload=False))
+    for report in (full, sample):
+        f = report.find("numeric_exceeds_dsql_default", "s.rates.rate")
+        assert f.message.startswith("1,643 values of s.rates.rate do not fit numeric(18,6) exactly"), f.message
+        assert f.details["values"] == 1643
+        assert f.message.endswith("counted over every row)")
+
+
+def test_constraints_are_counted_once_and_a_trigger_function_is_its_own_finding(source_db):
+    from reconcile.schema import build_plan
+
+    with _conn(source_db) as conn:
+        seed(conn, accounts=10, transactions=20)
+        report = run_audit(conn, schemas=["ledger"], options=AuditOptions(workload=False))
+        catalog = read_catalog(conn, ["ledger"])
+    (inline,) = report.by_code("inline_keys")
+    # three primary keys and two unique constraints, each flagged by dsql-lint under two rules
+    assert inline.message.startswith("5 primary key/unique constraints are added by ALTER TABLE")
+    assert len(inline.details["dsql_lint"]) == 10
+    fn = report.find("procedural_function", "ledger.apply_entry_balance()")
+    assert fn is not None and fn.severity is Severity.BLOCKER
+    assert fn.details["triggers"] == ["ledger.entries.entries_apply_balance"]
+    assert "unsupported_create_function_non_sql" in {d["rule"] for d in fn.details["dsql_lint"]}
+    assert report.find("trigger_balance", "ledger.entries.entries_apply_balance") is not None
+    plan = build_plan(catalog, dialect="postgres", findings=report.findings, invariants=report.invariants)
+    left = [line for line in plan.render().splitlines() if line.startswith("--   ")]
+    assert "--   function ledger.apply_entry_balance(): procedural_function:ledger.apply_entry_balance()" in left

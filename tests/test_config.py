@@ -420,13 +420,14 @@ def test_cli_check_ok(tmp_path):
 
     path = write(tmp_path, VALID)
     env = {"LEDGER_HOST": "db.internal", "LEDGER_PW": "hunter2"}
-    result = CliRunner().invoke(app, ["config", "check", "--config", str(path)], env=env)
+    # --offline: the settings alone (this source and target do not exist; test_preflight checks the databases)
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(path), "--offline"], env=env)
     assert result.exit_code == 0, result.output
     assert "target.endpoint = abc123.dsql.eu-west-1.on.aws" in result.stdout
     assert "source.password = *** (from $LEDGER_PW)" in result.stdout
     assert "hunter2" not in result.output
 
-    result = CliRunner().invoke(app, ["config", "check", "--config", str(path), "--json"], env=env)
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(path), "--json", "--offline"], env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["budget"]["rows_per_txn"] == 500
 

@@ -276,7 +276,14 @@ def test_schema_commands_build_the_demo_ledger_target(source_db, target_db, tmp_
     assert '"fx_rate" numeric(38,10)' in script and '"txn_id" bigint NOT NULL' in script
     assert _lint(tmp_path / "ledger.sql")["files"][0]["diagnostics"] == []
 
-    applied = runner.invoke(schema_cmd.app, ["apply", "--config", str(config)])
+    # no --phase and no backfill yet: the pre-load phase only (tests/test_stage_defaults.py has the rest)
+    bare = runner.invoke(schema_cmd.app, ["apply", "--config", str(config)])
+    assert bare.exit_code == 0, bare.output
+    assert "applying the pre-load phase only (no foreign keys), because no backfill has run yet" in bare.stderr
+    with _conn(target_db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND "
+                            "connamespace = 'ledger'::regnamespace").fetchone() == (0,)
+    applied = runner.invoke(schema_cmd.app, ["apply", "--config", str(config), "--phase", "post-load"])
     assert applied.exit_code == 0, applied.output
     assert "applied" in applied.stdout and "no drift" in applied.stdout
     with _conn(target_db) as conn:
@@ -292,7 +299,7 @@ def test_schema_commands_build_the_demo_ledger_target(source_db, target_db, tmp_
         recorded = dict(conn.execute("SELECT sequence_name, last_value FROM reconcile.source_sequences").fetchall())
         assert recorded["ledger.journal_txn_id_seq"] == 100 + 4  # the opening transactions, one per currency
 
-    again = runner.invoke(schema_cmd.app, ["apply", "--config", str(config), "--json"])
+    again = runner.invoke(schema_cmd.app, ["apply", "--config", str(config), "--phase", "all", "--json"])
     assert again.exit_code == 0
     result = json.loads(again.stdout)
     assert result["changed"] is False and result["summary"].startswith("nothing to do")

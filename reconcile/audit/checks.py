@@ -17,6 +17,7 @@ from reconcile.audit.translate import (
     translate_column,
 )
 from reconcile.audit.triggers import Invariant, describe_trigger_body
+from reconcile.keyrule import rule_sentence
 
 __all__ = ["MONITORING_EXTENSIONS", "QUOTAS", "catalog_findings", "trigger_findings"]
 
@@ -122,10 +123,20 @@ def catalog_findings(
             msg += ": " + ", ".join(problems) + " not allowed on DSQL"
         out.append(make("sequence", seq.qualified, msg, last_value=seq.last_value))
 
-    trigger_functions = {t.function for table in catalog.tables for t in table.triggers}
+    callers: dict[str, list[str]] = {}
+    for table in catalog.tables:
+        for t in table.triggers:
+            callers.setdefault(t.function, []).append(f"{table.qualified}.{t.name}")
     for fn in catalog.functions:
-        if fn.qualified in trigger_functions:
-            continue  # reported with its trigger
+        if fn.qualified in callers and fn.language not in ("sql", "internal"):
+            # Its own finding (the plan lists it as left out), besides the finding of each trigger calling it.
+            out.append(make("procedural_function", fn.signature,
+                            f"trigger function {fn.signature} in LANGUAGE {fn.language}, called by trigger(s) "
+                            f"{', '.join(callers[fn.qualified])}", language=fn.language,
+                            triggers=callers[fn.qualified],
+                            fix="Move what it does into the application, with the trigger that calls it (a "
+                                "finding of its own); the plan leaves both out."))
+            continue
         if fn.kind == "p":
             out.append(make("procedure", fn.signature, f"procedure {fn.signature} (LANGUAGE {fn.language})",
                             language=fn.language))
@@ -253,8 +264,9 @@ def _table_findings(table: Table, catalog: Catalog, key: tuple[str, ...] | None)
     if table.primary_key is None:
         usable = bool(key) and all(any(c.name == k for c in table.columns) for k in key or ())
         if usable:
-            fix = (f"The plan declares the configured key ({', '.join(key or ())}) as the primary key; "
-                   "make sure it is unique and not null on the source.")
+            fix = (f"The plan declares the configured key ({', '.join(key or ())}) as the target's primary key "
+                   f"(pre-load, inline in CREATE TABLE); {rule_sentence(q, key or ())}. The audit checks that on "
+                   "the data (key_not_unique when it fails); replay init needs --replica-identity-full for it.")
             out.append(make("no_primary_key", q, f"{q} has no primary key", fix=fix, key=list(key or ())))
         else:
             out.append(make("no_primary_key", q, f"{q} has no primary key and no configured key"))

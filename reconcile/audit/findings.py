@@ -187,6 +187,13 @@ CODES: dict[str, Code] = {
         "replays rows by key.",
         "Declare a unique, not-null key for the table in the configuration ([[tables]] key); the "
         "plan makes it the primary key."),
+    "key_not_unique": Code(
+        B, "table",
+        "The table has no primary key and its configured key holds duplicate values or NULLs on the "
+        "source: rows cannot be copied, replayed or compared one by one, and the target's primary key "
+        "on it would refuse them.",
+        "Remove the duplicates and NULLs on the source, or configure a key that is unique and not null "
+        "([[tables]] key); every stage refuses the table until then."),
     # --- types ------------------------------------------------------------------------------
     "plain_numeric": Code(
         M, "column",

@@ -373,7 +373,10 @@ def lint_findings(diagnostics: Iterable[Diagnostic],
     if inline:
         tables = sorted({_unq(m.group(1)) for d in inline
                          if (m := re.match(rf"^ALTER\s+TABLE\s+(?:ONLY\s+)?({_Q})", d.statement, re.I))})
+        # dsql-lint may flag one ALTER TABLE ... ADD CONSTRAINT under several rules: count statements.
+        statements = {" ".join(d.statement.split()) for d in inline}
         new.append(make("inline_keys", ", ".join(tables) or "schema",
-                        f"{len(inline)} primary key/unique constraints are added by ALTER TABLE in the "
-                        "source DDL", level="statement", dsql_lint=[d.to_dict() for d in inline]))
+                        f"{len(statements)} primary key/unique constraints are added by ALTER TABLE in the "
+                        "source DDL", level="statement", constraints=len(statements),
+                        dsql_lint=[d.to_dict() for d in inline]))
     return findings, new

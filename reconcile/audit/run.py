@@ -17,6 +17,7 @@ from reconcile.audit.catalog import qualified_schemas, read_catalog
 from reconcile.audit.checks import catalog_findings
 from reconcile.audit.errors import AuditFailed
 from reconcile.audit.findings import Finding, make
+from reconcile.audit.keys import key_findings
 from reconcile.audit.lint import LintUnavailable, dump_schema, lint_findings, run_dsql_lint
 from reconcile.audit.report import AuditReport
 from reconcile.audit.scan import (
@@ -63,7 +64,7 @@ class AuditOptions:
     lint: bool = True
     """Run pg_dump + dsql-lint over the DDL."""
     workload: bool = True
-    """Read pg_stat_statements (creating the extension when the library is loaded)."""
+    """Read pg_stat_statements when the extension exists (the audit never creates it)."""
     collation_sample: int = ORDER_SAMPLE
     """Key values per text key read to compare the source's ordering with C (0: skip)."""
     id_strategy: IdStrategy = "bigint"
@@ -123,6 +124,9 @@ def run_audit(conn: psycopg.Connection, *, tables: Sequence[TableSpec] | None = 
                           "chunks": sum(s.chunks for s in scans), "tables": len(scans)}
     findings, invariants = catalog_findings(catalog, keys=keys, numeric=profiles, id_strategy=options.id_strategy)
     extra += carry_findings(catalog, keys=keys, special=special)  # what the column contract cannot carry
+    with _step("checking the configured keys of tables without a primary key"):
+        findings, key_problems = key_findings(conn, catalog, keys, findings)
+    extra += key_problems
     if options.collation_sample:
         with _step("sampling text keys"):
             extra += collation_findings(conn, catalog, sample=options.collation_sample)

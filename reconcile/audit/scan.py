@@ -76,6 +76,21 @@ class TableScan:
     """Per index (``schema.index``): largest key and keys over 1 KiB."""
     numeric: dict[str, NumericProfile] = field(default_factory=dict)
     """Per plain numeric column (``schema.table.column``)."""
+    counted: set[str] = field(default_factory=set)
+    """Numeric columns whose ``over_default`` was counted over every row (a sample recounts what it flags)."""
+
+
+def _over_default(ref: sql.Composable, finite: sql.Composable) -> sql.Composable:
+    """Rows whose value numeric(18,6) cannot hold exactly: rounding to 6 decimals changes it, or the rounded
+    value needs more than 12 integer digits. A scale above 6 alone is not enough: ``1.2500000`` fits."""
+    return sql.SQL("count(*) FILTER (WHERE {f} AND (round({r}, 6) <> {r} OR abs(round({r}, 6)) >= 1e12))").format(
+        f=finite, r=ref)
+
+
+def _finite(ref: sql.Composable, server_version: int) -> sql.Composable:
+    if server_version >= 140000:
+        return sql.SQL("{} NOT IN ('NaN', 'Infinity', '-Infinity')").format(ref)
+    return sql.SQL("{} <> 'NaN'").format(ref)
 
 
 def _value_bytes(col: Column, ref: sql.Composable) -> sql.Composable:
@@ -143,11 +158,10 @@ def _aggregates(table: Table, catalog: Catalog, *, with_sizes: bool, numeric_col
             aggs.append(_Agg(over, "sum", ("key_over", name)))
     for c in numeric_cols:
         ref = sql.Identifier("t", c.name)
+        finite = _finite(ref, server_version)
         if server_version >= 140000:
-            finite = sql.SQL("{} NOT IN ('NaN', 'Infinity', '-Infinity')").format(ref)
             inf = sql.SQL("count(*) FILTER (WHERE {} IN ('Infinity', '-Infinity'))").format(ref)
         else:
-            finite = sql.SQL("{} <> 'NaN'").format(ref)
             inf = sql.SQL("0")
         aggs += [
             _Agg(sql.SQL("count({})").format(ref), "sum", ("num_rows", c.name)),
@@ -156,8 +170,7 @@ def _aggregates(table: Table, catalog: Catalog, *, with_sizes: bool, numeric_col
                 ref, finite, ref), "max", ("num_digits", c.name)),
             _Agg(inf, "sum", ("num_inf", c.name)),
             _Agg(sql.SQL("count(*) FILTER (WHERE {} = 'NaN')").format(ref), "sum", ("num_nan", c.name)),
-            _Agg(sql.SQL("count(*) FILTER (WHERE {} AND (scale({}) > 6 OR abs({}) >= 1e12))").format(
-                finite, ref, ref), "sum", ("num_over", c.name)),
+            _Agg(_over_default(ref, finite), "sum", ("num_over", c.name)),
         ]
     return aggs
 
@@ -281,12 +294,24 @@ def scan_table(conn: psycopg.Connection, table: Table, catalog: Catalog, *, mode
                 stats.max_bytes = value
             else:
                 stats.over_limit = value
+    over = {c.name: totals.get(("num_over", c.name), 0) for c in numeric_cols}
+    flagged = [c for c in numeric_cols if over[c.name]]
+    if mode == "sample" and flagged:
+        # A count from a sample is not the table's: count exactly what the sample flagged, in one pass.
+        counts = sql.SQL(", ").join(_over_default(sql.Identifier("t", c.name),
+                                                  _finite(sql.Identifier("t", c.name), catalog.server_version))
+                                    for c in flagged)
+        row = conn.execute(sql.SQL("SELECT {} FROM {} AS t").format(counts, ident)).fetchone()
+        over.update({c.name: int(n) for c, n in zip(flagged, row)})
     for c in numeric_cols:
-        result.numeric[f"{table.qualified}.{c.name}"] = NumericProfile(
+        obj = f"{table.qualified}.{c.name}"
+        result.numeric[obj] = NumericProfile(
             rows=totals.get(("num_rows", c.name), 0), max_scale=totals.get(("num_scale", c.name), 0),
             max_integer_digits=totals.get(("num_digits", c.name), 0), infinities=totals.get(("num_inf", c.name), 0),
-            nans=totals.get(("num_nan", c.name), 0), over_default=totals.get(("num_over", c.name), 0),
+            nans=totals.get(("num_nan", c.name), 0), over_default=over[c.name],
             sampled=mode == "sample")
+        if mode == "full" or c in flagged:
+            result.counted.add(obj)
     return result
 
 
@@ -353,10 +378,11 @@ def data_findings(catalog: Catalog, scans: Iterable[TableScan]) -> list[Finding]
                                                       f"column holds ({where})", level="data",
                                 profile=p.__dict__))
             elif p.over_default:
+                counted = "counted over every row" if obj in s.counted else where
                 out.append(make("numeric_exceeds_dsql_default", obj,
-                                f"{p.over_default:,} values of {obj} do not fit numeric(18,6) (up to "
-                                f"{p.max_integer_digits} integer digits, scale {p.max_scale}; {where})",
-                                level="data", profile=p.__dict__))
+                                f"{p.over_default:,} values of {obj} do not fit numeric(18,6) exactly (up to "
+                                f"{p.max_integer_digits} integer digits, scale {p.max_scale}; {counted})",
+                                level="data", profile=p.__dict__, values=p.over_default))
     return out
 
 

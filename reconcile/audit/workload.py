@@ -1,10 +1,13 @@
 """Workload-level checks: statements on the source that will not fit one DSQL transaction.
 
-Read from ``pg_stat_statements`` (created on the source with ``CREATE EXTENSION IF NOT EXISTS``
-when the library is preloaded; otherwise the check reports that it could not run). For each
+Read from ``pg_stat_statements`` when the extension exists in the source database. The audit never
+creates it (it has no side effects on the source): when it is missing, a ``workload_unavailable``
+finding says so and how to enable it (the library in ``shared_preload_libraries``, then
+``CREATE EXTENSION pg_stat_statements`` in the database). For each
 data-modifying statement (INSERT, UPDATE, DELETE, MERGE, COPY ... FROM) the mean rows per call
 is compared with DSQL's 3,000 rows per transaction, and an estimate of the bytes per call (rows
-times the table's average row width from ``pg_stats``, else its size per row) with 10 MiB.
+times the table's average row width from ``pg_stats``, else its size per row; no estimate for a table
+never analysed, whose ``reltuples`` is -1) with 10 MiB.
 
 What this cannot see: several statements inside one application transaction (pg_stat_statements
 counts statements, not transactions), and the largest single call (only the mean is kept).
@@ -48,27 +51,28 @@ def _extension_schema(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def workload_findings(conn: psycopg.Connection, *, create_extension: bool = True,
-                      schemas: tuple[str, ...] | None = None) -> list[Finding]:
-    """Findings for statements that modify more than DSQL allows per transaction.
+def workload_findings(conn: psycopg.Connection, *, schemas: tuple[str, ...] | None = None) -> list[Finding]:
+    """Findings for statements that modify more than DSQL allows per transaction (reads only).
 
     Args:
         conn: an autocommit connection to the source.
-        create_extension: run ``CREATE EXTENSION IF NOT EXISTS pg_stat_statements`` when missing.
         schemas: only statements on tables of these schemas (None: all).
     """
     schema = _extension_schema(conn)
-    if schema is None and create_extension:
-        try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        except psycopg.Error as exc:
-            return [make("workload_unavailable", conn.info.dbname,
-                         f"pg_stat_statements could not be created ({exc.diag.message_primary or exc})",
-                         level="workload")]
-        schema = _extension_schema(conn)
     if schema is None:
-        return [make("workload_unavailable", conn.info.dbname, "pg_stat_statements is not installed",
-                     level="workload")]
+        (loaded,) = conn.execute(
+            "SELECT 'pg_stat_statements' = ANY(string_to_array(replace(current_setting('shared_preload_libraries'), "
+            "' ', ''), ','))").fetchone()
+        how = ("the library is loaded, so a superuser (on Aurora: the rds_superuser role) can run "
+               "CREATE EXTENSION pg_stat_statements in it" if loaded else
+               "add pg_stat_statements to shared_preload_libraries (on Aurora: the DB cluster parameter group), "
+               "restart, then run CREATE EXTENSION pg_stat_statements in it")
+        db = conn.info.dbname
+        return [make("workload_unavailable", db,
+                     f"pg_stat_statements is not installed in database {db}, so statement sizes were not checked "
+                     "(the audit does not create it: it changes nothing on the source)",
+                     fix=f"To enable it, {how}; then rerun the audit.", level="workload",
+                     library_loaded=bool(loaded))]
     view = sql.Identifier(schema, "pg_stat_statements")
     query = sql.SQL(
         "SELECT s.queryid::text, s.query, s.calls, s.rows FROM {} s "
@@ -118,7 +122,7 @@ def _row_width(conn: psycopg.Connection, schema: str, table: str) -> int | None:
     row = conn.execute(
         "SELECT coalesce((SELECT sum(s.avg_width) FROM pg_catalog.pg_stats s "
         "                 WHERE s.schemaname = n.nspname AND s.tablename = c.relname),"
-        "                pg_catalog.pg_relation_size(c.oid) / nullif(c.reltuples, 0))::bigint "
+        "                CASE WHEN c.reltuples > 0 THEN pg_catalog.pg_relation_size(c.oid) / c.reltuples END)::bigint "
         "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
-    return int(row[0]) if row and row[0] else None
+    return int(row[0]) if row and row[0] and row[0] > 0 else None

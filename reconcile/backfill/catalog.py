@@ -127,7 +127,8 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
 
     Raises:
         TableNotReady: the table is missing on a side, a source column is missing on the target,
-            or a side has no unique index on exactly the configured key columns.
+            or the target has no unique index on exactly the configured key columns (the source
+            needs none: its key follows :mod:`reconcile.keyrule`, checked when the table is planned).
     """
     name = spec.name
     soid = _relation(source, name, "source")
@@ -169,11 +170,13 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
         if not found:
             raise TableNotReady(
                 f"{name}: the {side} has no primary key or unique index on exactly ({', '.join(key)}); "
-                "keyset chunks and idempotent upserts need one: fix tables.key in the config or add the "
-                f"constraint on the {side}")
+                "idempotent upserts need one and `reconcile schema plan` declares it in the pre-load phase: "
+                "recreate the table from the plan, or fix tables.key in the config")
         return found
 
-    source_unique = unique_on_key(source, soid, "source")
+    # The source's key is proven by the key rule (reconcile.keyrule) when the table is planned, never by
+    # demanding an index there that the schema plan would not create; a unique index only speeds reads.
+    source_unique = [(cols, colls) for cols, colls in _unique_keys(source, soid) if set(cols) == set(key)]
     unique_on_key(target, toid, "target")
 
     by_name = {c.name: c for c in copied}

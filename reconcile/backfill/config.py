@@ -11,6 +11,7 @@ WRITE_METHODS = ("auto", "copy", "unnest", "values", "executemany")
 """How a batch is written to the target (see :mod:`reconcile.backfill.copy`)."""
 
 DEFAULT_SLOT = "reconcile"
+"""The slot of a session built without a config (tests); a run from a config uses ``[replay] slot_name``."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class BackfillSettings:
     ``unnest``, ``values`` or ``executemany`` (upserts)."""
     replay: bool = False
     """Shadow-write replay will follow: refuse to start unless its replication slot exists."""
-    slot_name: str = DEFAULT_SLOT
-    """Name of the source's logical replication slot for replay."""
+    slot_name: str | None = None
+    """Name of the source's logical replication slot for replay; None: the config's ``[replay] slot_name``
+    (the slot replay reads, so the chunks record the slot replay checks them against)."""
     lease_seconds: float = 600.0
     """A running chunk whose worker gave no sign of life for this long may be taken over."""
     max_failures: int = 5
@@ -64,7 +66,8 @@ class BackfillSettings:
              "use 0 for no throttle"),
             ("lease_seconds", self.lease_seconds > 0, "must be positive", "use e.g. --lease-seconds 600"),
             ("max_failures", self.max_failures >= 1, "must be at least 1", "use e.g. 5"),
-            ("slot_name", bool(self.slot_name.strip()), "is empty", "name the replication slot, e.g. reconcile"),
+            ("slot_name", self.slot_name is None or bool(self.slot_name.strip()), "is empty",
+             "name the replication slot, or leave it out to use [replay] slot_name"),
         )
         for key, ok, problem, fix in checks:
             if not ok:

@@ -21,7 +21,7 @@ import psycopg
 
 from reconcile.backfill.catalog import TableInfo, inspect_table
 from reconcile.backfill.checkpoints import DONE, Chunk, Control, Plan
-from reconcile.backfill.config import BackfillSettings
+from reconcile.backfill.config import DEFAULT_SLOT, BackfillSettings
 from reconcile.backfill.copy import ChunkCopier, ChunkResult
 from reconcile.backfill.errors import ChunkFailed, ChunkLost, PlanMismatch, ReplayNotReady
 from reconcile.backfill.keys import show_key
@@ -33,6 +33,7 @@ from reconcile.budget import Budget, budget_from
 from reconcile.config import Config, TableSpec
 from reconcile.control import migrate
 from reconcile.errors import ConfigError
+from reconcile.keyrule import require_unique_key
 from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from
 from reconcile.schema.dialect import dialect_for
 
@@ -76,6 +77,8 @@ class Backfill:
         progress: Progress | None = None,
     ) -> None:
         self.settings = settings or BackfillSettings()
+        if self.settings.slot_name is None:
+            self.settings = dataclasses.replace(self.settings, slot_name=DEFAULT_SLOT)
         self.budget = budget or Budget()
         self.policy = policy
         self.dialect = dialect
@@ -105,6 +108,9 @@ class Backfill:
         """A session on the configured source and target (connections via :mod:`reconcile.connections`)."""
         from reconcile.connections import connect
 
+        settings = settings or BackfillSettings()
+        if settings.slot_name is None:  # the slot replay reads: [replay] slot_name, never a built-in name
+            settings = dataclasses.replace(settings, slot_name=config.replay.slot_name)
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
                    tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
                    dialect=dialect_for(config.target).name, progress=progress)
@@ -163,6 +169,10 @@ class Backfill:
             raise PlanMismatch(f"{info.name} was planned with key ({', '.join(plan.key)}) but the config now says "
                                f"({', '.join(info.key)}); rerun with --replan to plan (and copy) it again")
         if plan is None:
+            # The key must be unique and not null on the source (reconcile.keyrule): proven by the catalog,
+            # or by counting duplicates and NULLs, before any chunk boundary is drawn on it.
+            how = require_unique_key(self._source.get(), info.name, info.key)
+            log.info("%s: key (%s) is unique and not null on the source (%s)", info.name, ", ".join(info.key), how)
             leftovers = self.control.delete_chunks(info.name)  # rows of a planning that never finished
             if leftovers:
                 log.info("%s: removed %d chunk rows of an unfinished plan", info.name, leftovers)

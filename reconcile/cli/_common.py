@@ -41,3 +41,14 @@ def open_target(config_path: Path | None, *, autocommit: bool = True) -> psycopg
     from reconcile.connections import connect
 
     return connect(load(config_path).target, autocommit=autocommit)
+
+
+def preflight(config, stage: str):
+    """Check ``config`` against the databases before ``stage`` starts (reconcile.preflight.require).
+
+    Raises:
+        ConfigMismatch: a table, key or role column does not fit (one sentence with the fix; exit 2).
+    """
+    from reconcile.preflight import require
+
+    return require(config, stage)

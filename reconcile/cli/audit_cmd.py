@@ -40,8 +40,8 @@ def audit(
     store: bool = typer.Option(True, "--store/--no-store", envvar="RECONCILE_AUDIT_STORE",
                                help="Record the run and its findings in the control schema on the target."),
     workload: bool = typer.Option(True, "--workload/--no-workload", envvar="RECONCILE_AUDIT_WORKLOAD",
-                                  help="Check statement sizes in pg_stat_statements (creates the extension "
-                                       "on the source if the library is loaded)."),
+                                  help="Check statement sizes in pg_stat_statements (read only: when the "
+                                       "extension is missing, the audit says how to enable it)."),
 ) -> None:
     """Report what in the source DSQL will refuse or change: statements (dsql-lint), catalog, data, workload."""
     from reconcile.audit.scan import DEFAULT_SAMPLE_ROWS
@@ -52,7 +52,7 @@ def audit(
     from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import dialect_for
 
-    from ._common import load
+    from ._common import load, preflight
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format")
@@ -65,6 +65,7 @@ def audit(
         raise typer.BadParameter(f"{report} must end in .md or .html", param_hint="--report")
 
     cfg = load(config)
+    preflight(cfg, "audit")
     options = AuditOptions(scan=("full" if full else "sample") if scan_data else None,
                            sample_rows=sample or DEFAULT_SAMPLE_ROWS, workload=workload)
     described = cfg.source.describe()

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, load, preflight, run_app
 
 app = typer.Typer(help="Copy the source tables into the target in resumable, budget-sized chunks.",
                   invoke_without_command=True)
@@ -44,8 +44,9 @@ METHOD_OPTION = typer.Option("auto", "--write-method", envvar="RECONCILE_BACKFIL
                              help="auto (COPY into empty key ranges, else upsert), unnest, values or executemany.")
 REPLAY_OPTION = typer.Option(False, "--replay/--no-replay", envvar="RECONCILE_BACKFILL_REPLAY",
                              help="Replay will follow: refuse to start unless its replication slot exists on the source.")
-SLOT_OPTION = typer.Option("reconcile", "--slot-name", envvar="RECONCILE_BACKFILL_SLOT_NAME",
-                           help="The source's logical replication slot for replay.")
+SLOT_OPTION = typer.Option(None, "--slot-name", envvar="RECONCILE_BACKFILL_SLOT_NAME",
+                           help="The source's logical replication slot for replay (default: [replay] slot_name "
+                                "in the config, the slot replay reads).")
 LEASE_OPTION = typer.Option(600.0, "--lease-seconds", envvar="RECONCILE_BACKFILL_LEASE_SECONDS",
                             help="A running chunk silent for this long may be taken over by another run.")
 PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress", envvar="RECONCILE_BACKFILL_PROGRESS",
@@ -68,7 +69,8 @@ def _settings(config, *, table, from_key, to_key, force, replan, workers, max_ro
     return BackfillSettings(tables=tables, from_key=keys.get("--from-key"), to_key=keys.get("--to-key"), force=force,
                             replan=replan, workers=workers, max_rows_per_second=max_rows_per_second,
                             chunk_rows=chunk_rows, batch_seconds=batch_seconds, write_method=write_method,
-                            replay=replay, slot_name=slot_name, lease_seconds=lease_seconds)
+                            replay=replay, slot_name=slot_name or config.replay.slot_name,
+                            lease_seconds=lease_seconds)
 
 
 def _run(config_path: Optional[Path], as_json: bool, progress: Optional[bool], **options) -> None:
@@ -76,6 +78,7 @@ def _run(config_path: Optional[Path], as_json: bool, progress: Optional[bool], *
 
     config = load(config_path)
     settings = _settings(config, **options)
+    preflight(config, "backfill")
     reporter = Progress(enabled=progress is not False)
     if reporter.enabled and not reporter.tty:
         # Not a terminal (Airflow, CI): progress travels as structured log lines on stderr.
@@ -105,7 +108,7 @@ def backfill(
     batch_seconds: float = BATCH_SECONDS_OPTION,
     write_method: str = METHOD_OPTION,
     replay: bool = REPLAY_OPTION,
-    slot_name: str = SLOT_OPTION,
+    slot_name: Optional[str] = SLOT_OPTION,
     lease_seconds: float = LEASE_OPTION,
     progress: Optional[bool] = PROGRESS_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
@@ -132,7 +135,7 @@ def run_cmd(
     batch_seconds: float = BATCH_SECONDS_OPTION,
     write_method: str = METHOD_OPTION,
     replay: bool = REPLAY_OPTION,
-    slot_name: str = SLOT_OPTION,
+    slot_name: Optional[str] = SLOT_OPTION,
     lease_seconds: float = LEASE_OPTION,
     progress: Optional[bool] = PROGRESS_OPTION,
     config: Optional[Path] = CONFIG_OPTION,

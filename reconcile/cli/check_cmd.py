@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, load, preflight, run_app
 
 app = typer.Typer(help="Run the invariant expectations (Great Expectations) on source and target.",
                   invoke_without_command=True)
@@ -38,6 +38,7 @@ def _run(config_path: Optional[Path], side: Optional[str], report_dir: Optional[
     if side is not None and side not in ("source", "target"):
         raise typer.BadParameter("use --side source or --side target (or neither for both)")
     config = load(config_path)
+    preflight(config, "check")
     result = run_checks(config, sides=(side,) if side else ("source", "target"), report_dir=report_dir,
                         suites=tuple(suite) if suite else None)
     if as_json:

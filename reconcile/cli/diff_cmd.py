@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, load, preflight, run_app
 
 app = typer.Typer(help="Compare source and target: entry-level diffs, balance diffs and reports.",
                   invoke_without_command=True)
@@ -57,6 +57,7 @@ def diff(
     from reconcile.diff import run_diff
 
     cfg = load(config)
+    preflight(cfg, "diff")
     result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait)
     summary = result.to_dict()
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, load, preflight, run_app
 
 app = typer.Typer(help="Capture source changes through a logical slot and replay them into the target, exactly once.",
                   no_args_is_help=True)
@@ -49,7 +49,9 @@ def init_cmd(
     """Check the source, then create the publication and the logical slot (idempotent; run before backfill)."""
     from reconcile.replay import init_replay
 
-    result = init_replay(load(config), replica_identity_full=replica_identity_full)
+    cfg = load(config)
+    preflight(cfg, "replay-init")
+    result = init_replay(cfg, replica_identity_full=replica_identity_full)
     if as_json:
         _echo_json(result)
         return
@@ -84,6 +86,7 @@ def run_cmd(
 
     _logging(verbose)
     cfg = load(config)
+    preflight(cfg, "replay")
     if skip_backfill_check:
         cfg = dataclasses.replace(cfg, stages={**cfg.stages,
                                                "replay": dataclasses.replace(cfg.replay, require_backfill=False)})

@@ -24,11 +24,12 @@ def _plan(config: Optional[Path], dialect: Optional[str], id_strategy: str):
     from reconcile.connections import connect
     from reconcile.schema import dialect_for, get_dialect, plan_from_source
 
-    from ._common import load
+    from ._common import load, preflight
 
     if id_strategy not in ("bigint", "identity"):
         raise typer.BadParameter(f"must be bigint or identity, got {id_strategy!r}", param_hint="--id-strategy")
     cfg = load(config)
+    preflight(cfg, "schema")
     try:
         chosen = get_dialect(dialect) if dialect else dialect_for(cfg.target)
     except ValueError as exc:
@@ -65,26 +66,38 @@ def apply_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     dry_run: bool = typer.Option(False, "--dry-run", envvar="RECONCILE_SCHEMA_DRY_RUN",
                                  help="Show what would run and the drift; change nothing."),
-    phase: str = typer.Option("all", "--phase", envvar="RECONCILE_SCHEMA_PHASE",
-                              help="pre-load (schemas, tables, indexes), post-load (foreign keys: after the "
-                                   "backfill) or all."),
+    phase: Optional[str] = typer.Option(
+        None, "--phase", envvar="RECONCILE_SCHEMA_PHASE",
+        help="pre-load (schemas, tables, indexes), post-load (foreign keys: after the backfill and the replay "
+             "catch-up) or all. Default: all once the control state shows the backfill complete and the replay "
+             "caught up, else pre-load (said on stderr)."),
     id_strategy: str = ID_STRATEGY_OPTION,
     record: bool = typer.Option(True, "--record/--no-record", envvar="RECONCILE_SCHEMA_RECORD",
                                 help="Record the source sequences and invariants in the control schema."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Create the planned schema on the target; a second run changes nothing. Exit 1 when drift remains."""
+    """Create the planned schema on the target; a second run changes nothing. Exit 1 when drift remains.
+
+    Without --phase, foreign keys are never created before the backfill is complete and the replay has
+    caught up (reconcile.schema.phase decides from the control state and says what it chose).
+    """
     from reconcile.budget import budget_from
     from reconcile.connections import connect
     from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import apply_plan, record_plan
 
-    if phase not in ("all", "pre-load", "post-load"):
+    if phase is not None and phase not in ("all", "pre-load", "post-load"):
         raise typer.BadParameter(f"must be all, pre-load or post-load, got {phase!r}", param_hint="--phase")
     cfg, plan = _plan(config, None, id_strategy)
     policy = policy_from(cfg)
     counters = RetryCounters()
     with connect(cfg.target) as target:
+        if phase is None:
+            from reconcile.schema.phase import default_phase
+
+            decision = default_phase(cfg, target)
+            phase = decision.phase
+            typer.echo(decision.message(), err=True)
         report = apply_plan(target, plan, phase=phase, dry_run=dry_run,  # type: ignore[arg-type]
                             policy=policy, counters=counters)
         if record and not dry_run:

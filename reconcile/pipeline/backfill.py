@@ -134,8 +134,10 @@ def backfill_plan(config: Config, params: Mapping[str, Any] | None = None) -> li
         restricted to the key range when one is given. Empty when everything is copied.
     """
     from reconcile.backfill import plan_chunks
+    from reconcile.preflight import require
 
     settings = backfill_params(config, params)
+    require(config, "backfill")
     refs = [chunk_ref(c["table"], c["chunk_id"]) for c in plan_chunks(config, settings)]
     log.info("backfill plan: %d chunk(s) to copy%s", len(refs), " (force)" if settings.force else "")
     return refs

@@ -78,10 +78,12 @@ def diff_start(config: Config, *, tables: Sequence[str] | None = None, lag_wait_
             re-run): a finished run's verdict is evidence and is not rewritten; trigger a new run.
     """
     from reconcile.diff import start_diff
+    from reconcile.preflight import require
 
     names = list(tables) if tables else [t.name for t in config.tables]
     for name in names:
         config.table(name)
+    require(config, "diff")
     if run_id is not None:
         existing = _stored_run(config, run_id)
         if existing is not None:
@@ -134,7 +136,9 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     from pathlib import Path
 
     from reconcile.checks import run_checks
+    from reconcile.preflight import require
 
+    require(config, "check")
     if report_dir is None and diff_run_id:
         report_dir = str(Path(config.diff.report_dir) / diff_run_id / "checks")
 

@@ -39,8 +39,10 @@ def _as_dict(result: Any) -> dict[str, Any]:
 
 def replay_init(config: Config, *, replica_identity_full: bool = False) -> dict[str, Any]:
     """Create the publication and the slot (idempotent); run it before the first backfill."""
+    from reconcile.preflight import require
     from reconcile.replay import init_replay
 
+    require(config, "replay-init")
     return init_replay(config, replica_identity_full=replica_identity_full)
 
 
@@ -52,8 +54,10 @@ def replay_tick(config: Config, *, duration: float = 50.0, max_txns: int | None 
     Raises:
         ReplayHalted: the run stopped on a dead letter (status ``stopped``).
     """
+    from reconcile.preflight import require
     from reconcile.replay import run_replay
 
+    require(config, "replay")
     summary = _as_dict(run_replay(config, duration=duration, max_txns=max_txns, until_caught_up=until_caught_up))
     log.info("replay: %s", lag_line(summary))
     if summary.get("status") == "stopped":

@@ -215,7 +215,15 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
             continue
         stale = [c for c in chunks if c.replay_slot != slot_name]
         if stale:
-            problems.append(f"{len(stale)} chunk(s) of {spec.name} were copied before slot {slot_name} existed")
+            others = sorted({c.replay_slot for c in stale if c.replay_slot})
+            if others:
+                what = f"were copied under replication slot {', '.join(others)}, not {slot_name} ([replay] slot_name)"
+            else:
+                what = (f"were copied while the backfill found no replication slot {slot_name} on the source (it had "
+                        "not been created yet, or the backfill looked for another name), so writes racing them "
+                        "were not captured")
+            problems.append(f"{len(stale)} chunk(s) of {spec.name} {what}; copy them again under the slot "
+                            f"(`reconcile backfill --table {spec.name} --replay --force`)")
             continue
         refused = control.count_rejects(spec.name)
         if refused:

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from reconcile.budget import qualified, split_table_name
 from reconcile.config import TableSpec
+from reconcile.keyrule import key_problem, read_key_facts, rule_sentence, verify_key, violation_message
 from reconcile.replay import pgoutput as po
 from reconcile.replay.errors import PrerequisiteFailed, SlotBusy, SlotMissing
 from reconcile.replay.errors import primary_message as _primary
@@ -127,6 +128,15 @@ def check_prerequisites(conn: psycopg.Connection, tables: Sequence[TableSpec], *
         if not pub_exists and not (superuser or owner):
             found.problems.append(f"The source user does not own {spec.name}, so it cannot add it to publication "
                                   f"{publication}: create the publication as the table owner, then rerun init.")
+        if not pk:
+            # The key rule (reconcile.keyrule): a table without a primary key is replayed by its configured key,
+            # which must be unique and not null on the source, in the words every stage uses.
+            facts = read_key_facts(conn, spec.name, spec.key)
+            problem = key_problem(facts)
+            counts = None if problem else verify_key(conn, facts)[1]
+            if problem or (counts is not None and not counts.ok):
+                found.problems.append((problem or violation_message(spec.name, spec.key, counts)) + ".")
+                continue
         key = sorted(spec.key)
         if ident == "f":
             found.notes.append(f"{spec.name}: replica identity FULL (old rows arrive whole)")
@@ -145,9 +155,10 @@ def check_prerequisites(conn: psycopg.Connection, tables: Sequence[TableSpec], *
             found.need_identity_full.append(spec.name)
         else:
             found.problems.append(
-                f"{spec.name} has no primary key and no replica identity; adding it to a publication would make every "
-                f"UPDATE and DELETE on it fail on the source (55000): add a primary key, or rerun init with "
-                "--replica-identity-full to set REPLICA IDENTITY FULL on it.")
+                f"{rule_sentence(spec.name, spec.key)}, and replay needs the key's old values in every UPDATE and "
+                "DELETE, which such a table sends only with a replica identity (without one, every UPDATE and DELETE "
+                "on it would fail on the source once it is in the publication (55000)): rerun init with "
+                "--replica-identity-full to set REPLICA IDENTITY FULL on it, or add a primary key.")
     return found
 
 

@@ -97,7 +97,7 @@ class Drift:
     object: str
     kind: str
     """missing_table, missing_column, extra_column, type, nullability, missing_index, missing_constraint,
-    not_validated."""
+    not_validated, pending_pre_load (a pre-load statement the target lacks, seen by a post-load apply)."""
     planned: str | None = None
     actual: str | None = None
 
@@ -111,6 +111,8 @@ class Drift:
             "missing_index": "index is missing",
             "missing_constraint": "constraint is missing",
             "not_validated": "foreign key is not validated yet",
+            "pending_pre_load": f"{self.planned} is planned in the pre-load phase but missing on the target; "
+                                "run `reconcile schema apply --phase pre-load`",
         }[self.kind]
         return f"{self.object}: {text}"
 
@@ -275,6 +277,11 @@ def apply_plan(conn: psycopg.Connection, plan: SchemaPlan, *, phase: PhaseChoice
         results.append(StatementResult(s.number, s.kind, s.object, "applied", round(time.monotonic() - t0, 3), job))
     after = state if dry_run else introspect(conn, plan.schemas)
     found = drift(plan, after, phase=phase)
+    if phase == "post-load":
+        # A post-load apply also says what the pre-load phase planned that the target still lacks (e.g. an
+        # index the plan gained since the pre-load ran), instead of staying silent about it.
+        found += [Drift(s.object, "pending_pre_load", planned=s.kind) for s in plan.phase("pre-load")
+                  if not _exists(s, after)]
     if dry_run:
         # What the pending statements would create is not drift; differences in what exists are.
         pending = {r.object for r in results if r.status == "would-apply"}

@@ -42,6 +42,7 @@ from reconcile.audit.translate import (
 from reconcile.audit.triggers import Invariant
 from reconcile.config import TableSpec
 from reconcile.errors import TerminalError
+from reconcile.keyrule import rule_sentence
 from reconcile.schema.contract import special_refusal
 from reconcile.schema.dialect import Dialect, get_dialect
 
@@ -390,7 +391,8 @@ def build_plan(
         elif keys.get(q) and all(any(c.name == k for c in table.columns) for k in keys[q]):
             primary_key = keys[q]
             answers.append(cite("no_primary_key", q))
-            notes.append(f"primary key ({', '.join(primary_key)}) from the configuration")
+            notes.append(f"primary key ({', '.join(primary_key)}) from the configuration: "
+                         f"{rule_sentence(q, primary_key)}")
             elements.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, primary_key))))
         else:
             answers.append(cite("no_primary_key", q))
