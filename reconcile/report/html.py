@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from html import escape
 from typing import Any
 
-from reconcile.report.notes import balance_phrase, notes
+from reconcile.report.notes import balance_phrase, notes as scope_notes
 
 GREEN, RED, AMBER = "#1a7f37", "#cf222e", "#9a6700"
 KIND_COLOURS = {"missing_in_target": "#cf222e", "extra_in_target": "#8250df", "changed": "#bc4c00",
@@ -124,7 +124,7 @@ def render_html(context: dict[str, Any]) -> str:
            f'{escape(s["run_id"])}</title><style>{CSS}</style></head><body>',
            f'<div class="banner" id="verdict" style="background:{colour}"><h1>{escape(headline)}</h1><p>{sub}</p></div>',
            "<main>"]
-    said = notes(s)
+    said = scope_notes(s)
     if said:
         out.append('<h2>Scope of this run</h2><ul id="scope">' + "".join(
             f"<li>{escape(n)}</li>" for n in said) + "</ul>")
