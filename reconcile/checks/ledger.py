@@ -83,7 +83,7 @@ def ledger_checks(config: Config) -> list[Check]:
     if accounts is None:
         checks += [_na(n, _no_role("accounts")) for n in NAMES[4:6]]
     elif not accounts.column("balance_column"):
-        reason = _off(accounts, "balance_column", "stored balance")
+        reason = f'{accounts.name} keeps no stored balance (balance_column = "")'
         checks += [_na(n, reason, accounts) for n in NAMES[4:6]]
     else:
         checks.append(_balance_check(accounts, entries) if entries is not None

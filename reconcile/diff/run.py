@@ -177,6 +177,8 @@ class RunWaiter:
                  table: str, slot: str) -> None:
         self.config, self.run_id, self.pair, self.control, self.table, self.slot = (
             config, run_id, pair, control, table, slot)
+        self.label = "balances" if table == store.BALANCES else table
+        """What the console calls it."""
         self.seconds = float(run["settings"].get("lag_wait_seconds", _settings(config).lag_wait_seconds))
         self.poll = _settings(config).poll_seconds
         self.passed: bool | None = None
@@ -197,7 +199,7 @@ class RunWaiter:
             first = ended[0]
             reason = (f"the run's lag wait ended at {first['table']} and the replay watermark has not moved since "
                       f"({_lsn(mark)})")
-            log.warning("diff %s: not waiting for the replay: %s; comparing statically", self.table, reason)
+            log.warning("diff %s: not waiting for the replay: %s; comparing statically", self.label, reason)
             store.record_wait(self.control, self.run_id, self.table, "skipped", target_lsn=lsn, watermark=mark,
                               reason=reason, policy=policy)
             self.passed = False
@@ -207,28 +209,28 @@ class RunWaiter:
         seconds = min(w["remaining"] for w in shared) if shared else self.seconds
         reason = f"the replay watermark ({_lsn(mark)}) is behind the source ({_lsn(lsn)}); {state}"
         if shared:
-            log.warning("diff %s: %s; waiting with %s: %.0f s left of this run's lag wait", self.table, reason,
+            log.warning("diff %s: %s; waiting with %s: %.0f s left of this run's lag wait", self.label, reason,
                         shared[0]["table"], seconds)
         else:
             log.warning("diff %s: %s; waiting up to %.0f s for it (once for this diff run), then comparing "
-                        "statically", self.table, reason, seconds)
+                        "statically", self.label, reason, seconds)
         wait_id, _ = store.start_wait(self.control, self.run_id, self.table, seconds=seconds, target_lsn=lsn,
                                       watermark=mark, reason=reason, policy=policy)
         t0 = time.monotonic()
         waiter = lag.Waiter(self.read, t0 + seconds, poll=self.poll, every=min(10.0, max(1.0, seconds / 6)),
                             tick=lambda left: log.warning("diff %s: waiting for the replay watermark to reach %s: "
-                                                          "%.0f s left", self.table, _lsn(lsn), left))
+                                                          "%.0f s left", self.label, _lsn(lsn), left))
         passed = waiter.wait(lsn)
         waited = time.monotonic() - t0
         outcome = "passed" if passed else "timed_out"
         store.finish_wait(self.control, self.run_id, wait_id, outcome, watermark=waiter.mark, waited=waited,
                           policy=policy)
         if passed:
-            log.info("diff %s: the replay watermark passed %s after %.1f s", self.table, _lsn(lsn), waited)
+            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, _lsn(lsn), waited)
         else:
             log.warning("diff %s: the replay watermark (%s) did not reach %s within %.0f s (%s); comparing "
                         "statically: what still differs is reported, and later tables of this run do not wait "
-                        "unless the watermark moves", self.table, _lsn(waiter.mark), _lsn(lsn), waited, state)
+                        "unless the watermark moves", self.label, _lsn(waiter.mark), _lsn(lsn), waited, state)
         self.passed = passed
         return passed
 
