@@ -37,7 +37,8 @@ class DiffSettings:
     workers: int = 2
     """Segments checksummed at once (each worker has one source and one target connection)."""
     lag_wait_seconds: float = 60.0
-    """How long a lag-aware re-check waits for the replay watermark to pass its LSN."""
+    """How long a diff run waits in all for a replay watermark that does not advance: once per run, not per table
+    (after one wait timed out, later tables are compared statically unless the watermark moved)."""
     recheck_rounds: int = 3
     """Re-checks of a candidate mismatch (each after the watermark passes a fresh source LSN)."""
     poll_seconds: float = 0.5
