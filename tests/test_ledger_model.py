@@ -143,6 +143,74 @@ def gl(local_stack, tmp_path_factory):
             conn.execute(f'DROP DATABASE IF EXISTS "{names[role]}" WITH (FORCE)')
 
 
+# --- pure (no database) ------------------------------------------------------------------------------
+
+
+def test_every_ledger_invariant_is_listed_and_what_has_no_role_is_not_applicable():
+    from reconcile.checks.ledger import NAMES, ledger_checks
+    from reconcile.config import PostgresEndpoint, TableSpec
+
+    plain = Config(source=PostgresEndpoint("source", "host=s"), target=PostgresEndpoint("target", "host=t"),
+                   tables=(TableSpec("app.items", ("id",)),))
+    checks = ledger_checks(plain)
+    assert [c.name for c in checks] == list(NAMES)
+    assert all(c.not_applicable and not c.kwargs for c in checks)
+    assert {c.not_applicable for c in checks} == {"no [[tables]] entry has role entries",
+                                                  "no [[tables]] entry has role accounts",
+                                                  "no [[tables]] entry has role transactions"}
+    # a single-currency ledger: zero-sum groups by transaction alone, no currency anywhere in the SQL
+    gl = Config(
+        source=plain.source, target=plain.target,
+        tables=(TableSpec("gl.chart", ("acct",), "accounts", account_column="acct", balance_column="bal",
+                          currency_column=""),
+                TableSpec("gl.lines", ("voucher", "line_no"), "entries", account_column="acct", amount_column="amt",
+                          currency_column="", transaction_column="voucher")))
+    by_name = {c.name: c for c in ledger_checks(gl)}
+    query = by_name["entries_sum_to_zero"].kwargs["unexpected_rows_query"]
+    assert query.startswith('SELECT e."voucher", sum(e."amt") AS total') and 'GROUP BY e."voucher" HAVING' in query
+    assert by_name["entries_have_transaction"].not_applicable == "no [[tables]] entry has role transactions"
+
+
+def test_a_wait_counts_down_and_ends_at_its_deadline():
+    from reconcile.diff.lag import Waiter
+
+    now = [0.0]
+    ticks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    waiter = Waiter(lambda: 5, deadline=12.0, poll=0.5, sleep=sleep, clock=lambda: now[0], tick=ticks.append, every=4)
+    assert waiter.wait(10) is False and waiter.passed is False and waiter.mark == 5
+    assert ticks == [8.0, 4.0] and now[0] == 12.0
+    assert Waiter(lambda: 10, deadline=0.0, clock=lambda: 1.0).wait(10) is True   # answered at once, past deadline
+
+
+def test_what_a_run_did_is_said_next_to_its_verdict():
+    from reconcile.report.notes import balance_phrase, headline, notes
+
+    summary = {"verdict": "green", "balance_differences": 0, "full_reconciliation": False,
+               "partial_reasons": ["balances skipped ([diff] balances = false)"],
+               "balances": {"status": "skipped", "reason": "[diff] balances = false", "not_applicable": {}},
+               "lag_waits": {"waits": 3, "timed_out": 1, "skipped": 2, "waited_seconds": 5.02, "timed_out_at": "a.b",
+                             "reason": "no replay is reading slot 'r'"}}
+    assert headline(summary) == "GREEN (not a full reconciliation)"
+    assert balance_phrase(summary) == "balances skipped"
+    assert notes(summary) == [
+        "Not a full reconciliation: balances skipped ([diff] balances = false).",
+        "Balances skipped: [diff] balances = false.",
+        "Replay not advancing: waited 5.0 s for the watermark in all (the lag wait ended at a.b: no replay is "
+        "reading slot 'r'), then compared statically; 2 later wait(s) skipped.",
+    ]
+    full = {"verdict": "red", "balance_differences": 2, "full_reconciliation": True,
+            "balances": {"status": "red", "not_applicable": {"daily_total": "[diff] date_column is not set"}}}
+    assert (headline(full), balance_phrase(full)) == ("RED", "2 balance differences")
+    assert notes(full) == ["Balance check daily_total not applicable: [diff] date_column is not set."]
+
+
+# --- real servers ---------------------------------------------------------------------------------------
+
+
 def _balances(summary: dict) -> dict:
     return next(r for r in summary["details"]["results"] if r["table"] == "__balances__")
 
