@@ -388,3 +388,21 @@ def test_with_the_replay_stopped_the_diff_waits_once_in_all_and_says_why(source_
     assert sum("not waiting for the replay" in m for m in said) == len(waits) - 1, said
     md = (tmp_path / result.run_id / "summary.md").read_text()
     assert "Replay not advancing" in md and "then compared statically" in md
+
+
+def test_a_balance_sql_rule_works_on_a_single_currency_ledger(gl, tmp_path):
+    """The user's rule replaces the stored-balance column; the trial balance and unbalanced vouchers need no
+    currency column either (they used to read entries.currency whatever the rule)."""
+    source, target, folder = gl
+    rule = ("SELECT a.acct, NULL, a.bal, coalesce((SELECT sum(e.amt) FROM {entries} e WHERE e.acct = a.acct), 0) "
+            "FROM {accounts} a")
+    cfg = load_config(write_config(folder, source, target, balance="",
+                                   diff=f'currency = "EUR"\nbalance_sql = {json.dumps(rule)}\n'), environ={})
+    result = run_diff(cfg, report_dir=tmp_path)
+    s = result.to_dict()
+    assert result.verdict == "green" and s["balances"]["not_applicable"] == {
+        "daily_total": "[diff] date_column is not set (name the entries' posting timestamp to compare daily totals)"}
+    (eur,) = _balances(json.loads((tmp_path / result.run_id / "summary.json").read_text()))["details"]["currencies"]
+    assert eur["currency"] == "EUR" and eur["balances_source"] == eur["balances_target"]
+    assert _balances(json.loads((tmp_path / result.run_id / "summary.json").read_text()))["details"][
+        "accounts_target"] == ACCOUNTS
