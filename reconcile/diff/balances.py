@@ -292,12 +292,10 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
             snap.lsn = lag.lsn_int(lag.current_lsn(conn))  # the first statement: it takes the snapshot
         elif layout.slot:
             snap.lsn = lag.watermark(conn, layout.slot)
-        queries: list[tuple[sql.Composable, list[Any]]] = []
-        if "balance_vs_entries" in skip:
-            pass  # no stored balance: nothing per account to read
-        elif layout.rule_sql:
+        queries: list[tuple[sql.Composable, list[Any]]] = []  # none without a stored balance or a rule
+        if layout.rule_sql:
             queries = [(balance_rule(layout), [])]
-        else:
+        elif "balance_vs_entries" not in skip:
             aid, eacc = sql.SQL("a.{}").format(_i(layout.account_id)), _i(layout.entry_account)
             for lo, hi in key_ranges(conn, layout.entries, layout.entry_account, rows):
                 acc_where, acc_params = _range(aid, lo, hi)
