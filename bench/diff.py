@@ -42,7 +42,8 @@ DDL = ("CREATE SCHEMA ledger",
 FILL = ("INSERT INTO ledger.entries SELECT g, (g + 1) / 2, 1 + g % 5000, (ARRAY['USD','EUR','GBP','JPY'])[1 + g % 4], "
         "CASE WHEN g % 2 = 0 THEN 1 ELSE -1 END * (1 + (g * 7919) % 100000) / 100.0, "
         "'2024-01-01Z'::timestamptz + g * interval '1 second' FROM generate_series(1::bigint, {n}) g")
-TABLE = TableSpec("ledger.entries", ("entry_id",), "entries")
+TABLE = TableSpec("ledger.entries", ("entry_id",), "entries", amount_column="amount", currency_column="currency",
+                  account_column="account_id", transaction_column="txn_id")
 
 
 def fresh_db(server: str) -> str:

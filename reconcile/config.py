@@ -35,9 +35,11 @@ from reconcile.errors import ConfigError
 
 __all__ = [
     "DEFAULT_FILE",
+    "DEMO_STAGE_SETTINGS",
     "DEMO_TABLES",
     "ENV_PREFIX",
     "LOCAL_DIR_ENV",
+    "OPTIONAL_ROLE_COLUMNS",
     "ROLE_COLUMNS",
     "SECRET_FIX",
     "BudgetSettings",
@@ -65,20 +67,42 @@ SECRET_FIX = "secrets never go in the file; set password_env and export the vari
 Side = Literal["source", "target"]
 Role = Literal["accounts", "transactions", "entries"]
 
-# Role -> role-specific column settings and their defaults (the demo ledger's column names).
+# Role -> the role's column settings -> an example name (for error messages only: there are no
+# defaults, a ledger's column names are never guessed). Every column of a table's role must be
+# named in its [[tables]] entry; those in OPTIONAL_ROLE_COLUMNS may be "" when the ledger has no
+# such column (a single-currency ledger, accounts without a stored balance, entries not linked to
+# a journal transaction): the checks that need it are then reported "not applicable".
 ROLE_COLUMNS: dict[str, dict[str, str]] = {
     "accounts": {
+        "account_column": "account_id",
         "balance_column": "balance",
         "currency_column": "currency",
-        "account_column": "account_id",
     },
     "transactions": {"transaction_column": "txn_id"},
     "entries": {
+        "account_column": "account_id",
         "amount_column": "amount",
         "currency_column": "currency",
-        "account_column": "account_id",
         "transaction_column": "txn_id",
     },
+}
+OPTIONAL_ROLE_COLUMNS: dict[str, frozenset[str]] = {
+    "accounts": frozenset({"balance_column", "currency_column"}),
+    "transactions": frozenset(),
+    "entries": frozenset({"currency_column", "transaction_column"}),
+}
+"""Role columns that may be "" (the ledger has none)."""
+_ROLE_COLUMN_MEANING = {
+    "account_column": "the column identifying the account",
+    "balance_column": "the stored balance column",
+    "currency_column": "the currency column",
+    "amount_column": "the signed amount column",
+    "transaction_column": "the journal transaction id column",
+}
+_OPTIONAL_MEANING = {
+    "balance_column": "the accounts keep no stored balance",
+    "currency_column": "the ledger has a single currency",
+    "transaction_column": "entries are not linked to journal transactions",
 }
 _ALL_ROLE_COLUMNS = ("balance_column", "amount_column", "currency_column", "account_column",
                      "transaction_column")
@@ -505,15 +529,15 @@ class TableSpec:
     role: Role | None = None
     """"accounts", "transactions", "entries", or None for a plain table."""
     balance_column: str | None = None
-    """accounts: the balance column."""
+    """accounts: the stored balance column ("" when the accounts keep none)."""
     amount_column: str | None = None
     """entries: the signed amount column."""
     currency_column: str | None = None
-    """accounts, entries: the currency column."""
+    """accounts, entries: the currency column ("" for a single-currency ledger)."""
     account_column: str | None = None
     """accounts, entries: the account id column."""
     transaction_column: str | None = None
-    """transactions, entries: the transaction id column."""
+    """transactions: the journal transaction id; entries: the column naming it ("" when entries have none)."""
 
     def __post_init__(self) -> None:
         _check_type("tables", "name", self.name, _STR, "ledger.accounts")
@@ -536,11 +560,19 @@ class TableSpec:
                                  f"must be one of {', '.join(ROLE_COLUMNS)}, got {_show(self.role)}",
                                  "fix the spelling or remove role for a plain table")
         allowed = ROLE_COLUMNS.get(self.role or "", {})
+        optional = OPTIONAL_ROLE_COLUMNS.get(self.role or "", frozenset())
+        missing = [c for c in allowed if getattr(self, c) is None]
+        if missing:
+            offs = [f'{c} = "" when {_OPTIONAL_MEANING[c]}' for c in missing if c in optional]
+            raise InvalidSetting(
+                "tables", missing[0] if len(missing) == 1 else "",
+                f"{'is missing' if len(missing) == 1 else 'lacks ' + ', '.join(missing)} (role {self.role} needs "
+                f"{_ROLE_COLUMN_MEANING[missing[0]] if len(missing) == 1 else 'each'}; no column name is assumed)",
+                "name " + ("it" if len(missing) == 1 else "them") + ", e.g. "
+                + ", ".join(f'{c} = "{allowed[c]}"' for c in missing) + (f" (or {', '.join(offs)})" if offs else ""))
         for column in _ALL_ROLE_COLUMNS:
             value = getattr(self, column)
             if value is None:
-                if column in allowed:
-                    object.__setattr__(self, column, allowed[column])
                 continue
             if column not in allowed:
                 roles = [r for r, cols in ROLE_COLUMNS.items() if column in cols]
@@ -549,9 +581,14 @@ class TableSpec:
                                      f" (this table's role is {self.role or 'unset'})",
                                      f"remove {column} or set the role")
             _check_type("tables", column, value, _STR, allowed[column])
-            if not value.strip():
-                raise InvalidSetting("tables", column, "is empty",
-                                     f"name the column or remove {column} to use {allowed[column]!r}")
+            if value != value.strip() or (not value and column not in optional):
+                raise InvalidSetting("tables", column, f"is {_show(value)}",
+                                     f'name the column, e.g. {column} = "{allowed[column]}"')
+
+    def column(self, setting: str) -> str | None:
+        """The column a role setting names (``"currency_column"`` -> ``"currency"``), or None when this
+        table has none (the role does not use it, or it is "")."""
+        return getattr(self, setting) or None
 
     @property
     def schema(self) -> str:
@@ -568,10 +605,21 @@ class TableSpec:
 
 
 DEMO_TABLES: tuple[TableSpec, ...] = (
-    TableSpec("ledger.accounts", ("account_id",), "accounts"),
-    TableSpec("ledger.journal", ("txn_id",), "transactions"),
-    TableSpec("ledger.entries", ("entry_id",), "entries"),
+    TableSpec("ledger.accounts", ("account_id",), "accounts", balance_column="balance",
+              currency_column="currency", account_column="account_id"),
+    TableSpec("ledger.journal", ("txn_id",), "transactions", transaction_column="txn_id"),
+    TableSpec("ledger.entries", ("entry_id",), "entries", amount_column="amount", currency_column="currency",
+              account_column="account_id", transaction_column="txn_id"),
 )
+"""The demo ledger (``reconcile.workload``): the tables used when no ``[[tables]]`` is configured."""
+
+DEMO_STAGE_SETTINGS: dict[str, dict[str, Any]] = {
+    "checks": {"idempotency_column": "idempotency_key", "negative_balance_exempt_column": "kind",
+               "negative_balance_exempt_values": ["equity"]},
+    "diff": {"date_column": "posted_at"},
+}
+"""The demo ledger's optional roles in ``[checks]`` and ``[diff]`` (unset by default: another ledger's
+columns are never guessed); ``reconcile demo`` writes them into its reconcile.toml."""
 
 
 @dataclass(frozen=True)

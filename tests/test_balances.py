@@ -23,7 +23,8 @@ TARGET_DDL = (
     "CREATE TABLE ledger.entries (entry_id bigint PRIMARY KEY, txn_id bigint NOT NULL, account_id bigint NOT NULL, "
     "currency char(3) NOT NULL, amount numeric(18,2) NOT NULL, posted_at timestamptz NOT NULL)",
 )
-SETTINGS = DiffSettings(segment_rows=2000, bucket_rows=200, fetch_threshold=50, lag_wait_seconds=5, poll_seconds=0.05)
+SETTINGS = DiffSettings(segment_rows=2000, bucket_rows=200, fetch_threshold=50, lag_wait_seconds=5, poll_seconds=0.05,
+                        date_column="posted_at")
 
 
 def ledger_pair(source: str, target: str) -> Config:

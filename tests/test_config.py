@@ -58,6 +58,8 @@ name = "bank.accounts"
 key = ["id"]
 role = "accounts"
 balance_column = "bal"
+currency_column = ""
+account_column = "id"
 
 [[tables]]
 name = "bank.audit"
@@ -114,6 +116,28 @@ def test_demo_ledger_tables():
             entries.transaction_column) == ("amount", "currency", "account_id", "txn_id")
 
 
+def test_optional_roles_are_unset_by_default():
+    """No [checks]/[diff] default names a column of the demo ledger: a stranger's ledger never breaks silently."""
+    cfg = load_config(None, environ={})
+    assert (cfg.checks.idempotency_column, cfg.checks.negative_balance_exempt_column) == ("", "")
+    assert cfg.checks.negative_balance_exempt_values == () and cfg.checks.allow_negative_balances is None
+    assert (cfg.diff.date_column, cfg.diff.currency) == (None, None)
+
+
+def test_single_currency_ledger_switches_currency_off(tmp_path):
+    body = ('[diff]\ncurrency = "EUR"\ndate_column = ""\n[checks]\nallow_negative_balances = false\n'
+            '[[tables]]\nname = "gl.acct"\nkey = ["code"]\nrole = "accounts"\naccount_column = "code"\n'
+            'balance_column = ""\ncurrency_column = ""\n'
+            '[[tables]]\nname = "gl.lines"\nkey = ["doc", "line"]\nrole = "entries"\naccount_column = "acct"\n'
+            'amount_column = "amt"\ncurrency_column = ""\ntransaction_column = "doc"\n')
+    cfg = load_config(write(tmp_path, body), environ={})
+    acct, lines = cfg.tables
+    assert [acct.column(c) for c in ("balance_column", "currency_column", "account_column")] == [None, None, "code"]
+    assert lines.column("currency_column") is None and lines.column("transaction_column") == "doc"
+    assert (cfg.diff.currency, cfg.diff.date_column, cfg.checks.allow_negative_balances) == ("EUR", None, False)
+    assert cfg.describe()["tables"][0]["currency_column"] == ""
+
+
 def test_finds_reconcile_toml_in_cwd(tmp_path):
     write(tmp_path, '[budget]\nmax_rows = 100\n')
     cfg = load_config(None, environ={})
@@ -141,8 +165,8 @@ def test_valid_file_round_trip(tmp_path):
     assert cfg.budget.rows_per_txn == 500
     assert (cfg.retry.max_attempts, cfg.retry.base_delay, cfg.retry.max_delay) == (3, 0.1, 2.0)
     accounts, audit = cfg.tables
-    assert (accounts.balance_column, accounts.currency_column, accounts.account_column) == (
-        "bal", "currency", "account_id")
+    assert (accounts.balance_column, accounts.currency_column, accounts.account_column) == ("bal", "", "id")
+    assert accounts.column("currency_column") is None and accounts.column("balance_column") == "bal"
     assert audit.key == ("day", "seq") and audit.role is None and (audit.schema, audit.table) == ("bank", "audit")
     assert cfg.table("bank.audit") is audit
     assert cfg.tables_with_role("accounts") == (accounts,)
@@ -213,8 +237,18 @@ def test_key_of_another_kind_is_unknown(tmp_path):
     ('[[tables]]\nname = "a.b"\nkey = []\n', "tables[0].key in {path} must list at least one column"),
     ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "ledger"\n',
      "tables[0].role in {path} must be one of accounts, transactions, entries"),
-    ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "transactions"\namount_column = "amt"\n',
+    ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "transactions"\ntransaction_column = "t"\namount_column = "amt"\n',
      "tables[0].amount_column in {path} only applies to role entries"),
+    ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "transactions"\n',
+     "tables[0].transaction_column in {path} is missing (role transactions needs the journal transaction id column"),
+    ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "entries"\naccount_column = "a"\namount_column = "x"\n',
+     "tables[0] in {path} lacks currency_column, transaction_column (role entries needs each; no column name is "
+     'assumed); name them, e.g. currency_column = "currency", transaction_column = "txn_id" (or currency_column = ""'),
+    ('[[tables]]\nname = "a.b"\nkey = ["id"]\nrole = "entries"\naccount_column = "a"\namount_column = ""\n'
+     'currency_column = ""\ntransaction_column = ""\n', "tables[0].amount_column in {path} is ''; name the column"),
+    ('[diff]\ncurrency = " EUR"\n', "diff.currency in {path} must be a currency code"),
+    ('[checks]\nnegative_balance_exempt_values = ["equity"]\n',
+     "checks.negative_balance_exempt_values in {path} is set but negative_balance_exempt_column is not"),
     ('[[tables]]\nname = "a.b"\n', "tables[0].key is missing in {path}"),
     ("tables = []\n", "tables in {path} is empty"),
     ('budget = 3\n', "budget in {path} must be a table"),

@@ -33,7 +33,7 @@ TPS = 80
 # The default three re-check rounds: a settlement account that changes faster than the replay lag is
 # settled by the bracket rule (lag.settle), not by extra rounds.
 DIFF = DiffSettings(segment_rows=4000, bucket_rows=250, fetch_threshold=60, workers=2, lag_wait_seconds=LAG_WAIT,
-                    poll_seconds=0.05, recheck_rounds=3)
+                    poll_seconds=0.05, recheck_rounds=3, date_column="posted_at")
 
 
 def slot_for(source: str) -> str:

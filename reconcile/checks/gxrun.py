@@ -53,12 +53,28 @@ class Outcome:
     def suite(self) -> str:
         return suite_key(self.check.suite, self.side)
 
+    @property
+    def not_applicable(self) -> str | None:
+        """Why the check was not run (it does not apply to this ledger), or None."""
+        return self.check.not_applicable
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed``, ``error`` (it could not be evaluated) or ``not_applicable``."""
+        if self.not_applicable is not None:
+            return "not_applicable"
+        if self.exception:
+            return "error"
+        return "passed" if self.success else "failed"
+
     def to_dict(self) -> dict[str, Any]:
         out = {"side": self.side, "suite": self.check.suite, "name": self.check.name,
                "expectation": self.check.expectation, "asset": self.check.asset, "success": self.success,
-               "observed": self.observed, "description": self.check.description}
+               "status": self.status, "observed": self.observed, "description": self.check.description}
         if self.exception:
             out["exception"] = self.exception
+        if self.not_applicable is not None:
+            out["not_applicable"] = self.not_applicable
         return out
 
 
@@ -187,6 +203,9 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
         for check in side_checks:
             key = (side, check.suite, check.name)
             order.append(key)
+            if check.not_applicable is not None:  # never run: it does not apply to this ledger
+                outcomes[key] = Outcome(side, check, success=False)
+                continue
             outcomes[key] = Outcome(side, check, success=False, exception="not run")
             groups[(side, _gx_suite_name(check, side))].append(check)
 

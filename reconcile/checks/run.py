@@ -5,8 +5,12 @@ The contract (other stages read it): one ``reconcile.runs`` row, kind ``'check'`
 (the run itself failed: a database unreachable, GX broken); its summary JSON holds
 
 * ``success`` (bool), ``evaluated`` (expectations run), ``failed`` (how many did not pass);
-* ``suites``: ``{"<suite>@<side>": {"success": bool, "failed": ["<check name>", ...]}}``, where a suite is
-  ``ledger``, a table name (generated), ``parity`` or ``freshness``, and side ``source`` or ``target``;
+* ``not_applicable`` (how many were not run because they do not fit the configured ledger) and
+  ``not_applicable_checks``: ``[{"suite", "name", "side", "reason"}]``; these count neither as passed nor
+  as failed, nor in ``evaluated``;
+* ``suites``: ``{"<suite>@<side>": {"success": bool, "failed": ["<check name>", ...],
+  "not_applicable": ["<check name>", ...]}}``, where a suite is ``ledger``, a table name (generated),
+  ``parity`` or ``freshness``, and side ``source`` or ``target``;
 * ``data_docs``: the Data Docs index (``<report_dir>/data_docs/index.html``) or null;
 
 plus ``run_id``, ``sides``, ``duration_seconds`` and ``gx_seconds``. Per-expectation results go to
@@ -54,21 +58,37 @@ class CheckResult:
         return "error" if self.error else ("green" if self.success else "red")
 
     @property
+    def evaluated(self) -> list:
+        """Outcomes of the checks that were run (those that apply to this ledger)."""
+        return [o for o in self.outcomes if o.not_applicable is None]
+
+    @property
     def failed(self) -> list:
-        return [o for o in self.outcomes if not o.success]
+        return [o for o in self.evaluated if not o.success]
+
+    @property
+    def not_applicable(self) -> list:
+        """Outcomes of the checks that do not apply to this ledger (not run; neither passed nor failed)."""
+        return [o for o in self.outcomes if o.not_applicable is not None]
 
     def suites(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for o in self.outcomes:
-            entry = out.setdefault(suite_key(o.check.suite, o.side), {"success": True, "failed": []})
-            if not o.success:
+            entry = out.setdefault(suite_key(o.check.suite, o.side),
+                                   {"success": True, "failed": [], "not_applicable": []})
+            if o.not_applicable is not None:
+                entry["not_applicable"].append(o.check.name)
+            elif not o.success:
                 entry["success"] = False
                 entry["failed"].append(o.check.name)
         return out
 
     def to_dict(self, *, results: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "success": self.success, "evaluated": len(self.outcomes), "failed": len(self.failed),
+            "success": self.success, "evaluated": len(self.evaluated), "failed": len(self.failed),
+            "not_applicable": len(self.not_applicable),
+            "not_applicable_checks": [{"suite": o.check.suite, "name": o.check.name, "side": o.side,
+                                       "reason": o.not_applicable} for o in self.not_applicable],
             "suites": self.suites(), "data_docs": self.data_docs, "run_id": self.run_id,
             "status": self.status, "sides": list(self.sides), "duration_seconds": round(self.duration_seconds, 3),
             "gx_seconds": round(self.gx_seconds, 3),
@@ -160,7 +180,8 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
                                     local_url=local_url, secrets=secrets)
             result.gx_seconds = time.perf_counter() - t0
             result.outcomes, result.data_docs = outcomes, docs
-            result.success = bool(outcomes) and all(o.success for o in outcomes)
+            applicable = [o for o in outcomes if o.not_applicable is None]
+            result.success = bool(applicable) and all(o.success for o in applicable)
             store.store_results(target, run_id, outcomes, budget=budget, policy=policy, counters=counters)
         except Exception as exc:
             result.error = config.safe_message(exc)
@@ -169,6 +190,6 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
             raise
         result.duration_seconds = time.perf_counter() - started
         store.finish_run(target, run_id, result.status, result.to_dict(), policy=policy, counters=counters)
-    log.info("check run %s: %s, %d expectations, %d failed, %.1f s", run_id, result.status,
-             len(result.outcomes), len(result.failed), result.duration_seconds)
+    log.info("check run %s: %s, %d expectations, %d failed, %d not applicable, %.1f s", run_id, result.status,
+             len(result.evaluated), len(result.failed), len(result.not_applicable), result.duration_seconds)
     return result

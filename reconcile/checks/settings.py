@@ -7,21 +7,23 @@ Keys and their types come from the fields below (int, float, bool, str, str | No
 [checks]
 suites = ["ledger", "generated", "parity", "freshness"]
 max_replay_lag_seconds = 60.0
-idempotency_column = "idempotency_key"
-negative_balance_exempt_column = "kind"
+idempotency_column = "idempotency_key"      # unset: the idempotency checks are not applicable
+negative_balance_exempt_column = "kind"      # accounts that may go below zero: kind = 'equity'
 negative_balance_exempt_values = ["equity"]
 ```
+
+The ledger's optional roles (``idempotency_column``, the negative-balance convention) are unset by
+default: no column name is guessed. An invariant whose role is unset is reported "not applicable"
+with the reason, neither passed nor failed.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 SUITE_KINDS = ("ledger", "generated", "parity", "freshness")
 """Every suite kind: ledger invariants, generated per-table expectations, row-count parity, replay freshness."""
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,18 @@ class CheckSettings:
     """Fail freshness when no replay run has been recorded yet (off: no replay means nothing to judge)."""
     row_count_tolerance: int = 0
     """Rows the target count may differ from the source count, on top of the latest diff's in-flight count."""
-    idempotency_column: str = "idempotency_key"
-    """Column of the transactions table that must be unique (the idempotency key); "" skips the check."""
-    negative_balance_exempt_column: str = "kind"
-    """Accounts column whose values listed below may carry a negative balance; "" forbids every negative."""
-    negative_balance_exempt_values: tuple[str, ...] = ("equity",)
-    """Values of ``negative_balance_exempt_column`` allowed below zero (the demo: equity accounts)."""
-    allow_negative_balances: bool = False
-    """Skip the negative-balance invariant entirely (a ledger with overdrafts)."""
+    idempotency_column: str = ""
+    """Column of the transactions table that must be unique and not null (the idempotency key); "" (the
+    default): the idempotency checks are not applicable."""
+    negative_balance_exempt_column: str = ""
+    """Accounts column whose values listed below may carry a negative balance (e.g. "kind"); setting it turns
+    the negative-balance invariant on."""
+    negative_balance_exempt_values: tuple[str, ...] = ()
+    """Values of ``negative_balance_exempt_column`` allowed below zero (e.g. ["equity"])."""
+    allow_negative_balances: bool | None = None
+    """true: negative balances are allowed (the invariant is not applicable); false: no balance may be negative
+    except on the exempt accounts; unset: the invariant applies only when negative_balance_exempt_column is set
+    (a double-entry ledger's sign convention is not guessed)."""
     result_rows: int = 20
     """Unexpected values/rows kept per failed expectation in the results (and Data Docs)."""
 
@@ -67,6 +73,10 @@ class CheckSettings:
                                  "use the default 20")
         for key in ("idempotency_column", "negative_balance_exempt_column"):
             value = getattr(self, key)
-            if value and not _IDENT.fullmatch(value):
+            if not isinstance(value, str) or value != value.strip():
                 raise InvalidSetting("checks", key, f"must be a column name, got {value!r}",
                                      f'name a column, or set {key} = "" to skip')
+        if self.negative_balance_exempt_values and not self.negative_balance_exempt_column:
+            raise InvalidSetting("checks", "negative_balance_exempt_values",
+                                 "is set but negative_balance_exempt_column is not",
+                                 "name the accounts column holding these values in negative_balance_exempt_column")

@@ -88,8 +88,15 @@ class Check:
     """Where it runs."""
     evidence: dict[str, Any] = field(default_factory=dict)
     """What the expectation's parameters were derived from (diff run, catalog constraint...)."""
+    not_applicable: str | None = None
+    """Why this check does not apply to the configured ledger (e.g. no currency column), or None. A check
+    that does not apply is never run: it is reported with this reason, neither passed nor failed."""
 
     def __post_init__(self) -> None:
+        if self.not_applicable is not None:
+            if not self.not_applicable.strip():
+                raise ValueError(f"check {self.suite}/{self.name} needs a reason to be not applicable")
+            return
         if (self.table is None) == (self.frame is None):
             raise ValueError(f"check {self.suite}/{self.name} needs exactly one of table and frame")
 
@@ -103,4 +110,6 @@ class Check:
                "description": self.description, "asset": self.asset, "sides": list(self.sides)}
         if self.evidence:
             out["evidence"] = self.evidence
+        if self.not_applicable is not None:
+            out["not_applicable"] = self.not_applicable
         return out

@@ -25,8 +25,8 @@ __all__ = ["acknowledge", "finish_run", "load_results", "start_run", "store_resu
 KIND = "check"
 
 _RESULT = sql.SQL(
-    "INSERT INTO {} (run_id, result_no, side, suite, name, expectation, asset, success, observed, details) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, result_no) DO NOTHING"
+    "INSERT INTO {} (run_id, result_no, side, suite, name, expectation, asset, success, observed, details, status, "
+    "reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, result_no) DO NOTHING"
 ).format(ident("check_results"))
 
 
@@ -55,7 +55,8 @@ def _row(run_id: str, no: int, o: Outcome) -> tuple:
     details = {"kwargs": o.check.kwargs, "description": o.check.description, "result": o.result,
                "exception": o.exception, "evidence": o.check.evidence}
     return (run_id, no, o.side, o.check.suite, o.check.name, o.check.expectation, o.check.asset, o.success,
-            json.dumps(o.observed, default=str), json.dumps(details, default=str, sort_keys=True))
+            json.dumps(o.observed, default=str), json.dumps(details, default=str, sort_keys=True), o.status,
+            o.not_applicable)
 
 
 def store_results(target: psycopg.Connection, run_id: str, outcomes: Sequence[Outcome], *, budget: Budget,
@@ -79,7 +80,8 @@ def store_results(target: psycopg.Connection, run_id: str, outcomes: Sequence[Ou
 
 def load_results(target: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
     """The stored results of one run, in result order."""
-    cur = target.execute(sql.SQL("SELECT side, suite, name, expectation, asset, success, observed, details FROM {} "
+    cur = target.execute(sql.SQL("SELECT side, suite, name, expectation, asset, success, observed, details, status, "
+                                 "reason FROM {} "
                                  "WHERE run_id = %s ORDER BY result_no").format(ident("check_results")), (run_id,))
     cols = [d.name for d in cur.description]
     return [dict(zip(cols, row)) for row in cur.fetchall()]

@@ -29,9 +29,12 @@ JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on st
 
 
 def _text(summary: dict) -> str:
-    lines = [f"diff {summary['verdict'].upper()}: {summary['persistent_mismatches']:,} persistent mismatches, "
-             f"{summary['balance_differences']:,} balance differences, {summary['in_flight']:,} in flight "
+    from reconcile.report.notes import balance_phrase, headline, notes
+
+    lines = [f"diff {headline(summary)}: {summary['persistent_mismatches']:,} persistent mismatches, "
+             f"{balance_phrase(summary)}, {summary['in_flight']:,} in flight "
              f"(run {summary['run_id']}, start LSN {summary['start_lsn']}, {summary['duration_seconds']:.1f} s)"]
+    lines += [f"  {note}" for note in notes(summary)]
     for name, t in summary["tables"].items():
         lines.append(f"  {name:<28} {t['status']:<6} missing {t['missing']:,}  extra {t['extra']:,}  "
                      f"changed {t['changed']:,}  in flight {t['in_flight']:,}")
@@ -88,9 +91,12 @@ def show_cmd(
                 typer.echo("no diff runs yet; run `reconcile diff`")
             for r in runs:
                 s = r["summary"] or {}
+                balances = (s.get("balances") or {}).get("status")
+                shown = s.get("balance_differences", "-") if balances in (None, "green", "red") else balances
+                partial = "  NOT FULL" if s.get("full_reconciliation") is False else ""
                 typer.echo(f"{r['run_id']}  {r['status']:<7} {r['started_at']}  "
-                           f"mismatches {s.get('persistent_mismatches', '-')}  balances {s.get('balance_differences', '-')}  "
-                           f"in flight {s.get('in_flight', '-')}")
+                           f"mismatches {s.get('persistent_mismatches', '-')}  balances {shown}  "
+                           f"in flight {s.get('in_flight', '-')}{partial}")
             return
         run = store.get_run(conn, run_id)
         if run is None:

@@ -7,6 +7,10 @@ without inline DEFAULT/NOT NULL); never renumber a shipped step.
 * ``check_results``: one row per expectation evaluated in a check run (``reconcile.runs`` kind
   ``'check'``), on one side: the suite, the check's name, the GX expectation type, the data it read,
   success, the observed value and the details (kwargs, GX result summary, exception) as JSON text.
+  ``status`` (step 720) is ``passed``, ``failed``, ``error`` or ``not_applicable``; ``reason`` (721)
+  says why a ``not_applicable`` check was not run (it does not fit the configured ledger: no currency
+  column, no idempotency key...). Such a row has ``success`` false but counts neither as passed nor as
+  failed: read ``status``. Rows written before step 720 have no status (``success`` says it).
 * ``check_acknowledgements``: an operator's acknowledgement of a known problem the freshness suite
   would otherwise count (kind ``'reject'`` and the reject's id): who, why, when. Upsert by
   (kind, ref); rows are never deleted by the tool.
@@ -14,7 +18,9 @@ without inline DEFAULT/NOT NULL); never renumber a shipped step.
 
 from __future__ import annotations
 
-from reconcile.control.migrations import register, register_index, table_step
+from psycopg import sql
+
+from reconcile.control.migrations import Migration, ident, register, register_index, table_step
 
 register(table_step(700, "check results", "check_results", """
     run_id uuid NOT NULL,
@@ -40,3 +46,8 @@ register(table_step(701, "check acknowledgements", "check_acknowledgements", """
 
 register_index(702, "check results by check", table="check_results", index="check_results_name_idx",
                columns=["suite", "name", "recorded_at"])
+
+register(Migration(720, "check_results.status", sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+    ident("check_results"), sql.Identifier("status"))))
+register(Migration(721, "check_results.reason", sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+    ident("check_results"), sql.Identifier("reason"))))

@@ -13,6 +13,12 @@ Tables (a diff run itself is a ``reconcile.runs`` row with kind ``diff``):
 * ``diff_findings``: persistent differences of a run, at most ``[diff] max_findings`` per table;
   ``finding_id`` is derived from (table, kind, key), so a re-run of the same table replaces its
   rows instead of duplicating them. Values are JSON text (exact decimals as strings).
+* ``diff_lag_waits`` (620): every wait of a run for the replay watermark, from any task: the table
+  (or ``__balances__``) that waited, the source LSN it waited for, the run-wide deadline it shared,
+  the outcome (``passed``, ``timed_out``, or ``skipped``: not waited because an earlier wait of the
+  run timed out and the watermark has not moved since; NULL while waiting), the watermark at the
+  end, the seconds waited and why (the replay slot's state). A run waits at most
+  ``lag_wait_seconds`` in total for a replay that does not advance, however many tables are red.
 """
 
 from __future__ import annotations
@@ -52,3 +58,17 @@ register(table_step(601, "diff_findings", "diff_findings", """
 
 register_index(602, "diff findings by table", table="diff_findings", index="diff_findings_table_idx",
                columns=["run_id", "table_name", "kind"])
+
+register(table_step(620, "diff_lag_waits", "diff_lag_waits", """
+    run_id uuid NOT NULL,
+    wait_id uuid NOT NULL,
+    table_name text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    deadline_at timestamptz,
+    finished_at timestamptz,
+    outcome text,
+    target_lsn bigint,
+    watermark bigint,
+    waited_seconds numeric(12,3),
+    reason text,
+    PRIMARY KEY (run_id, wait_id)"""))

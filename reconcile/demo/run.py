@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconcile.config import DEMO_STAGE_SETTINGS
 from reconcile.demo.progress import Progress
 from reconcile.demo.workspace import Workspace, reset
 
 
 
 def demo_stages(ws: Workspace) -> dict[str, dict[str, object]]:
-    """Settings the demo writes into its reconcile.toml: reports in the workspace, and read-gate
-    criteria a laptop can meet in minutes (one green run instead of days of them)."""
+    """Settings the demo writes into its reconcile.toml: the demo ledger's optional roles (its idempotency
+    key, equity accounts, posting timestamp), reports in the workspace, and read-gate criteria a laptop can
+    meet in minutes (one green run instead of days of them)."""
     return {
-        "diff": {"report_dir": str(ws.reports), "lag_wait_seconds": 30.0},
+        "diff": {**DEMO_STAGE_SETTINGS["diff"], "report_dir": str(ws.reports), "lag_wait_seconds": 30.0},
+        "checks": dict(DEMO_STAGE_SETTINGS["checks"]),
         "gates": {"min_green_runs": 1, "min_green_hours": 0.0},
     }
 
@@ -254,7 +257,8 @@ def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None])
             echo(f"  {key.replace('_', ' '):<24}{rec[key]}")
     checks = rec.get("checks") or {}
     if checks:
-        echo(f"  {'expectations':<24}{checks.get('evaluated', 0) - checks.get('failed', 0)}/{checks.get('evaluated', 0)} green")
+        na = f" ({checks['not_applicable']} not applicable)" if checks.get("not_applicable") else ""
+        echo(f"  {'expectations':<24}{checks.get('evaluated', 0) - checks.get('failed', 0)}/{checks.get('evaluated', 0)} green{na}")
     if result.gate:
         ready = result.gate.get("passed")
         echo(f"  {'read gate':<24}{'all criteria pass: ready for approval' if ready else 'not ready'}")

@@ -39,6 +39,14 @@ re-check (the calls of :func:`diff_snapshots` with the same ``read``) work like 
 
 Without a bracket (no replay watermark, or it never passed the previous source read) the
 comparison stays exact.
+
+Any ledger, not only the demo's: columns come from the ``[[tables]]`` roles. A part that needs a
+column the ledger does not have is not run and is reported not applicable with the reason
+(:func:`not_applicable`): without a stored balance (``balance_column = ""``) the per-account and
+currency-total figures, without a transaction column on the entries (``transaction_column = ""``)
+the unbalanced transactions, without ``[diff] date_column`` the daily totals. Without a currency
+column (``currency_column = ""``, a single-currency ledger) every figure is one group, shown under
+``[diff] currency`` (a fixed code for the reports) or none.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from psycopg import sql
 from reconcile.budget import qualified
 from reconcile.diff import lag
 from reconcile.diff.compare import Finding, jsonable
+from reconcile.diff.errors import BalanceLayoutError
 
 TABLE = "balances"
 """``Finding.table`` of balance findings."""
@@ -64,16 +73,16 @@ UNBALANCED_LIMIT = 100
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the money lives: the accounts and entries tables and their role columns."""
+    """Where the money lives: the accounts and entries tables and their role columns (None: the ledger has none)."""
 
     accounts: str
     entries: str
     account_id: str
-    balance: str
-    account_currency: str
+    balance: str | None
+    account_currency: str | None
     entry_account: str
     amount: str
-    entry_currency: str
+    entry_currency: str | None
     entry_txn: str | None
     date_column: str | None
     rule_sql: str | None = None
@@ -81,6 +90,8 @@ class Layout:
     """The replay slot whose watermark a target snapshot records (None: the snapshot records none)."""
     chunk_rows: int = 200_000
     """Entries one per-account or per-transaction GROUP BY query covers (about; ``[diff] balance_chunk_rows``)."""
+    currency: str | None = None
+    """The currency a figure without a currency column is shown under (``[diff] currency``), or None."""
 
 
 def layout_of(config: Any) -> Layout | None:
@@ -91,10 +102,28 @@ def layout_of(config: Any) -> Layout | None:
         return None
     a, e = accounts[0], entries[0]
     settings = config.diff
-    return Layout(a.name, e.name, a.account_column, a.balance_column, a.currency_column, e.account_column,
-                  e.amount_column, e.currency_column, e.transaction_column, getattr(settings, "date_column", "posted_at"),
-                  getattr(settings, "balance_sql", None), lag.slot_name(config),
-                  getattr(settings, "balance_chunk_rows", 200_000))
+    return Layout(a.name, e.name, a.account_column, a.column("balance_column"), a.column("currency_column"),
+                  e.account_column, e.amount_column, e.column("currency_column"), e.column("transaction_column"),
+                  getattr(settings, "date_column", None), getattr(settings, "balance_sql", None), lag.slot_name(config),
+                  getattr(settings, "balance_chunk_rows", 200_000), getattr(settings, "currency", None))
+
+
+KINDS = ("balance_mismatch", "balance_vs_entries", "currency_total", "trial_balance", "unbalanced_txn", "daily_total")
+"""Every kind of balance finding."""
+
+
+def not_applicable(layout: Layout) -> dict[str, str]:
+    """The parts of the balance diff this ledger has no column for: kind -> why (they are not run)."""
+    out: dict[str, str] = {}
+    if layout.balance is None and not layout.rule_sql:
+        why = (f'{layout.accounts} keeps no stored balance (balance_column = ""); set [diff] balance_sql to '
+               "compare balances computed another way")
+        out.update(dict.fromkeys(("balance_mismatch", "balance_vs_entries", "currency_total"), why))
+    if layout.entry_txn is None:
+        out["unbalanced_txn"] = f'{layout.entries} has no transaction column (transaction_column = "")'
+    if layout.date_column is None:
+        out["daily_total"] = "[diff] date_column is not set (name the entries' posting timestamp to compare daily totals)"
+    return out
 
 
 def _i(name: str) -> sql.Identifier:
@@ -121,12 +150,19 @@ def balance_rule(layout: Layout) -> sql.Composable:
 def _range_rule(layout: Layout, acc_where: sql.Composable, ent_where: sql.Composable) -> sql.Composable:
     """The default rule restricted to the accounts matching ``acc_where`` / entries matching ``ent_where``."""
     return sql.SQL(
-        "SELECT a.{aid} AS account, a.{acur} AS currency, a.{bal} AS stored, coalesce(e.total, 0) AS computed "
+        "SELECT a.{aid} AS account, {acur} AS currency, a.{bal} AS stored, coalesce(e.total, 0) AS computed "
         "FROM {accounts} a LEFT JOIN (SELECT {eacc} AS account, sum({amt}) AS total FROM {entries} WHERE {ew} GROUP BY 1) e "
         "ON e.account = a.{aid} WHERE {aw}").format(
-        aid=_i(layout.account_id), acur=_i(layout.account_currency), bal=_i(layout.balance),
+        aid=_i(layout.account_id), acur=_currency(layout.account_currency, "a"), bal=_i(layout.balance or ""),
         accounts=qualified(layout.accounts), eacc=_i(layout.entry_account), amt=_i(layout.amount), entries=qualified(layout.entries),
         ew=ent_where, aw=acc_where)
+
+
+def _currency(column: str | None, alias: str | None = None) -> sql.Composable:
+    """The currency column (qualified by ``alias``), or a NULL text when the ledger has none."""
+    if column is None:
+        return sql.SQL("NULL::text")
+    return sql.Identifier(alias, column) if alias else sql.Identifier(column)
 
 
 def _range(column: sql.Composable, lo: Any, hi: Any) -> tuple[sql.Composable, list[Any]]:
@@ -162,18 +198,32 @@ def key_ranges(conn: psycopg.Connection, table: str, column: str, rows: int) -> 
         lo = row[0]
 
 
-def _column(conn: psycopg.Connection, table: str, column: str | None) -> tuple[bool, bool]:
-    """(the column exists, it may hold NULL)."""
+def _column(conn: psycopg.Connection, table: str, column: str | None) -> tuple[bool, bool, str | None]:
+    """(the column exists, it may hold NULL, its type as ``format_type`` shows it)."""
     if not column:
-        return False, False
+        return False, False, None
     from reconcile.db.columns import read_columns  # the one column reader
 
     found = [c for c in read_columns(conn, tables=[table]).get(table, ()) if c.name == column]
-    return (False, False) if not found else (True, not found[0].not_null)
+    return (False, False, None) if not found else (True, not found[0].not_null, found[0].type)
 
 
-def _has_column(conn: psycopg.Connection, table: str, column: str | None) -> bool:
-    return _column(conn, table, column)[0]
+def _configured(conn: psycopg.Connection, table: str, column: str | None, setting: str) -> tuple[bool, str | None]:
+    """(may hold NULL, type) of a configured column; raises when it does not exist (a config mistake, never a
+    silently skipped check)."""
+    exists, nullable, type_ = _column(conn, table, column)
+    if column and not exists:
+        raise BalanceLayoutError(f"{setting} names column {column!r}, which {table} does not have; name an existing "
+                                 f"column or switch the setting off")
+    return nullable, type_
+
+
+def _day(column: str, type_: str | None) -> sql.Composable:
+    """The UTC calendar day of a posting timestamp, as text: a timestamptz is read in UTC (both sessions agree
+    whatever their TimeZone), a timestamp or date as it is stored."""
+    if type_ == "timestamp with time zone":
+        return sql.SQL("({} AT TIME ZONE 'UTC')::date::text").format(_i(column))
+    return sql.SQL("{}::date::text").format(_i(column))
 
 
 @dataclass
@@ -222,22 +272,29 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
     ``balance_sql`` rule (not splittable) run whole.
     """
     snap = Snapshot()
-    entries, amt, cur = qualified(layout.entries), _i(layout.amount), _i(layout.entry_currency)
-    with_daily = _has_column(conn, layout.entries, layout.date_column)
-    with_txn, txn_nullable = _column(conn, layout.entries, layout.entry_txn)
+    entries, amt, cur = qualified(layout.entries), _i(layout.amount), _currency(layout.entry_currency)
+    skip = not_applicable(layout)
+    _, date_type = _configured(conn, layout.entries, layout.date_column, "[diff] date_column")
+    txn_nullable, _ = _configured(conn, layout.entries, layout.entry_txn, f"{layout.entries} transaction_column")
+    _configured(conn, layout.entries, layout.entry_currency, f"{layout.entries} currency_column")
+    _configured(conn, layout.accounts, layout.account_currency, f"{layout.accounts} currency_column")
+    if not layout.rule_sql:
+        _configured(conn, layout.accounts, layout.balance, f"{layout.accounts} balance_column")
     aid_nullable = _column(conn, layout.accounts, layout.account_id)[1] if not layout.rule_sql else False
     rows = max(1, int(layout.chunk_rows))
+    account_currency = _fixed(layout, layout.account_currency)
+    entry_currency = _fixed(layout, layout.entry_currency)
     with conn.transaction():
         if set_isolation:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snap.lsn = lag.lsn_int(lag.current_lsn(conn))  # the first statement: it takes the snapshot
         elif layout.slot:
             snap.lsn = lag.watermark(conn, layout.slot)
+        queries: list[tuple[sql.Composable, list[Any]]] = []  # none without a stored balance or a rule
         if layout.rule_sql:
-            queries: list[tuple[sql.Composable, list[Any]]] = [(balance_rule(layout), [])]
-        else:
+            queries = [(balance_rule(layout), [])]
+        elif "balance_vs_entries" not in skip:
             aid, eacc = sql.SQL("a.{}").format(_i(layout.account_id)), _i(layout.entry_account)
-            queries = []
             for lo, hi in key_ranges(conn, layout.entries, layout.entry_account, rows):
                 acc_where, acc_params = _range(aid, lo, hi)
                 ent_where, ent_params = _range(eacc, lo, hi)
@@ -247,30 +304,41 @@ def read_snapshot(conn: psycopg.Connection, layout: Layout, *, set_isolation: bo
                                             sql.SQL("FALSE")), []))
         for query, params in queries:
             for account, currency, stored, computed in conn.execute(query, params).fetchall():
-                snap.accounts[account] = (_cur(currency), Decimal(stored or 0), Decimal(computed or 0))
-        for currency, total, n in conn.execute(sql.SQL("SELECT {c}, coalesce(sum({a}), 0), count(*) FROM {e} GROUP BY 1").format(
-                c=cur, a=amt, e=entries)).fetchall():
-            snap.entry_totals[_cur(currency)] = (Decimal(total), int(n))
-        if with_txn:
-            txn = _i(layout.entry_txn)
-            wheres = [_range(txn, lo, hi) for lo, hi in key_ranges(conn, layout.entries, layout.entry_txn, rows)]
+                snap.accounts[account] = (account_currency(currency), Decimal(stored or 0), Decimal(computed or 0))
+        group = sql.SQL(" GROUP BY 1") if layout.entry_currency else sql.SQL("")
+        for currency, total, n in conn.execute(sql.SQL("SELECT {c}, coalesce(sum({a}), 0), count(*) FROM {e}{g}").format(
+                c=cur, a=amt, e=entries, g=group)).fetchall():
+            snap.entry_totals[entry_currency(currency)] = (Decimal(total), int(n))
+        if "unbalanced_txn" not in skip:
+            txn = _i(layout.entry_txn or "")
+            wheres = [_range(txn, lo, hi) for lo, hi in key_ranges(conn, layout.entries, layout.entry_txn or "", rows)]
             if txn_nullable:  # NULL sorts last, as in the whole-ledger ORDER BY
                 wheres.append((sql.SQL("{} IS NULL").format(txn), []))
+            by = sql.SQL("1, 2") if layout.entry_currency else sql.SQL("1")
             for where, params in wheres:  # ascending key ranges: the first UNBALANCED_LIMIT in key order
                 left = UNBALANCED_LIMIT - len(snap.unbalanced)
                 if left <= 0:
                     break
-                snap.unbalanced += [(t, _cur(c), Decimal(s)) for t, c, s in conn.execute(sql.SQL(
-                    "SELECT {t}, {c}, sum({a}) FROM {e} WHERE {w} GROUP BY 1, 2 HAVING sum({a}) <> 0 "
-                    "ORDER BY 1, 2 LIMIT {n}").format(t=txn, c=cur, a=amt, e=entries, w=where,
+                snap.unbalanced += [(t, entry_currency(c), Decimal(s)) for t, c, s in conn.execute(sql.SQL(
+                    "SELECT {t}, {c}, sum({a}) FROM {e} WHERE {w} GROUP BY {by} HAVING sum({a}) <> 0 "
+                    "ORDER BY 1, 2 LIMIT {n}").format(t=txn, c=cur, a=amt, e=entries, w=where, by=by,
                                                       n=sql.Literal(left)), params).fetchall()]
-        if with_daily:
+        if "daily_total" not in skip:
+            by = sql.SQL("1, 2") if layout.entry_currency else sql.SQL("1")
             for day, currency, n, volume in conn.execute(sql.SQL(
-                    "SELECT ({d} AT TIME ZONE 'UTC')::date::text, {c}, count(*), "
-                    "coalesce(sum(CASE WHEN {a} > 0 THEN {a} ELSE 0 END), 0) FROM {e} GROUP BY 1, 2").format(
-                    d=_i(layout.date_column), c=cur, a=amt, e=entries)).fetchall():
-                snap.daily[(day, _cur(currency))] = (int(n), Decimal(volume))
+                    "SELECT {d}, {c}, count(*), "
+                    "coalesce(sum(CASE WHEN {a} > 0 THEN {a} ELSE 0 END), 0) FROM {e} GROUP BY {by}").format(
+                    d=_day(layout.date_column or "", date_type), c=cur, a=amt, e=entries, by=by)).fetchall():
+                snap.daily[(day, entry_currency(currency))] = (int(n), Decimal(volume))
     return snap
+
+
+def _fixed(layout: Layout, column: str | None) -> Callable[[Any], str | None]:
+    """How a currency value read from ``column`` is shown: trimmed, or ``layout.currency`` when there is no
+    column (a single-currency ledger; a ``balance_sql`` rule may still return one)."""
+    if column is None:
+        return lambda value: _cur(value) if value is not None else layout.currency
+    return _cur
 
 
 def _delta(a: Decimal, b: Decimal) -> str:
@@ -366,18 +434,26 @@ def cross_findings(src: Snapshot, tgt: Snapshot) -> list[Finding]:
     return out
 
 
-def tables_for_report(src: Snapshot, tgt: Snapshot) -> dict[str, Any]:
-    """Per-currency figures of both sides, for the report (JSON-able)."""
+def tables_for_report(src: Snapshot, tgt: Snapshot, layout: Layout | None = None) -> dict[str, Any]:
+    """Per-currency figures of both sides, for the report (JSON-able); with ``layout``, the parts that do not
+    apply are left out of the rows and listed under ``not_applicable`` (kind -> reason)."""
+    skip = not_applicable(layout) if layout is not None else {}
     st, tt = src.balance_totals(), tgt.balance_totals()
     currencies = sorted(set(st) | set(tt) | set(src.entry_totals) | set(tgt.entry_totals), key=str)
     rows = []
     for c in currencies:
         se, te = src.entry_totals.get(c, (Decimal(0), 0)), tgt.entry_totals.get(c, (Decimal(0), 0))
-        rows.append({"currency": c, "balances_source": str(st.get(c, Decimal(0))),
-                     "balances_target": str(tt.get(c, Decimal(0))), "entries_source": se[1], "entries_target": te[1],
-                     "trial_source": str(se[0]), "trial_target": str(te[0])})
-    return {"currencies": rows, "accounts_source": len(src.accounts), "accounts_target": len(tgt.accounts),
-            "days": len(set(src.daily) | set(tgt.daily))}
+        row: dict[str, Any] = {"currency": c, "entries_source": se[1], "entries_target": te[1],
+                               "trial_source": str(se[0]), "trial_target": str(te[0])}
+        if "currency_total" not in skip:
+            row.update(balances_source=str(st.get(c, Decimal(0))), balances_target=str(tt.get(c, Decimal(0))))
+        rows.append(row)
+    out = {"currencies": rows, "accounts_source": len(src.accounts), "accounts_target": len(tgt.accounts),
+           "days": len(set(src.daily) | set(tgt.daily)), "not_applicable": skip}
+    if layout is not None:
+        out["currency_column"] = bool(layout.entry_currency or layout.account_currency)
+        out["currency"] = layout.currency
+    return out
 
 
 _ROUNDS: weakref.WeakKeyDictionary[Callable[[str], Snapshot], tuple[Snapshot, Snapshot]] = weakref.WeakKeyDictionary()

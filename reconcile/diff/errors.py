@@ -9,6 +9,10 @@ class DiffError(TerminalError):
     """A table cannot be compared as configured (missing table or key column)."""
 
 
+class BalanceLayoutError(DiffError):
+    """A configured ledger column does not exist on a side: the balance diff cannot read what it was told to."""
+
+
 class RunNotFound(TerminalError):
     """The run id names no diff run in ``reconcile.runs``."""
 

@@ -69,6 +69,21 @@ def watermark(target: psycopg.Connection, slot: str) -> int | None:
     return max(values) if values else None
 
 
+def slot_state(source: psycopg.Connection, slot: str) -> str:
+    """Whether a replay is reading ``slot`` on the source, as a phrase for the console: the slot is active (a
+    replay holds it), inactive (no replay is reading it: the watermark cannot move), or missing."""
+    try:
+        row = source.execute("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                             (slot,)).fetchone()
+    except psycopg.Error:
+        return f"the state of slot {slot!r} cannot be read on the source"
+    if row is None:
+        return f"slot {slot!r} does not exist on the source: no replay can advance the watermark"
+    if not row[0]:
+        return f"no replay is reading slot {slot!r} (inactive on the source): the watermark is not advancing"
+    return f"a replay is reading slot {slot!r}"
+
+
 @dataclass
 class Waiter:
     """Waits for the watermark to reach an LSN, within one overall deadline."""
@@ -78,21 +93,31 @@ class Waiter:
     poll: float = 0.5
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    tick: Callable[[float], None] | None = None
+    """Called with the seconds left every ``every`` seconds of waiting (a visible countdown)."""
+    every: float = 10.0
 
     passed: bool | None = None
     """The outcome of the last :meth:`wait` (None before the first)."""
+    mark: int | None = None
+    """The watermark last read."""
 
     def wait(self, lsn: int) -> bool:
         """True once the watermark is at or past ``lsn``; False when the deadline passes first."""
+        next_tick = self.clock() + self.every
         while True:
-            mark = self.read()
+            self.mark = mark = self.read()
             if mark is not None and mark >= lsn:
                 self.passed = True
                 return True
-            remaining = self.deadline - self.clock()
+            now = self.clock()
+            remaining = self.deadline - now
             if remaining <= 0:
                 self.passed = False
                 return False
+            if self.tick is not None and now >= next_tick:
+                self.tick(remaining)
+                next_tick = now + self.every
             self.sleep(min(self.poll, remaining))
 
 

@@ -13,7 +13,17 @@ over the tables in separate tasks, and any step can be killed and run again:
   closes the run with status ``green``, ``red`` (or ``error`` when a table could not be
   compared) and the summary JSON of the shared contract: ``verdict``, ``persistent_mismatches``,
   ``balance_differences``, ``in_flight``, ``start_lsn``, ``tables {name: {status, missing, extra,
-  changed, in_flight, rows_source, rows_target}}``, ``report_dir``, ``duration_seconds``.
+  changed, in_flight, rows_source, rows_target}}``, ``report_dir``, ``duration_seconds``, and
+
+  * ``full_reconciliation`` (bool) with ``partial_reasons`` (sentences, empty when full): a run that
+    left out a configured table, could not compare one, or skipped the balances (``[diff] balances =
+    false``) is not a full reconciliation, whatever its verdict;
+  * ``balances``: ``{status, reason, not_applicable}``: ``green``/``red``/``error``, ``skipped``
+    (off), ``not_applicable`` (no ledger roles) or ``not_run``; ``not_applicable`` maps the balance
+    checks this ledger has no column for to the reason;
+  * ``lag_waits``: ``{waits, passed, timed_out, skipped, waited_seconds, timed_out_at, reason}``, the
+    run's waits for the replay watermark (``reconcile.diff_lag_waits``; at most ``lag_wait_seconds``
+    in all for a replay that does not advance).
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ from reconcile.errors import ReconcileError
 from reconcile.occ import policy_from
 
 log = logging.getLogger(__name__)
+
+BALANCES_OFF = "[diff] balances = false"
+"""Why a run's balances were skipped when the setting is off."""
+NO_LEDGER = "no [[tables]] entries with the roles accounts and entries (no ledger to balance)"
 
 
 @dataclass
@@ -124,17 +138,100 @@ def _pair(config: Any) -> Pair:
                 workers=settings.workers)
 
 
-def _waiter(config: Any, run: dict, pair: Pair) -> lag.Waiter | None:
-    """A watermark waiter when a replay writes a watermark for the slot, else None (static diff)."""
+def _lsn(value: int | None) -> str:
+    from reconcile.replay.pgoutput import int_to_lsn
+
+    return "none" if value is None else int_to_lsn(value)
+
+
+class RunWaiter:
+    """The watermark waits of one table's (or the balances') re-checks, within the run's one lag wait.
+
+    ``[diff] lag_wait_seconds`` bounds the time a whole run waits for a replay that does not advance, not each
+    table: every wait is recorded in ``reconcile.diff_lag_waits`` (any task of the run sees it), and
+
+    * a wait that starts while another of the run is still waiting shares that one's deadline;
+    * after a wait of the run timed out, later waits only read the watermark once: when it has not moved
+      since, they do not wait at all (outcome ``skipped``) and the table is compared statically;
+    * a wait the watermark answers at once records nothing.
+
+    What it waits for, why, and a countdown go to the console (log level WARNING) as soon as it starts.
+    """
+
+    def __init__(self, config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
+                 table: str, slot: str) -> None:
+        self.config, self.run_id, self.pair, self.control, self.table, self.slot = (
+            config, run_id, pair, control, table, slot)
+        self.label = "balances" if table == store.BALANCES else table
+        """What the console calls it."""
+        self.seconds = float(run["settings"].get("lag_wait_seconds", _settings(config).lag_wait_seconds))
+        self.poll = _settings(config).poll_seconds
+        self.passed: bool | None = None
+
+    def read(self) -> int | None:
+        return lag.watermark(self.pair.target.conn(), self.slot)
+
+    def wait(self, lsn: int) -> bool:
+        """True once the watermark is at or past ``lsn``; False when the run's lag wait ends first (or has ended)."""
+        policy = policy_from(self.config)
+        mark = self.read()
+        if mark is not None and mark >= lsn:
+            self.passed = True
+            return True
+        waits = store.load_waits(self.control, self.run_id)
+        ended = [w for w in waits if w["outcome"] in ("timed_out", "skipped")]
+        if ended and (mark or 0) <= max(w["watermark"] or 0 for w in ended):
+            first = ended[0]
+            reason = (f"the run's lag wait ended at {first['table']} and the replay watermark has not moved since "
+                      f"({_lsn(mark)})")
+            log.warning("diff %s: not waiting for the replay: %s; comparing statically", self.label, reason)
+            store.record_wait(self.control, self.run_id, self.table, "skipped", target_lsn=lsn, watermark=mark,
+                              reason=reason, policy=policy)
+            self.passed = False
+            return False
+        state = lag.slot_state(self.pair.source.conn(), self.slot)
+        shared = [w for w in waits if w["outcome"] is None and (w["remaining"] or 0) > 0]
+        seconds = min(w["remaining"] for w in shared) if shared else self.seconds
+        reason = f"the replay watermark ({_lsn(mark)}) is behind the source ({_lsn(lsn)}); {state}"
+        if shared:
+            log.warning("diff %s: %s; waiting with %s: %.0f s left of this run's lag wait", self.label, reason,
+                        shared[0]["table"], seconds)
+        else:
+            log.warning("diff %s: %s; waiting up to %.0f s for it (once for this diff run), then comparing "
+                        "statically", self.label, reason, seconds)
+        wait_id, _ = store.start_wait(self.control, self.run_id, self.table, seconds=seconds, target_lsn=lsn,
+                                      watermark=mark, reason=reason, policy=policy)
+        t0 = time.monotonic()
+        waiter = lag.Waiter(self.read, t0 + seconds, poll=self.poll, every=min(10.0, max(1.0, seconds / 6)),
+                            tick=lambda left: log.warning("diff %s: waiting for the replay watermark to reach %s: "
+                                                          "%.0f s left", self.label, _lsn(lsn), left))
+        passed = waiter.wait(lsn)
+        waited = time.monotonic() - t0
+        outcome = "passed" if passed else "timed_out"
+        store.finish_wait(self.control, self.run_id, wait_id, outcome, watermark=waiter.mark, waited=waited,
+                          policy=policy)
+        if passed:
+            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, _lsn(lsn), waited)
+        else:
+            log.warning("diff %s: the replay watermark (%s) did not reach %s within %.0f s (%s); comparing "
+                        "statically: what still differs is reported, and later tables of this run do not wait "
+                        "unless the watermark moves", self.label, _lsn(waiter.mark), _lsn(lsn), waited, state)
+        self.passed = passed
+        return passed
+
+
+def _waiter(config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
+            table: str) -> RunWaiter | None:
+    """A watermark waiter when a replay writes a watermark for the slot, else None (static diff, said on the console)."""
     slot = run["settings"].get("slot_name") or lag.slot_name(config)
     if lag.watermark(pair.target.conn(), slot) is None:
+        log.warning("diff %s: no replay has written a watermark for slot %r on the target; comparing statically "
+                    "(differences are not re-checked for replay lag)", table, slot)
         return None
-    wait = float(run["settings"].get("lag_wait_seconds", _settings(config).lag_wait_seconds))
-    return lag.Waiter(lambda: lag.watermark(pair.target.conn(), slot), time.monotonic() + wait,
-                      poll=_settings(config).poll_seconds)
+    return RunWaiter(config, run_id, run, pair, control, table, slot)
 
 
-def _recheck(pair: Pair, waiter: lag.Waiter, rounds: int, findings: list[Finding],
+def _recheck(pair: Pair, waiter: RunWaiter, rounds: int, findings: list[Finding],
              redo: Any) -> tuple[list[Finding], int, bool]:
     """Re-read candidates after the watermark passes a fresh source LSN; (persistent, in_flight, passed)."""
     first = len(findings)
@@ -180,7 +277,7 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
 
             findings = resolve(cands.keys())
             in_flight, passed = 0, True
-            waiter = _waiter(config, run, pair) if findings else None
+            waiter = _waiter(config, run_id, run, pair, control, spec.name) if findings else None
             if waiter is not None:
                 findings, in_flight, passed = _recheck(
                     pair, waiter, settings.recheck_rounds, findings,
@@ -220,8 +317,10 @@ def diff_balances(config: Any, run_id: str) -> dict:
     """Compare the money of both sides (see :mod:`reconcile.diff.balances`) and store the findings.
 
     Returns:
-        ``{"status", "balance_differences", "in_flight", "by_kind", "duration_ms"}``; status
-        ``skipped`` when no accounts + entries tables are configured or ``[diff] balances`` is off.
+        ``{"status", "balance_differences", "in_flight", "by_kind", "duration_ms"}`` and ``not_applicable``
+        (kind -> why: the parts this ledger has no column for, not run); status ``skipped`` when
+        ``[diff] balances`` is off, ``not_applicable`` when no accounts + entries tables are configured
+        (both with ``reason``).
     """
     settings = _settings(config)
     t0 = time.monotonic()
@@ -229,9 +328,12 @@ def diff_balances(config: Any, run_id: str) -> dict:
     with _connect(config.target) as control:
         run = _run_settings(control, run_id)
         if layout is None or not settings.balances:
-            result = {"status": "skipped", "balance_differences": 0, "in_flight": 0, "by_kind": {}}
+            reason = NO_LEDGER if layout is None else BALANCES_OFF
+            result = {"status": "not_applicable" if layout is None else "skipped", "balance_differences": 0,
+                      "in_flight": 0, "by_kind": {}, "reason": reason}
             findings: list[Finding] = []
-            details: dict[str, Any] = {"reason": "no accounts and entries tables" if layout is None else "balances off"}
+            details: dict[str, Any] = {"reason": reason}
+            log.warning("diff %s: balances %s: %s", run_id, result["status"].replace("_", " "), reason)
         else:
             pair = _pair(config)
             try:
@@ -242,7 +344,7 @@ def diff_balances(config: Any, run_id: str) -> dict:
                 src, tgt = bal.diff_snapshots(read)
                 cross = bal.cross_findings(src, tgt)
                 in_flight, passed = 0, True
-                waiter = _waiter(config, run, pair) if cross else None
+                waiter = _waiter(config, run_id, run, pair, control, store.BALANCES) if cross else None
                 if waiter is not None:
                     def redo(_: list[Finding]) -> list[Finding]:
                         nonlocal src, tgt
@@ -257,11 +359,14 @@ def diff_balances(config: Any, run_id: str) -> dict:
                 result = {"status": "red" if findings else "green", "balance_differences": len(findings),
                           "in_flight": in_flight, "by_kind": by_kind}
                 details = {"lag_aware": waiter is not None, "watermark_passed": passed, "by_kind": by_kind,
-                           **bal.tables_for_report(src, tgt)}
+                           **bal.tables_for_report(src, tgt, layout)}
+                result["not_applicable"] = details["not_applicable"]
+                for kind, why in details["not_applicable"].items():
+                    log.warning("diff %s: balances: %s not applicable: %s", run_id, kind, why)
             except (psycopg.Error, ReconcileError) as exc:
                 result = {"status": "error", "balance_differences": 0, "in_flight": 0, "by_kind": {},
                           "error": config.safe_message(exc)}
-                findings, details = [], {}
+                findings, details = [], {"not_applicable": bal.not_applicable(layout)}
             finally:
                 pair.close()
         result["duration_ms"] = int((time.monotonic() - t0) * 1000)
@@ -308,6 +413,9 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             errors["balances"] = balances["error"]
         elif balances is None and _balances_due(config, run["settings"].get("tables", [])):
             errors["balances"] = "not compared (diff_balances did not run for it)"
+        balance_state = _balance_state(config, balances)
+        partial = _partial_reasons(config, tables, balance_state)
+        waits = _lag_waits(store.load_waits(control, run_id))
         persistent = sum(t["missing"] + t["extra"] + t["changed"] for t in tables.values())
         balance_diffs = balances["changed"] if balances else 0
         in_flight = sum(t["in_flight"] for t in tables.values()) + (balances["in_flight"] if balances else 0)
@@ -322,6 +430,8 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             "in_flight": in_flight, "start_lsn": run["settings"].get("start_lsn"), "tables": tables,
             "report_dir": str(folder), "duration_seconds": round(duration, 3),
             "run_id": run_id, "status": status, "errors": errors,
+            "balances": balance_state, "full_reconciliation": not partial, "partial_reasons": partial,
+            "lag_waits": waits,
         }
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
@@ -331,6 +441,46 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
         store.finish_run(control, run_id, status, summary, policy_from(config))
     return DiffResult(run_id, verdict, str(folder), summary)
+
+
+def _balance_state(config: Any, row: dict | None) -> dict[str, Any]:
+    """What the run did about the balances: ``{"status", "reason", "not_applicable"}`` for the summary."""
+    if row is None:
+        if bal.layout_of(config) is None:
+            return {"status": "not_applicable", "reason": NO_LEDGER, "not_applicable": {}}
+        return {"status": "not_run", "reason": "diff_balances did not run for this run", "not_applicable": {}}
+    details = row.get("details") or {}
+    return {"status": row["status"], "reason": row.get("error") or details.get("reason"),
+            "not_applicable": details.get("not_applicable") or {}}
+
+
+def _partial_reasons(config: Any, tables: dict[str, dict], balances: dict[str, Any]) -> list[str]:
+    """Why a run is not a full reconciliation (every configured table and, with a ledger, the balances
+    compared); empty when it is one. Parts that do not apply to this ledger do not make a run partial."""
+    out = []
+    configured = [t.name for t in config.tables]
+    left_out = [t for t in configured if t not in tables]
+    if left_out:
+        out.append(f"{len(left_out)} of {len(configured)} configured tables left out ({', '.join(left_out[:5])}"
+                   f"{', ...' if len(left_out) > 5 else ''})")
+    not_compared = [name for name, t in tables.items() if t["status"] not in ("green", "red")]
+    if not_compared:
+        out.append(f"not compared: {', '.join(not_compared[:5])}{', ...' if len(not_compared) > 5 else ''}")
+    if balances["status"] == "skipped":
+        out.append(f"balances skipped ({balances['reason']})")
+    elif balances["status"] not in ("green", "red", "not_applicable"):
+        out.append(f"balances not compared ({balances['reason'] or balances['status']})")
+    return out
+
+
+def _lag_waits(waits: list[dict]) -> dict[str, Any]:
+    """The run's waits for the replay watermark, for the summary."""
+    ended = next((w for w in waits if w["outcome"] == "timed_out"), None)
+    return {"waits": len(waits), "passed": sum(1 for w in waits if w["outcome"] == "passed"),
+            "timed_out": sum(1 for w in waits if w["outcome"] == "timed_out"),
+            "skipped": sum(1 for w in waits if w["outcome"] == "skipped"),
+            "waited_seconds": round(sum(w["waited_seconds"] or 0 for w in waits), 3),
+            "timed_out_at": ended["table"] if ended else None, "reason": ended["reason"] if ended else None}
 
 
 def run_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None, report_dir: str | Path | None = None,

@@ -37,7 +37,8 @@ class DiffSettings:
     workers: int = 2
     """Segments checksummed at once (each worker has one source and one target connection)."""
     lag_wait_seconds: float = 60.0
-    """How long a lag-aware re-check waits for the replay watermark to pass its LSN."""
+    """How long a diff run waits in all for a replay watermark that does not advance: once per run, not per table
+    (after one wait timed out, later tables are compared statically unless the watermark moved)."""
     recheck_rounds: int = 3
     """Re-checks of a candidate mismatch (each after the watermark passes a fresh source LSN)."""
     poll_seconds: float = 0.5
@@ -54,8 +55,12 @@ class DiffSettings:
     """Entries one per-account or per-transaction balance query covers (about): the balance diff reads
     those GROUP BYs in key ranges of this size inside its one snapshot (DSQL: 128 MiB per query).
     A ``balance_sql`` rule cannot be split and runs whole."""
-    date_column: str = "posted_at"
-    """Timestamp column of the entries table that daily totals group by (skipped when absent)."""
+    date_column: str | None = None
+    """Timestamp (or date) column of the entries table that daily totals group by; unset (or ""): the
+    daily totals are reported not applicable."""
+    currency: str | None = None
+    """Currency code the reports show for a single-currency ledger (tables with ``currency_column = ""``),
+    e.g. "EUR"; unset: shown as none."""
     report_dir: str = "reports/diff"
     """Folder under which each run writes its report folder (``<report_dir>/<run_id>/``)."""
     s3_uri: str | None = None
@@ -84,6 +89,16 @@ class DiffSettings:
                                              and "{entries}" not in self.balance_sql):
             raise InvalidSetting(_S, "balance_sql", "names neither {accounts} nor {entries}",
                                  "write the rule against {accounts} and {entries}, or remove it for the default")
+        if self.date_column is not None:
+            if not isinstance(self.date_column, str) or self.date_column != self.date_column.strip():
+                raise InvalidSetting(_S, "date_column", f"must be a column name, got {self.date_column!r}",
+                                     'name the entries\' timestamp column, e.g. date_column = "posted_at", or remove it')
+            if not self.date_column:
+                object.__setattr__(self, "date_column", None)
+        if self.currency is not None and (not isinstance(self.currency, str) or not self.currency.strip()
+                                          or len(self.currency) > 16 or self.currency != self.currency.strip()):
+            raise InvalidSetting(_S, "currency", f"must be a currency code, got {self.currency!r}",
+                                 'write the code, e.g. currency = "EUR", or remove it')
         if not isinstance(self.report_dir, str) or not self.report_dir.strip():
             raise InvalidSetting(_S, "report_dir", "is empty", 'give a folder, e.g. report_dir = "reports/diff"')
         if self.s3_uri is not None and (not isinstance(self.s3_uri, str) or not self.s3_uri.startswith("s3://")

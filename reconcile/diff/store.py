@@ -155,3 +155,47 @@ def list_runs(conn: psycopg.Connection, *, limit: int = 20) -> list[dict]:
 
 def new_run_id() -> str:
     return str(uuid.uuid4())
+
+
+# -- lag waits (diff_lag_waits): one row per wait of a run for the replay watermark -------------------
+
+
+def start_wait(conn: psycopg.Connection, run_id: str, table: str, *, seconds: float, target_lsn: int | None,
+               watermark: int | None, reason: str, policy: RetryPolicy) -> tuple[str, float]:
+    """Record a wait that begins now and lasts at most ``seconds``; returns (wait_id, seconds until its deadline)."""
+    wait_id = str(uuid.uuid4())
+    q = sql.SQL("INSERT INTO {} (run_id, wait_id, table_name, started_at, deadline_at, target_lsn, watermark, reason) "
+                "VALUES (%s, %s, %s, now(), now() + %s * interval '1 second', %s, %s, %s) "
+                "ON CONFLICT (run_id, wait_id) DO NOTHING").format(ident("diff_lag_waits"))
+    run_with_retry(conn, lambda c: c.execute(q, (run_id, wait_id, table, seconds, target_lsn, watermark, reason)),
+                   policy=policy, label="diff lag wait start")
+    return wait_id, seconds
+
+
+def finish_wait(conn: psycopg.Connection, run_id: str, wait_id: str, outcome: str, *, watermark: int | None,
+                waited: float, reason: str | None = None, policy: RetryPolicy) -> None:
+    q = sql.SQL("UPDATE {} SET outcome = %s, finished_at = now(), watermark = %s, waited_seconds = %s, "
+                "reason = coalesce(%s, reason) WHERE run_id = %s AND wait_id = %s").format(ident("diff_lag_waits"))
+    run_with_retry(conn, lambda c: c.execute(q, (outcome, watermark, round(waited, 3), reason, run_id, wait_id)),
+                   policy=policy, label="diff lag wait end")
+
+
+def record_wait(conn: psycopg.Connection, run_id: str, table: str, outcome: str, *, target_lsn: int | None,
+                watermark: int | None, reason: str, policy: RetryPolicy) -> None:
+    """Record a wait that did not happen (``skipped``), finished at once."""
+    q = sql.SQL("INSERT INTO {} (run_id, wait_id, table_name, started_at, deadline_at, finished_at, outcome, "
+                "target_lsn, watermark, waited_seconds, reason) VALUES (%s, %s, %s, now(), now(), now(), %s, %s, %s, "
+                "0, %s) ON CONFLICT (run_id, wait_id) DO NOTHING").format(ident("diff_lag_waits"))
+    run_with_retry(conn, lambda c: c.execute(q, (run_id, str(uuid.uuid4()), table, outcome, target_lsn, watermark,
+                                                 reason)), policy=policy, label="diff lag wait skipped")
+
+
+def load_waits(conn: psycopg.Connection, run_id: str) -> list[dict]:
+    """The run's waits in start order; ``remaining`` is the seconds left until a wait's deadline (negative: past)."""
+    rows = conn.execute(sql.SQL(
+        "SELECT wait_id::text, table_name, started_at, outcome, target_lsn, watermark, waited_seconds, reason, "
+        "extract(epoch FROM deadline_at - now()) FROM {} WHERE run_id = %s ORDER BY started_at, wait_id").format(
+        ident("diff_lag_waits")), (run_id,)).fetchall()
+    return [{"wait_id": r[0], "table": r[1], "started_at": r[2], "outcome": r[3], "target_lsn": r[4],
+             "watermark": r[5], "waited_seconds": float(r[6]) if r[6] is not None else None, "reason": r[7],
+             "remaining": float(r[8]) if r[8] is not None else None} for r in rows]

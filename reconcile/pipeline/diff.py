@@ -143,8 +143,11 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
         report_dir = str(Path(config.diff.report_dir) / diff_run_id / "checks")
 
     result = _as_dict(run_checks(config, sides=tuple(sides), report_dir=report_dir))
-    log.info("checks: success=%s evaluated=%s failed=%s data docs=%s", result.get("success"),
-             result.get("evaluated"), result.get("failed"), result.get("data_docs"))
+    log.info("checks: success=%s evaluated=%s failed=%s not applicable=%s data docs=%s", result.get("success"),
+             result.get("evaluated"), result.get("failed"), result.get("not_applicable"), result.get("data_docs"))
+    for item in result.get("not_applicable_checks") or []:
+        if item.get("side") == "target" or "target" not in sides:  # once per check, not per side
+            log.info("check %s %s not applicable: %s", item.get("suite"), item.get("name"), item.get("reason"))
     return result
 
 
@@ -163,6 +166,10 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -
              f" (uploaded to {s3})" if s3 else "")
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
+    from reconcile.report.notes import notes
+
+    for note in notes(result):
+        log.warning("diff run %s: %s", run_id, note)
     return result
 
 
@@ -183,6 +190,8 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
            "report_dir": None if diff is None else diff.get("report_dir"),
            "persistent_mismatches": None if diff is None else diff.get("persistent_mismatches"),
            "balance_differences": None if diff is None else diff.get("balance_differences"),
+           "full_reconciliation": None if diff is None else diff.get("full_reconciliation"),
+           "partial_reasons": None if diff is None else diff.get("partial_reasons"),
            "checks_success": None if checks is None else checks.get("success"),
            "gate": None if evidence is None else {k: evidence.get(k) for k in ("gate", "passed", "failing")}}
     problems = []

@@ -14,6 +14,8 @@ from decimal import Decimal, InvalidOperation
 from html import escape
 from typing import Any
 
+from reconcile.report.notes import balance_phrase, notes as scope_notes
+
 GREEN, RED, AMBER = "#1a7f37", "#cf222e", "#9a6700"
 KIND_COLOURS = {"missing_in_target": "#cf222e", "extra_in_target": "#8250df", "changed": "#bc4c00",
                 "balance_mismatch": "#0550ae", "balance_vs_entries": "#116329", "trial_balance": "#953800",
@@ -114,17 +116,24 @@ def render_html(context: dict[str, Any]) -> str:
     verdict = s["verdict"]
     colour = GREEN if verdict == "green" else RED
     headline = "GREEN: source and target match" if verdict == "green" else "RED: differences found"
-    sub = (f'{s["persistent_mismatches"]:,} persistent row mismatches · {s["balance_differences"]:,} balance '
-           f'differences · {s["in_flight"]:,} in flight · run {escape(s["run_id"])}')
+    if s.get("full_reconciliation") is False:
+        headline += " (not a full reconciliation)"
+    sub = (f'{s["persistent_mismatches"]:,} persistent row mismatches · {escape(balance_phrase(s))} · '
+           f'{s["in_flight"]:,} in flight · run {escape(s["run_id"])}')
     out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Diff {escape(verdict.upper())} · '
            f'{escape(s["run_id"])}</title><style>{CSS}</style></head><body>',
            f'<div class="banner" id="verdict" style="background:{colour}"><h1>{escape(headline)}</h1><p>{sub}</p></div>',
            "<main>"]
+    said = scope_notes(s)
+    if said:
+        out.append('<h2>Scope of this run</h2><ul id="scope">' + "".join(
+            f"<li>{escape(n)}</li>" for n in said) + "</ul>")
     if s.get("errors"):
         out.append('<h2>Errors</h2><ul>' + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>"
                                                     for k, v in s["errors"].items()) + "</ul>")
+    compared = (s.get("balances") or {}).get("status") in (None, "green", "red")
     cards = [("Verdict", verdict.upper()), ("Persistent mismatches", f'{s["persistent_mismatches"]:,}'),
-             ("Balance differences", f'{s["balance_differences"]:,}'), ("In flight", f'{s["in_flight"]:,}'),
+             ("Balance differences", f'{s["balance_differences"]:,}' if compared else balance_phrase(s)), ("In flight", f'{s["in_flight"]:,}'),
              ("Tables", f'{len(s["tables"]):,}'), ("Duration", f'{s["duration_seconds"]:.1f} s'),
              ("Start LSN", s.get("start_lsn") or "–")]
     out.append('<div class="cards">' + "".join(f'<div class="card"><span>{escape(k)}</span><b>{escape(v)}</b></div>'
@@ -213,9 +222,13 @@ def render_html(context: dict[str, Any]) -> str:
     # Balances
     out.append("<h2>Balances</h2>")
     bd = balances.get("details") or {}
-    if not balances:
-        out.append('<p class="muted">Not run.</p>')
+    state = s.get("balances") or {}
+    if not balances or balances.get("status") in ("skipped", "not_applicable"):
+        why = state.get("reason") or "diff_balances did not run"
+        out.append(f'<p id="balances-state"><b>{escape(balance_phrase(s).capitalize())}</b>: {escape(why)}.</p>')
     else:
+        for kind, why in sorted((state.get("not_applicable") or bd.get("not_applicable") or {}).items()):
+            out.append(f'<p class="muted">{escape(kind)}: not applicable ({escape(why)})</p>')
         out.append(f'<p>Status {_badge(balances["status"])} · {bd.get("accounts_source", 0):,} accounts on the source, '
                    f'{bd.get("accounts_target", 0):,} on the target · {bd.get("days", 0):,} days of daily totals compared'
                    f' · {balances.get("in_flight", 0):,} in flight</p>')
@@ -224,8 +237,8 @@ def render_html(context: dict[str, Any]) -> str:
                        "<th>Entries source</th><th>Entries target</th><th>Trial balance source</th>"
                        "<th>Trial balance target</th></tr>")
             for c in bd["currencies"]:
-                out.append(f'<tr><td>{_e(c["currency"])}</td><td class="n">{_e(c["balances_source"])}</td>'
-                           f'<td class="n">{_e(c["balances_target"])}</td><td class="n">{_num(c["entries_source"])}</td>'
+                out.append(f'<tr><td>{_e(c["currency"])}</td><td class="n">{_e(c.get("balances_source", "n/a"))}</td>'
+                           f'<td class="n">{_e(c.get("balances_target", "n/a"))}</td><td class="n">{_num(c["entries_source"])}</td>'
                            f'<td class="n">{_num(c["entries_target"])}</td><td class="n">{_e(c["trial_source"])}</td>'
                            f'<td class="n">{_e(c["trial_target"])}</td></tr>')
             out.append("</table>")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconcile.report.notes import balance_phrase, headline, notes
+
 
 def _cell(value: Any) -> str:
     text = "–" if value is None else str(value)
@@ -13,10 +15,11 @@ def _cell(value: Any) -> str:
 def render_markdown(context: dict[str, Any], *, top: int = 5) -> str:
     s = context["summary"]
     mark = "✅" if s["verdict"] == "green" else "❌"
-    lines = [f"# Diff {s['verdict'].upper()} {mark}", "",
+    said = notes(s)
+    lines = [f"# Diff {headline(s)} {mark}", "",
              f"Run `{s['run_id']}` · start LSN `{s.get('start_lsn')}` · {s['duration_seconds']:.1f} s · "
-             f"{s['persistent_mismatches']:,} persistent mismatches · {s['balance_differences']:,} balance differences · "
-             f"{s['in_flight']:,} in flight", "",
+             f"{s['persistent_mismatches']:,} persistent mismatches · {balance_phrase(s)} · "
+             f"{s['in_flight']:,} in flight", "", *[f"- **{_cell(n)}**" for n in said], *([""] if said else []),
              "| table | status | rows source | rows target | missing | extra | changed | in flight |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, t in s["tables"].items():
