@@ -78,9 +78,9 @@ def test_evidence_that_turns_red_while_the_approval_waits_refuses_the_transition
 
     from reconcile import control
     from reconcile.connections import connect
-    from tests.test_gates import _dead_letter, green_history
+    from tests.test_gates import _dead_letter, bind, green_history
 
-    with connect(cutover_config.target) as conn:
+    with bind(connect(cutover_config.target), cutover_config) as conn:
         control.migrate(conn)
         green_history(conn)
 

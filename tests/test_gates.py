@@ -20,6 +20,7 @@ from reconcile.connections import connect
 from reconcile.gates import (GateError, GateRefused, GateSettings, PublishFailed, READ_CRITERIA, acknowledge, approve,
                              current_state, evaluate, gate_status, history, publish, rollback)
 from reconcile.gates import cutover, trail
+from reconcile.identity import RunScope, migration_of, run_scope
 
 LEDGER = ("ledger.accounts", "ledger.journal", "ledger.entries")
 """The configured tables (the demo ledger, the default config)."""
@@ -48,38 +49,74 @@ def cfg(target_db, local_stack) -> Config:
                   stages={"gates": settings()})
 
 
+_BOUND: dict[int, RunScope] = {}
+"""Connection -> the migration scope its planted runs record (see :func:`bind`)."""
+LEGACY = RunScope(None, ())
+"""The scope of a row written before runs recorded their migration."""
+
+
+def bind(conn, config: Config):
+    """Make the runs :func:`add_run` and :func:`add_audit` plant on ``conn`` belong to ``config``'s migration."""
+    _BOUND[id(conn)] = run_scope(config)
+    return conn
+
+
+def _scope_of(conn, scope: RunScope | None) -> RunScope:
+    if scope is not None:
+        return scope
+    assert id(conn) in _BOUND, "bind(conn, config) first: planted runs must name their migration"
+    return _BOUND[id(conn)]
+
+
 @pytest.fixture
 def conn(cfg):
     c = connect(cfg.target)
     control.migrate(c)
+    bind(c, cfg)
     yield c
+    _BOUND.pop(id(c), None)
     c.close()
 
 
 def add_run(conn, kind: str, status: str, hours_ago: float, summary: dict | None, minutes: float = 5, *,
-            balances: str | None = "green", running: bool = False) -> str:
+            balances: str | None = "green", running: bool = False, checks: str | None = "green",
+            scope: RunScope | None = None) -> str:
     """A ``reconcile.runs`` row that finished ``hours_ago`` (``running``: started then, not finished).
 
     For a diff run, ``balances`` is the status of its balance diff (a ``diff_results`` row
-    ``__balances__``, as reconcile.diff writes it); None: the balance diff never ran.
+    ``__balances__``, as reconcile.diff writes it; None: the balance diff never ran) and ``checks`` the
+    status of the expectations run of the same reconciliation (a 'check' run ``part_of`` it; None: none).
+    ``scope``: the migration and tables the run records (default: the connection's, see :func:`bind`).
     """
+    scope = _scope_of(conn, scope)
     run_id = str(uuid.uuid4())
-    conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary) VALUES "
-                 "(%s, %s, %s, now() - make_interval(secs => %s), "
-                 "CASE WHEN %s THEN NULL ELSE now() - make_interval(secs => %s) END, %s)",
+    conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary, migration_id, "
+                 "tables) VALUES (%s, %s, %s, now() - make_interval(secs => %s), "
+                 "CASE WHEN %s THEN NULL ELSE now() - make_interval(secs => %s) END, %s, %s, %s)",
                  (run_id, kind, status, hours_ago * 3600 + (0 if running else minutes * 60), running,
-                  hours_ago * 3600, None if summary is None else json.dumps(summary)))
+                  hours_ago * 3600, None if summary is None else json.dumps(summary), scope.migration_id,
+                  scope.tables_json if scope.tables else None))
     if kind == "diff" and balances is not None:
         conn.execute("INSERT INTO reconcile.diff_results (run_id, table_name, status) VALUES (%s, '__balances__', %s)",
                      (run_id, balances))
+    if kind == "diff" and checks is not None:
+        conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary, "
+                     "migration_id, tables, part_of) VALUES (%s, 'check', %s, now() - make_interval(secs => %s), "
+                     "now() - make_interval(secs => %s), %s, %s, %s, %s)",
+                     (str(uuid.uuid4()), checks, hours_ago * 3600 + 60, hours_ago * 3600,
+                      json.dumps({**GREEN_CHECK, "success": checks == "green"}), scope.migration_id,
+                      scope.tables_json if scope.tables else None, run_id))
     return run_id
 
 
-def add_audit(conn, *, blockers: int = 0, must_change: tuple[str, ...] = (MUST_CHANGE,), hours_ago: float = 48) -> str:
+def add_audit(conn, *, blockers: int = 0, must_change: tuple[str, ...] = (MUST_CHANGE,), hours_ago: float = 48,
+              scope: RunScope | None = None) -> str:
+    scope = _scope_of(conn, scope)
     run_id = str(uuid.uuid4())
     conn.execute("INSERT INTO reconcile.audit_runs (run_id, started_at, finished_at, source_fingerprint, blockers, "
-                 "must_change) VALUES (%s, now() - make_interval(hours => %s), now(), 'fp', %s, %s)",
-                 (run_id, int(hours_ago), blockers, len(must_change)))
+                 "must_change, migration_id, tables) VALUES (%s, now() - make_interval(hours => %s), now(), 'fp', %s, "
+                 "%s, %s, %s)", (run_id, int(hours_ago), blockers, len(must_change), scope.migration_id,
+                                 scope.tables_json if scope.tables else None))
     findings = [(f"trigger:ledger.t{i}", "blocker") for i in range(blockers)] + [(f, "must-change") for f in must_change]
     findings.append(("c_collation:ledger.accounts.name", "warning"))
     for no, (fid, sev) in enumerate(findings, start=1):
@@ -185,16 +222,15 @@ def test_each_planted_fault_fails_exactly_its_criterion(cfg, conn, plant, criter
 
 def test_streak_length_span_and_freshness_are_settings(cfg, conn):
     for hours in (3, 2, 1):
-        add_run(conn, "diff", "green", hours, GREEN_DIFF)
-    add_run(conn, "check", "green", 30, GREEN_CHECK)
+        add_run(conn, "diff", "green", hours, GREEN_DIFF)  # each with its green expectations run
     add_run(conn, "replay", "done", 1, REPLAY)
     add_audit(conn, must_change=())
-    ev = evaluate(cfg, "read", record=False, conn=conn)
+    ev = evaluate(make_config(cfg, max_check_age_hours=0.5), "read", record=False, conn=conn)
     assert ev.failing == ("green_diff_streak", "expectations_green")
     streak = ev.criterion("green_diff_streak").evidence
     assert streak["consecutive_green"] == 3 and 1.9 < streak["span_hours"] < 2.2
     assert "24 h needed" in ev.criterion("green_diff_streak").message
-    demo = make_config(cfg, min_green_runs=1, min_green_hours=0.0, max_check_age_hours=48.0)
+    demo = make_config(cfg, min_green_runs=1, min_green_hours=0.0)
     assert evaluate(demo, "read", record=False, conn=conn).passed
 
 
@@ -495,7 +531,8 @@ def test_orphaned_and_stale_replay_rows_do_not_count(cfg, conn):
                                             "target_commits": 1000}, running=True)
     ev = evaluate(cfg, "write", record=False, conn=conn)
     assert ev.criterion("replay_lag").evidence["runs"] == 0
-    assert ev.criterion("replay_lag").message == "no replay run in the last 24 h; run `reconcile replay`"
+    assert ev.criterion("replay_lag").message == (f"no replay run of this migration ({migration_of(cfg).id[:12]}) "
+                                                  "on slot reconcile in the last 24 h; run `reconcile replay`")
     assert ev.criterion("occ_conflict_rate").evidence["by_kind"] == {}
     green_history(conn, audit=False)
     ev = evaluate(cfg, "write", record=False, conn=conn)

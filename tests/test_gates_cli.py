@@ -15,7 +15,7 @@ from reconcile.config import InvalidSetting, load_config
 from reconcile.connections import connect
 from reconcile.gates import Criterion, Evaluation, GateError, GateSettings
 
-from tests.test_gates import GREEN_CHECK, GREEN_DIFF, MUST_CHANGE, REPLAY, add_audit, add_run
+from tests.test_gates import GREEN_CHECK, GREEN_DIFF, MUST_CHANGE, REPLAY, add_audit, add_run, bind
 
 
 @pytest.fixture
@@ -56,7 +56,8 @@ def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys
     assert "\n" not in sentence and sentence.endswith(".") and ". " not in sentence  # one sentence, one line
     assert "--override REASON" in sentence
 
-    with connect(load_config(toml, environ={}).target) as conn:  # the demo's history: N=1, T=0
+    loaded = load_config(toml, environ={})
+    with bind(connect(loaded.target), loaded) as conn:  # the demo's history: N=1, T=0
         add_run(conn, "diff", "green", 0.1, GREEN_DIFF)
         add_run(conn, "check", "green", 0.1, GREEN_CHECK)
         add_run(conn, "replay", "done", 0.1, REPLAY)

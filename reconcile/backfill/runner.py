@@ -74,6 +74,7 @@ class Backfill:
         policy: RetryPolicy = DEFAULT_POLICY,
         dialect: str = "postgres",
         progress: Progress | None = None,
+        migration_id: str | None = None,
     ) -> None:
         self.settings = settings or BackfillSettings()
         self.budget = budget or Budget()
@@ -93,7 +94,10 @@ class Backfill:
         self.progress.retries = lambda: self.counters.retries
         self._target = Reconnector(target)
         self._source = Reconnector(self.source_factory)
-        self.control = Control(self._target, budget=self.budget, policy=policy, counters=self.counters)
+        self.migration_id = migration_id
+        """The migration this session's runs belong to (:func:`reconcile.identity.migration_of`)."""
+        self.control = Control(self._target, budget=self.budget, policy=policy, counters=self.counters,
+                               migration_id=migration_id)
         self.slot: SlotInfo | None = None
         self._prepared = False
         self._infos: dict[str, TableInfo] = {}
@@ -104,10 +108,12 @@ class Backfill:
                     progress: Progress | None = None) -> Backfill:
         """A session on the configured source and target (connections via :mod:`reconcile.connections`)."""
         from reconcile.connections import connect
+        from reconcile.identity import migration_of
 
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
                    tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
-                   dialect=dialect_for(config.target).name, progress=progress)
+                   dialect=dialect_for(config.target).name, progress=progress,
+                   migration_id=migration_of(config).id)
 
     def close(self) -> None:
         for copier in self._copiers:
@@ -279,7 +285,8 @@ class Backfill:
         target = Reconnector(self.target_factory)
         return ChunkCopier(
             source=Reconnector(self.source_factory), target=target,
-            control=Control(target, budget=self.budget, policy=self.policy, counters=self.counters),
+            control=Control(target, budget=self.budget, policy=self.policy, counters=self.counters,
+                            migration_id=self.migration_id),
             budget=self.budget, settings=self.settings, policy=self.policy, counters=self.counters,
             source_counters=self.source_counters, throttle=self.throttle, progress=self.progress, stop=self.stop)
 

@@ -27,6 +27,7 @@ from reconcile.checks.spec import Check, suite_key
 from reconcile.config import Config
 from reconcile.schema.dialect import dialect_for
 from reconcile.errors import ConfigError
+from reconcile.identity import run_scope
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         migrate(target, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
         settings = {"sides": list(sides), "suites": list(suites), "report_dir": str(report) if report else None,
                     "checks": config.describe()["checks"]}
-        run_id = store.start_run(target, settings, policy=policy, counters=counters)
+        run_id = store.start_run(target, settings, policy=policy, counters=counters, scope=run_scope(config))
         result = CheckResult(run_id, False, sides=sides)
         try:
             source = connect(config.source, local_url=local_url) if "source" in sides or "parity" in suites \

@@ -35,10 +35,11 @@ from psycopg import sql
 
 from reconcile.control import ident, migrate
 from reconcile.gates import trail
-from reconcile.gates.criteria import DiffScope, evaluate_criteria
+from reconcile.gates.criteria import EvidenceScope, evaluate_criteria, latest_audit_run
 from reconcile.gates.errors import GateError, GateRefused
 from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
 from reconcile.gates.ssm import publish_ssm, resolve_region
+from reconcile.identity import migration_of, run_scope
 from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
@@ -64,8 +65,9 @@ _SET_PENDING = sql.SQL("UPDATE {} SET pending = %s, version = version + 1, updat
                        "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
 _SET_PUBLISHED = sql.SQL("UPDATE {} SET published_state = state, published_version = version, published_at = now() "
                          "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
-_GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary) "
-                    "VALUES (%s, 'gate', %s, %s, now(), %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+_GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary, migration_id, "
+                    "tables) VALUES (%s, 'gate', %s, %s, now(), %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING"
+                    ).format(ident("runs"))
 
 
 class _Refused(Exception):
@@ -183,7 +185,7 @@ def _evaluate_in(t: psycopg.Connection, config: Any, gate: str, st: dict[str, An
     """Inside a transaction (one snapshot): the criteria of ``gate`` against the state ``st`` read in it."""
     (now,) = t.execute("SELECT now()").fetchone()
     st = _read_state(t) if st is None else st
-    criteria = evaluate_criteria(t, gate, config.gates, st, now, DiffScope.of(config))
+    criteria = evaluate_criteria(t, gate, config.gates, st, now, EvidenceScope.of(config))
     return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
 
 
@@ -197,8 +199,9 @@ def _evaluation_record(t: psycopg.Connection, config: Any, ev: Evaluation,
     run_id = str(uuid.uuid4())
     recorded = Evaluation(ev.gate, ev.state, ev.evaluated_at, ev.criteria, run_id)
     settings = canonical({f: getattr(config.gates, f) for f in config.gates.__dataclass_fields__})
+    scope = run_scope(config)
     t.execute(_GATE_RUN, (run_id, "green" if ev.passed else "red", ev.evaluated_at, settings,
-                          canonical(recorded.to_dict())))
+                          canonical(recorded.to_dict()), scope.migration_id, scope.tables_json))
     event = {"event": "evaluation", "gate": ev.gate, "actor": actor, "run_id": run_id,
              "evidence_hash": ev.evidence_hash,
              "details": {"passed": ev.passed, "failing": list(ev.failing), "state": ev.state}}
@@ -455,15 +458,16 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
     """
     finding_id = _required(finding_id, "FINDING")
     by, reason = _required(by, "--by"), _required(reason, "--reason")
-    acks, runs, findings = ident("gate_acknowledgements"), ident("audit_runs"), ident("audit_findings")
+    acks, findings = ident("gate_acknowledgements"), ident("audit_findings")
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
-            row = t.execute(sql.SQL("SELECT f.run_id, f.severity FROM {f} f WHERE f.finding_id = %s AND f.run_id = "
-                                    "(SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 1)").format(
-                f=findings, r=runs), (finding_id,)).fetchone()
+            latest = latest_audit_run(t, EvidenceScope.of(config))
+            row = None if latest is None else t.execute(sql.SQL(
+                "SELECT run_id, severity FROM {} WHERE finding_id = %s AND run_id = %s").format(findings),
+                (finding_id, latest[0])).fetchone()
             if row is None:
-                raise GateError(f"The latest audit run has no finding {finding_id!r}; copy the id (code:object) "
-                                "from `reconcile audit` or `reconcile gate status`.")
+                raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
+                                "(code:object) from `reconcile audit` or `reconcile gate status`.")
             old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
                 acks), (finding_id,)).fetchone()
             if old is not None:
@@ -560,6 +564,7 @@ def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[
         st, chain = _tx(c, config, read, "gate status", writes=False)
         gates = {g: _evaluate(c, config, g).to_dict() for g in _NEXT_GATES[st["state"]]}
     return jsonable({
+        "migration": migration_of(config).describe(),
         "state": st["state"], "version": st["version"], "entered_at": st["entered_at"],
         "changed_by": st["changed_by"], "reason": st["reason"], "pending": st["pending"],
         "published": {"state": st["published_state"], "version": st["published_version"], "at": st["published_at"],
