@@ -34,13 +34,15 @@ _RESULT = sql.SQL(
 
 
 def start_run(target: psycopg.Connection, settings: dict[str, Any], *, policy: RetryPolicy,
-              counters: RetryCounters | None = None, scope: RunScope | None = None) -> str:
-    """Insert the ``running`` check run; returns its id. ``scope``: its migration and the tables it covers."""
+              counters: RetryCounters | None = None, scope: RunScope | None = None,
+              part_of: str | None = None) -> str:
+    """Insert the ``running`` check run; returns its id. ``scope``: its migration and the tables it covers;
+    ``part_of``: the diff run of the reconciliation it belongs to."""
     run_id = str(uuid.uuid4())
-    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables) "
-                "VALUES (%s, %s, 'running', %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables, part_of) "
+                "VALUES (%s, %s, 'running', %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
     values = (run_id, KIND, json.dumps(settings, default=str), scope.migration_id if scope else None,
-              scope.tables_json if scope else None)
+              scope.tables_json if scope else None, part_of)
     run_with_retry(target, lambda c: c.execute(q, values), policy=policy, counters=counters, label="check run start")
     return run_id
 

@@ -255,11 +255,12 @@ def _compared(seen: Evaluation | None, fresh: Evaluation) -> dict[str, Any]:
     """What the approval records about the evidence the approver saw versus the fresh evaluation."""
     if seen is None:
         return {"seen_evidence_hash": None, "evidence_changed": None, "changed_criteria": []}
-    before = {c.name: c.passed for c in seen.criteria}
-    changed = [c.name for c in fresh.criteria if before.get(c.name) is not c.passed]
+    changed = seen.changed_criteria(fresh)
     return {"seen_evidence_hash": seen.evidence_hash, "seen_evaluated_at": seen.evaluated_at,
             "seen_run_id": seen.run_id, "seen_passed": seen.passed,
-            "evidence_changed": seen.evidence_hash != fresh.evidence_hash, "changed_criteria": changed}
+            "evidence_changed": seen.substance_hash != fresh.substance_hash, "changed_criteria": changed,
+            "verdict_changed": [c.name for c in fresh.criteria if c.name in changed
+                                and any(s.name == c.name and s.passed is not c.passed for s in seen.criteria)]}
 
 
 def _refusal_text(gate: str, ev: Evaluation, chain_problem: str | None, seen: Evaluation | None) -> str:
@@ -291,9 +292,10 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
     authenticated responder.
 
     ``evaluation`` is what the approver was shown. Its hash is recorded next to the fresh one
-    (``seen_evidence_hash``, ``evidence_hash``), with the criteria whose verdict changed between the
-    two. A differing hash alone does not refuse: the hash covers the evaluation time and the ages in
-    the evidence, so it differs on every re-evaluation; what decides is the fresh verdict.
+    (``seen_evidence_hash``, ``evidence_hash``), with ``evidence_changed`` (the two differ in a
+    criterion's verdict or values, timestamps and ages aside: :attr:`Evaluation.substance`), the
+    criteria that changed (``changed_criteria``) and those whose verdict flipped (``verdict_changed``).
+    A change alone does not refuse: what decides is the fresh verdict.
 
     Args:
         config: the loaded configuration.
