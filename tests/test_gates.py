@@ -365,23 +365,38 @@ def test_rollback_steps_back_and_refuses_write_cutover_without_override(cfg, con
     assert gate_status(cfg, conn=conn)["chain"]["ok"]
 
 
-def test_two_person_rule_needs_a_second_distinct_approver(cfg, conn):
+def test_two_person_rule_compares_authenticated_identities(cfg, conn):
+    from reconcile.gates.approver import airflow_responder
+
     green_history(conn)
     two = make_config(cfg, two_person=True)
-    first = approve(two, "read", by="ana", reason="green", conn=conn)
+    with pytest.raises(GateRefused, match="no authenticated identity") as unauthenticated:
+        approve(two, "read", by="ana", reason="green", conn=conn)
+    assert unauthenticated.value.failing == ("two_person",)
+    ana, bo = airflow_responder({"id": "u-ana", "name": "ana"}), airflow_responder({"id": "u-bo", "name": "bo"})
+    first = approve(two, "read", by="ana", reason="green", identity=ana, conn=conn)
     assert first["status"] == "pending" and current_state(two, conn=conn) == "shadow"
     assert gate_status(two, conn=conn)["pending"]["by"] == "ana"
     with pytest.raises(GateRefused, match="second, different approver") as same:
-        approve(two, "read", by="ana", reason="me again", conn=conn)
+        approve(two, "read", by="ana", reason="me again", identity=bo, conn=conn)
     assert same.value.failing == ("two_person",)
-    for alias in ("Ana", "  ANA ", "aNa\t"):  # names are compared case-folded, whitespace collapsed
+    for alias in ("Ana", "  ANA ", "aNa\u00a0"):  # names are compared case-folded, whitespace collapsed
         with pytest.raises(GateRefused, match="second, different approver"):
-            approve(two, "read", by=alias, reason="me again, louder", conn=conn)
+            approve(two, "read", by=alias, reason="me again, louder", identity=bo, conn=conn)
+    with pytest.raises(GateRefused, match=r"ana and bo are one authenticated identity \(airflow:u-ana\)"):
+        approve(two, "read", by="bo", reason="a second name, one login", identity=ana, conn=conn)
+    aws = {"kind": "aws", "arn": "arn:aws:iam::1:user/bo", "account": "1", "user_id": "X", "principal": "arn:aws:iam::1:user/bo"}
+    with pytest.raises(GateRefused, match="authenticated by airflow and this one by aws"):
+        approve(two, "read", by="bo", reason="from the CLI", identity=aws, conn=conn)
     assert current_state(two, conn=conn) == "shadow"
-    second = approve(two, "read", by="bo", reason="agree", conn=conn)
+    second = approve(two, "read", by="bo", reason="agree", identity=bo, conn=conn)
     assert second["status"] == "approved" and second["approvers"] == ["ana", "bo"]
+    assert second["identities"] == ["airflow:u-ana", "airflow:u-bo"]
     assert current_state(two, conn=conn) == "read_cutover"
     assert gate_status(two, conn=conn)["pending"] is None
+    transition = _event(conn, "transition")
+    assert transition["approver_identities"] == second["identities"]
+    assert _event(conn, "approval")["authenticated"] == bo
 
 
 def test_two_concurrent_approvals_transition_once(cfg, conn, monkeypatch):
