@@ -631,3 +631,110 @@ def test_a_state_changed_behind_the_tools_back_is_detected(cfg, conn):
     problems = [b["problem"] for b in history(cfg, conn=conn)["chain"]["breaks"]]
     assert any("outside the gate tool" in p and "no place" in p for p in problems)
     assert any("the state table says 'write_cutover'" in p for p in problems)
+
+
+# --- the chain head published outside the database ---------------------------------------------
+
+
+def _rewrite(conn, change) -> None:
+    """Rewrite every row of the trail consistently: ``change(row)`` edits a row, every hash and the head follow."""
+    prev = trail.GENESIS
+    for row in trail.read_events(conn):
+        row = {**change(row), "prev_hash": prev}
+        row["event_hash"] = prev = trail.event_hash(row)
+        conn.execute("UPDATE reconcile.audit_events SET actor = %s, reason = %s, prev_hash = %s, event_hash = %s "
+                     "WHERE event_id = %s", (row["actor"], row["reason"], row["prev_hash"], row["event_hash"],
+                                             row["event_id"]))
+    conn.execute("UPDATE reconcile.gate_chain SET head_hash = %s", (prev,))
+
+
+def test_a_consistent_rewrite_of_every_row_and_the_head_is_caught_by_the_published_head(cfg, conn, ssm):
+    green_history(conn)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head", ssm_region="eu-west-1")
+    evaluate(pinned, "read", conn=conn)
+    approve(pinned, "read", by="ana", reason="two weeks green", conn=conn)
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"]["unpinned_events"] == 0 and chain["pinned"]["pinned_seq"] == chain["head_seq"]
+    versions = ssm.get_parameter_history(Name="/reconcile/cutover/chain-head")["Parameters"]
+    assert len(versions) >= 2 and json.loads(versions[-1]["Value"])["seq"] == chain["head_seq"]
+    assert gate_status(pinned, conn=conn)["chain"]["ok"]
+
+    # mallory rewrites who approved, and every hash after it, and the head: consistent inside the database
+    _rewrite(conn, lambda r: {**r, "actor": "mallory" if r["actor"] == "ana" else r["actor"]})
+    assert trail.verify(conn)["ok"] and history(cfg, conn=conn)["chain"]["ok"]  # without the published head: unseen
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"]
+    problems = [b["problem"] for b in chain["breaks"]]
+    assert problems and all("the trail was rewritten" in p for p in problems)
+    assert "SSM version" in problems[-1]
+    assert not gate_status(pinned, conn=conn)["chain"]["ok"]
+    with pytest.raises(GateRefused, match="the audit trail is broken .*rewritten"):
+        approve(pinned, "write", by="bo", reason="go", conn=conn)
+
+
+def test_removed_events_are_caught_and_unpinned_ones_reported_until_published(cfg, conn, ssm):
+    green_history(conn)
+    evaluate(cfg, "read", conn=conn)  # written before the head was published anywhere
+    evaluate(cfg, "read", conn=conn)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head", ssm_region="eu-west-1")
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"] == {"parameter": "/reconcile/cutover/chain-head", "pins": 0,
+                                               "pinned_seq": 0, "unpinned_events": 2}
+    publish(pinned, conn=conn)  # pins what is there (and records the publish)
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"]["unpinned_events"] == 0
+    # the last event removed and the head moved back to match: consistent inside, caught outside
+    last = conn.execute("SELECT seq, prev_hash FROM reconcile.audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.execute("DELETE FROM reconcile.audit_events WHERE seq = %s", (last[0],))
+    conn.execute("UPDATE reconcile.gate_chain SET seq = %s, head_hash = %s", (last[0] - 1, last[1]))
+    assert trail.verify(conn)["ok"]
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"] and f"is event {last[0]}, but the trail ends at event {last[0] - 1}" in \
+        chain["breaks"][0]["problem"]
+
+
+def test_an_unreadable_published_head_is_a_break_not_a_pass(cfg, conn, monkeypatch):
+    green_history(conn)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head")  # no region: SSM cannot be asked
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"] and "could not be read" in chain["breaks"][0]["problem"]
+
+
+def test_evidence_changed_compares_criteria_and_values_not_timestamps(cfg, conn):
+    green_history(conn)
+    seen = evaluate(cfg, "read", conn=conn).to_dict()
+    conn.execute("UPDATE reconcile.gate_state SET updated_at = now()")  # time passes, nothing else changes
+    result = approve(cfg, "read", by="ana", reason="as shown", evaluation=seen, conn=conn)
+    assert result["seen_evidence_hash"] != result["evidence_hash"]  # the evaluation time differs...
+    assert result["evidence_changed"] is False and result["changed_criteria"] == []  # ...the evidence does not
+    # a new green reconciliation (diff + its expectations run) changes values (run ids), not a verdict
+    rolled = rollback(cfg, by="ana", reason="again", conn=conn)
+    assert rolled["to"] == "shadow"
+    seen = evaluate(cfg, "read", conn=conn).to_dict()
+    add_run(conn, "diff", "green", 0.01, GREEN_DIFF)
+    result = approve(cfg, "read", by="ana", reason="as shown", evaluation=seen, conn=conn)
+    assert result["evidence_changed"] is True
+    assert result["changed_criteria"] == ["green_diff_streak", "latest_diff_clean", "expectations_green"]
+    assert result["verdict_changed"] == []
+
+
+def test_control_characters_are_refused_in_every_name_and_reason(cfg, conn):
+    from reconcile.gates import reject
+    from reconcile.pipeline.gates import gate_transition
+
+    green_history(conn)
+    for call in (lambda: approve(cfg, "read", by="ana\nbo", reason="r", conn=conn),
+                 lambda: approve(cfg, "read", by="ana", reason="r\x00", conn=conn),
+                 lambda: reject(cfg, "read", by="bob\x1b]0;x\x07", reason="r", conn=conn),
+                 lambda: rollback(cfg, by="ana", reason="line\u2028break", conn=conn),
+                 lambda: acknowledge(cfg, MUST_CHANGE, by="ana", reason="ok\x9bA", conn=conn),
+                 lambda: evaluate(cfg, "read", actor="airflow:\nforged", conn=conn)):
+        with pytest.raises(GateError, match=r"contains a control character \(U\+[0-9A-F]{4}\); write it on one line"):
+            call()
+    with pytest.raises(GateError, match="--by contains a control character"):  # an Airflow user name, too
+        gate_transition(cfg, "read", by="alice\r\nseq 99", reason="r")
+    assert events(conn) == []
+    assert approve(cfg, "read", by="Zoë Ñúñez 山田", reason="ünïcode is fine — “quotes” too", conn=conn)[
+        "status"] == "approved"

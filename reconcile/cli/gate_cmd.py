@@ -29,9 +29,18 @@ OVERRIDE_OPTION = typer.Option(None, "--override",
 GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover) or write (read_cutover -> write_cutover).")
 
 
-def _caller(cfg: Any) -> dict[str, Any] | None:
-    """Who this command runs as (AWS STS); without it, a warning, or an error under the two-person rule."""
+def _caller(cfg: Any, **texts: str | None) -> dict[str, Any] | None:
+    """Who this command runs as (AWS STS); without it, a warning, or an error under the two-person rule.
+
+    ``texts`` (option name -> value) are checked first, so a name or reason that will be refused is
+    refused before anyone is asked who is calling.
+    """
     from reconcile.gates.approver import IdentityUnavailable, aws_caller
+    from reconcile.gates.cutover import clean_text
+
+    for what, value in texts.items():
+        if value is not None and value.strip():
+            clean_text(value, what)
 
     try:
         return aws_caller(cfg)
@@ -145,7 +154,7 @@ def approve_cmd(
 
     cfg = load(config)
     try:
-        result = approve(cfg, gate, by=by, reason=reason, override_reason=override, identity=_caller(cfg))
+        result = approve(cfg, gate, by=by, reason=reason, override_reason=override, identity=_caller(cfg, **{"--by": by, "--reason": reason, "--override": override}))
     except GateRefused as exc:
         _refused(exc, as_json)
     if result["status"] == "pending":
@@ -169,7 +178,8 @@ def rollback_cmd(
 
     cfg = load(config)
     try:
-        result = rollback(cfg, by=by, reason=reason, override_reason=override, identity=_caller(cfg))
+        result = rollback(cfg, by=by, reason=reason, override_reason=override,
+                          identity=_caller(cfg, **{"--by": by, "--reason": reason, "--override": override}))
     except GateRefused as exc:
         _refused(exc, as_json)
     _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
@@ -188,7 +198,8 @@ def acknowledge_cmd(
     from reconcile.gates import acknowledge
 
     cfg = load(config)
-    result = acknowledge(cfg, finding, by=by, reason=reason, identity=_caller(cfg))
+    result = acknowledge(cfg, finding, by=by, reason=reason,
+                         identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
     text = (f"{finding} acknowledged by {by}" if result["status"] == "acknowledged"
             else f"{finding} was acknowledged already by {result['acknowledged_by']} at {result['acknowledged_at']}")
     _emit(result, as_json, text)

@@ -45,7 +45,7 @@ from reconcile.identity import migration_of, run_scope, text_problem
 from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
-__all__ = ["STATES", "acknowledge", "approve", "current_state", "evaluate", "gate_status", "history", "publish",
+__all__ = ["STATES", "acknowledge", "approve", "clean_text", "current_state", "evaluate", "gate_status", "history", "publish",
            "reject", "rollback", "same_person"]
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ _LIMITS = {"--by": 200, "FINDING": 300}
 _TEXT_LIMIT = 2000
 
 
-def _clean(text: str, what: str) -> str:
+def clean_text(text: str, what: str) -> str:
     """``text`` stripped; refused (one sentence) when it holds a control character or is too long."""
     text = text.strip()
     problem = text_problem(text)
@@ -155,7 +155,7 @@ def _clean(text: str, what: str) -> str:
 def _required(value: str | None, what: str) -> str:
     if value is None or not str(value).strip():
         raise GateError(f"{what} is required and must not be empty; say who acts and why.")
-    return _clean(str(value), what)
+    return clean_text(str(value), what)
 
 
 def _optional(value: str | None, what: str) -> str | None:
@@ -163,7 +163,7 @@ def _optional(value: str | None, what: str) -> str | None:
         return None
     if not str(value).strip():
         raise GateError(f"{what} needs its own reason; give a non-empty text.")
-    return _clean(str(value), what)
+    return clean_text(str(value), what)
 
 
 def same_person(a: str | None, b: str | None) -> bool:
@@ -315,7 +315,7 @@ def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None =
     """
     _check_gate(gate)
     if actor is not None:
-        actor = _clean(str(actor), "--by")
+        actor = clean_text(str(actor), "--by")
     with _target(config, conn) as c:
         ev = _evaluate(c, config, gate)
         if not record:
