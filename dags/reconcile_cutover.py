@@ -2,8 +2,11 @@
 
 Manual, one gate per run (``read``: shadow -> read_cutover, ``write``: read_cutover -> write_cutover).
 evaluate_gate -> approve_gate (Airflow's human-in-the-loop ApprovalOperator; its body is the
-evidence summary) -> transition (the responder is recorded as the approver) -> publish -> verify.
-Reject skips everything downstream, so the state stays as it was. The gate's criteria come from
+evidence summary) -> transition (the responder is recorded as the approver, with the Airflow user id
+as the authenticated identity the two-person rule compares) -> publish -> verify. Reject skips
+transition and everything after it, so the state stays as it was, and record_reject (it runs only
+when transition was skipped) writes the rejection, its responder and the evidence they saw to the
+audit trail. The gate's criteria come from
 the stored history (reconcile.gates); a failing gate stops at evaluate_gate unless the run is
 triggered with override_reason. The approval may come hours after evaluate_gate, so transition
 evaluates the gate again in the transaction that moves the state: if a criterion fails by then,
@@ -20,6 +23,19 @@ from airflow.sdk import Param, dag, task
 from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, reconcile_errors, task_config
 
 EVALUATION = "ti.xcom_pull(task_ids='evaluate_gate')"
+
+
+class AnsweredApproval(ApprovalOperator):
+    """An ApprovalOperator that keeps every answer in XCom (key ``response``): on Reject the base class
+    skips downstream before its return value is pushed, and the rejection must still name its responder."""
+
+    def execute_complete(self, context, event):
+        if "chosen_options" in event:
+            context["ti"].xcom_push(key="response", value={
+                "chosen_options": list(event["chosen_options"] or []),
+                "responded_by_user": dict(event.get("responded_by_user") or {}),
+                "responded_at": str(event.get("responded_at"))})
+        return super().execute_complete(context, event)
 
 
 @dag(
@@ -48,7 +64,7 @@ def reconcile_cutover():
             return gate_evaluate(task_config(), params["gate"], actor=f"airflow:{run_id}",
                                  override_reason=params["override_reason"])
 
-    approve_gate = ApprovalOperator(
+    approve_gate = AnsweredApproval(
         task_id="approve_gate",
         subject="Approve the {{ params.gate }} gate? {{ " + EVALUATION + "['summary'] }}",
         body="{{ " + EVALUATION + "['body'] }}",
@@ -58,13 +74,21 @@ def reconcile_cutover():
 
     @task(retries=3)
     def transition(evaluation: dict, response: dict, params=None) -> dict:
-        from reconcile.pipeline.gates import gate_transition
+        from reconcile.pipeline.gates import gate_transition, responder
 
-        user = response.get("responded_by_user") or {}
-        by = user.get("name") or user.get("id") or "unknown approver"
+        by, identity = responder(response)
         with reconcile_errors():
             return gate_transition(task_config(), params["gate"], by=by, reason=params["reason"],
-                                   override_reason=params["override_reason"], evaluation=evaluation)
+                                   override_reason=params["override_reason"], evaluation=evaluation,
+                                   identity=identity)
+
+    @task(retries=3, trigger_rule="all_skipped")
+    def record_reject(params=None, ti=None, run_id=None) -> dict:
+        from reconcile.pipeline.gates import gate_rejected
+
+        with reconcile_errors():
+            return gate_rejected(task_config(), params["gate"], ti.xcom_pull(task_ids="approve_gate", key="response"),
+                                 ti.xcom_pull(task_ids="evaluate_gate"), run=run_id)
 
     @task(retries=3)
     def publish(moved: dict) -> dict:
@@ -84,6 +108,7 @@ def reconcile_cutover():
     evaluation >> approve_gate
     moved = transition(evaluation, approve_gate.output)
     verify(moved, publish(moved))
+    moved >> record_reject()
 
 
 reconcile_cutover()

@@ -2,8 +2,10 @@
 
 start_diff -> diff_table (mapped per table) -> balances -> checks (expectations) -> finish_diff
 (verdict and report: its folder or S3 link is logged) -> gate_evidence (the next gate evaluated
-and recorded) -> verdict. A red run fails visibly: the last task raises, naming what differs and
-where the report is.
+and recorded) -> verdict. A red run fails visibly: the last task raises, naming the step that failed
+and the action that fits (a key range to re-copy only when the diff found differences). The checks
+run records the diff run it belongs to, so the gates count this reconciliation only when its diff,
+balances and expectations all completed green.
 
 Failures still close the run: balances, checks, finish_diff, gate_evidence and verdict run once
 their upstream tasks are done, failed or not (``all_done``), so a failed diff_table leaves no diff
@@ -70,11 +72,11 @@ def reconcile_reconcile():
             return checks_step(task_config(), diff_run_id=opened_run(started))
 
     @task(trigger_rule=AFTER_FAILURES)
-    def finish_diff(started: dict | None) -> dict:
+    def finish_diff(started: dict | None, expectations: dict | None) -> dict:
         from reconcile.pipeline.diff import diff_finish, opened_run
 
         with reconcile_errors():
-            return diff_finish(task_config(), opened_run(started))
+            return diff_finish(task_config(), opened_run(started), checks=expectations, checks_expected=True)
 
     @task(trigger_rule=AFTER_FAILURES)
     def gate_evidence(run_id=None) -> dict:
@@ -96,8 +98,7 @@ def reconcile_reconcile():
     per_table >> bal
     exp = checks(started)
     bal >> exp
-    done = finish_diff(started)
-    exp >> done
+    done = finish_diff(started, exp)
     evidence = gate_evidence()
     done >> evidence
     verdict(done, exp, evidence)

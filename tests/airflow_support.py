@@ -242,10 +242,12 @@ class HitlResponder(threading.Thread):
     ``timeout`` seconds (the watchdog of :func:`run_dag` then ends the run).
     """
 
-    def __init__(self, dag_id: str, task_id: str, option: str, *, user: str = "alice",
+    def __init__(self, dag_id: str, task_id: str, option: str, *, user: str = "alice", user_id: str | None = None,
                  timeout: float = 90.0, poll: float = 0.2, before_answer: Any = None) -> None:
         super().__init__(name=f"hitl-{task_id}", daemon=True)
         self.dag_id, self.task_id, self.option, self.user = dag_id, task_id, option, user
+        self.user_id = user_id or user
+        """The responder's Airflow user id (their name by default)."""
         self.before_answer = before_answer
         """Called once with no argument when the task waits for input, before answering (what happens
         while a person reads the request)."""
@@ -296,7 +298,7 @@ class HitlResponder(threading.Thread):
             if self.before_answer is not None:
                 self.before_answer()
                 self.before_answer = None
-            detail.responded_by = {"id": self.user, "name": self.user}
+            detail.responded_by = {"id": self.user_id, "name": self.user}
             detail.responded_at = timezone.utcnow()
             detail.chosen_options = [self.option]
             detail.params_input = {}

@@ -47,18 +47,31 @@ def test_approve_moves_the_state_publishes_it_and_records_the_responder(dagbag, 
     events = history(cutover_config)["events"]
     override = next(e for e in events if e["event"] == "override")
     assert override["actor"] == "alice" and override["reason"] == "test ledger has no history yet"
+    assert override["details"]["authenticated"] == {"kind": "airflow", "id": "alice", "name": "alice",
+                                                    "principal": "alice"}
+    assert states["record_reject"] == "skipped" and not any(e["event"] == "rejection" for e in events)
 
 
-def test_reject_leaves_the_state_alone_and_skips_the_transition(dagbag, cutover_config):
-    responder = HitlResponder("reconcile_cutover", "approve_gate", "Reject", user="bob")
+def test_reject_leaves_the_state_alone_skips_the_transition_and_records_who_rejected(dagbag, cutover_config):
+    responder = HitlResponder("reconcile_cutover", "approve_gate", "Reject", user="bob", user_id="b-42")
     dr = run_dag(dagbag, "reconcile_cutover", {"gate": "read", "override_reason": "testing the reject path"},
                  respond=[responder])
     states = task_states(dr)
     assert states["approve_gate"] == "success", states
     assert states["transition"] == states["publish"] == states["verify"] == "skipped", states
-    from reconcile.gates import current_state
+    assert states["record_reject"] == "success", states
+    from reconcile.gates import current_state, history
 
     assert current_state(cutover_config) == "shadow"
+    trail = history(cutover_config)
+    rejection = [e for e in trail["events"] if e["event"] == "rejection"]
+    assert len(rejection) == 1 and trail["chain"]["ok"]
+    shown = xcom(dr, "evaluate_gate")
+    assert rejection[0]["actor"] == "bob" and rejection[0]["gate"] == "read"
+    assert rejection[0]["evidence_hash"] == shown["evidence_hash"] and rejection[0]["run_id"] == shown["run_id"]
+    assert rejection[0]["details"]["authenticated"]["id"] == "b-42"
+    assert rejection[0]["details"]["from"] == "shadow" and rejection[0]["details"]["to"] == "read_cutover"
+    assert xcom(dr, "record_reject")["status"] == "rejected"
 
 
 def test_failing_criteria_stop_before_asking_anyone(dagbag, cutover_config):
@@ -78,9 +91,9 @@ def test_evidence_that_turns_red_while_the_approval_waits_refuses_the_transition
 
     from reconcile import control
     from reconcile.connections import connect
-    from tests.test_gates import _dead_letter, green_history
+    from tests.test_gates import _dead_letter, bind, green_history
 
-    with connect(cutover_config.target) as conn:
+    with bind(connect(cutover_config.target), cutover_config) as conn:
         control.migrate(conn)
         green_history(conn)
 

@@ -20,6 +20,7 @@ from reconcile.connections import connect
 from reconcile.gates import (GateError, GateRefused, GateSettings, PublishFailed, READ_CRITERIA, acknowledge, approve,
                              current_state, evaluate, gate_status, history, publish, rollback)
 from reconcile.gates import cutover, trail
+from reconcile.identity import RunScope, migration_of, run_scope
 
 LEDGER = ("ledger.accounts", "ledger.journal", "ledger.entries")
 """The configured tables (the demo ledger, the default config)."""
@@ -48,38 +49,74 @@ def cfg(target_db, local_stack) -> Config:
                   stages={"gates": settings()})
 
 
+_BOUND: dict[int, RunScope] = {}
+"""Connection -> the migration scope its planted runs record (see :func:`bind`)."""
+LEGACY = RunScope(None, ())
+"""The scope of a row written before runs recorded their migration."""
+
+
+def bind(conn, config: Config):
+    """Make the runs :func:`add_run` and :func:`add_audit` plant on ``conn`` belong to ``config``'s migration."""
+    _BOUND[id(conn)] = run_scope(config)
+    return conn
+
+
+def _scope_of(conn, scope: RunScope | None) -> RunScope:
+    if scope is not None:
+        return scope
+    assert id(conn) in _BOUND, "bind(conn, config) first: planted runs must name their migration"
+    return _BOUND[id(conn)]
+
+
 @pytest.fixture
 def conn(cfg):
     c = connect(cfg.target)
     control.migrate(c)
+    bind(c, cfg)
     yield c
+    _BOUND.pop(id(c), None)
     c.close()
 
 
 def add_run(conn, kind: str, status: str, hours_ago: float, summary: dict | None, minutes: float = 5, *,
-            balances: str | None = "green", running: bool = False) -> str:
+            balances: str | None = "green", running: bool = False, checks: str | None = "green",
+            scope: RunScope | None = None) -> str:
     """A ``reconcile.runs`` row that finished ``hours_ago`` (``running``: started then, not finished).
 
     For a diff run, ``balances`` is the status of its balance diff (a ``diff_results`` row
-    ``__balances__``, as reconcile.diff writes it); None: the balance diff never ran.
+    ``__balances__``, as reconcile.diff writes it; None: the balance diff never ran) and ``checks`` the
+    status of the expectations run of the same reconciliation (a 'check' run ``part_of`` it; None: none).
+    ``scope``: the migration and tables the run records (default: the connection's, see :func:`bind`).
     """
+    scope = _scope_of(conn, scope)
     run_id = str(uuid.uuid4())
-    conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary) VALUES "
-                 "(%s, %s, %s, now() - make_interval(secs => %s), "
-                 "CASE WHEN %s THEN NULL ELSE now() - make_interval(secs => %s) END, %s)",
+    conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary, migration_id, "
+                 "tables) VALUES (%s, %s, %s, now() - make_interval(secs => %s), "
+                 "CASE WHEN %s THEN NULL ELSE now() - make_interval(secs => %s) END, %s, %s, %s)",
                  (run_id, kind, status, hours_ago * 3600 + (0 if running else minutes * 60), running,
-                  hours_ago * 3600, None if summary is None else json.dumps(summary)))
+                  hours_ago * 3600, None if summary is None else json.dumps(summary), scope.migration_id,
+                  scope.tables_json if scope.tables else None))
     if kind == "diff" and balances is not None:
         conn.execute("INSERT INTO reconcile.diff_results (run_id, table_name, status) VALUES (%s, '__balances__', %s)",
                      (run_id, balances))
+    if kind == "diff" and checks is not None:
+        conn.execute("INSERT INTO reconcile.runs (run_id, kind, status, started_at, finished_at, summary, "
+                     "migration_id, tables, part_of) VALUES (%s, 'check', %s, now() - make_interval(secs => %s), "
+                     "now() - make_interval(secs => %s), %s, %s, %s, %s)",
+                     (str(uuid.uuid4()), checks, hours_ago * 3600 + 60, hours_ago * 3600,
+                      json.dumps({**GREEN_CHECK, "success": checks == "green"}), scope.migration_id,
+                      scope.tables_json if scope.tables else None, run_id))
     return run_id
 
 
-def add_audit(conn, *, blockers: int = 0, must_change: tuple[str, ...] = (MUST_CHANGE,), hours_ago: float = 48) -> str:
+def add_audit(conn, *, blockers: int = 0, must_change: tuple[str, ...] = (MUST_CHANGE,), hours_ago: float = 48,
+              scope: RunScope | None = None) -> str:
+    scope = _scope_of(conn, scope)
     run_id = str(uuid.uuid4())
     conn.execute("INSERT INTO reconcile.audit_runs (run_id, started_at, finished_at, source_fingerprint, blockers, "
-                 "must_change) VALUES (%s, now() - make_interval(hours => %s), now(), 'fp', %s, %s)",
-                 (run_id, int(hours_ago), blockers, len(must_change)))
+                 "must_change, migration_id, tables) VALUES (%s, now() - make_interval(hours => %s), now(), 'fp', %s, "
+                 "%s, %s, %s)", (run_id, int(hours_ago), blockers, len(must_change), scope.migration_id,
+                                 scope.tables_json if scope.tables else None))
     findings = [(f"trigger:ledger.t{i}", "blocker") for i in range(blockers)] + [(f, "must-change") for f in must_change]
     findings.append(("c_collation:ledger.accounts.name", "warning"))
     for no, (fid, sev) in enumerate(findings, start=1):
@@ -185,16 +222,15 @@ def test_each_planted_fault_fails_exactly_its_criterion(cfg, conn, plant, criter
 
 def test_streak_length_span_and_freshness_are_settings(cfg, conn):
     for hours in (3, 2, 1):
-        add_run(conn, "diff", "green", hours, GREEN_DIFF)
-    add_run(conn, "check", "green", 30, GREEN_CHECK)
+        add_run(conn, "diff", "green", hours, GREEN_DIFF)  # each with its green expectations run
     add_run(conn, "replay", "done", 1, REPLAY)
     add_audit(conn, must_change=())
-    ev = evaluate(cfg, "read", record=False, conn=conn)
+    ev = evaluate(make_config(cfg, max_check_age_hours=0.5), "read", record=False, conn=conn)
     assert ev.failing == ("green_diff_streak", "expectations_green")
     streak = ev.criterion("green_diff_streak").evidence
     assert streak["consecutive_green"] == 3 and 1.9 < streak["span_hours"] < 2.2
     assert "24 h needed" in ev.criterion("green_diff_streak").message
-    demo = make_config(cfg, min_green_runs=1, min_green_hours=0.0, max_check_age_hours=48.0)
+    demo = make_config(cfg, min_green_runs=1, min_green_hours=0.0)
     assert evaluate(demo, "read", record=False, conn=conn).passed
 
 
@@ -329,23 +365,38 @@ def test_rollback_steps_back_and_refuses_write_cutover_without_override(cfg, con
     assert gate_status(cfg, conn=conn)["chain"]["ok"]
 
 
-def test_two_person_rule_needs_a_second_distinct_approver(cfg, conn):
+def test_two_person_rule_compares_authenticated_identities(cfg, conn):
+    from reconcile.gates.approver import airflow_responder
+
     green_history(conn)
     two = make_config(cfg, two_person=True)
-    first = approve(two, "read", by="ana", reason="green", conn=conn)
+    with pytest.raises(GateRefused, match="no authenticated identity") as unauthenticated:
+        approve(two, "read", by="ana", reason="green", conn=conn)
+    assert unauthenticated.value.failing == ("two_person",)
+    ana, bo = airflow_responder({"id": "u-ana", "name": "ana"}), airflow_responder({"id": "u-bo", "name": "bo"})
+    first = approve(two, "read", by="ana", reason="green", identity=ana, conn=conn)
     assert first["status"] == "pending" and current_state(two, conn=conn) == "shadow"
     assert gate_status(two, conn=conn)["pending"]["by"] == "ana"
     with pytest.raises(GateRefused, match="second, different approver") as same:
-        approve(two, "read", by="ana", reason="me again", conn=conn)
+        approve(two, "read", by="ana", reason="me again", identity=bo, conn=conn)
     assert same.value.failing == ("two_person",)
-    for alias in ("Ana", "  ANA ", "aNa\t"):  # names are compared case-folded, whitespace collapsed
+    for alias in ("Ana", "  ANA ", "aNa\u00a0"):  # names are compared case-folded, whitespace collapsed
         with pytest.raises(GateRefused, match="second, different approver"):
-            approve(two, "read", by=alias, reason="me again, louder", conn=conn)
+            approve(two, "read", by=alias, reason="me again, louder", identity=bo, conn=conn)
+    with pytest.raises(GateRefused, match=r"ana and bo are one authenticated identity \(airflow:u-ana\)"):
+        approve(two, "read", by="bo", reason="a second name, one login", identity=ana, conn=conn)
+    aws = {"kind": "aws", "arn": "arn:aws:iam::1:user/bo", "account": "1", "user_id": "X", "principal": "arn:aws:iam::1:user/bo"}
+    with pytest.raises(GateRefused, match="authenticated by airflow and this one by aws"):
+        approve(two, "read", by="bo", reason="from the CLI", identity=aws, conn=conn)
     assert current_state(two, conn=conn) == "shadow"
-    second = approve(two, "read", by="bo", reason="agree", conn=conn)
+    second = approve(two, "read", by="bo", reason="agree", identity=bo, conn=conn)
     assert second["status"] == "approved" and second["approvers"] == ["ana", "bo"]
+    assert second["identities"] == ["airflow:u-ana", "airflow:u-bo"]
     assert current_state(two, conn=conn) == "read_cutover"
     assert gate_status(two, conn=conn)["pending"] is None
+    transition = _event(conn, "transition")
+    assert transition["approver_identities"] == second["identities"]
+    assert _event(conn, "approval")["authenticated"] == bo
 
 
 def test_two_concurrent_approvals_transition_once(cfg, conn, monkeypatch):
@@ -495,7 +546,8 @@ def test_orphaned_and_stale_replay_rows_do_not_count(cfg, conn):
                                             "target_commits": 1000}, running=True)
     ev = evaluate(cfg, "write", record=False, conn=conn)
     assert ev.criterion("replay_lag").evidence["runs"] == 0
-    assert ev.criterion("replay_lag").message == "no replay run in the last 24 h; run `reconcile replay`"
+    assert ev.criterion("replay_lag").message == (f"no replay run of this migration ({migration_of(cfg).id[:12]}) "
+                                                  "on slot reconcile in the last 24 h; run `reconcile replay`")
     assert ev.criterion("occ_conflict_rate").evidence["by_kind"] == {}
     green_history(conn, audit=False)
     ev = evaluate(cfg, "write", record=False, conn=conn)
@@ -579,3 +631,110 @@ def test_a_state_changed_behind_the_tools_back_is_detected(cfg, conn):
     problems = [b["problem"] for b in history(cfg, conn=conn)["chain"]["breaks"]]
     assert any("outside the gate tool" in p and "no place" in p for p in problems)
     assert any("the state table says 'write_cutover'" in p for p in problems)
+
+
+# --- the chain head published outside the database ---------------------------------------------
+
+
+def _rewrite(conn, change) -> None:
+    """Rewrite every row of the trail consistently: ``change(row)`` edits a row, every hash and the head follow."""
+    prev = trail.GENESIS
+    for row in trail.read_events(conn):
+        row = {**change(row), "prev_hash": prev}
+        row["event_hash"] = prev = trail.event_hash(row)
+        conn.execute("UPDATE reconcile.audit_events SET actor = %s, reason = %s, prev_hash = %s, event_hash = %s "
+                     "WHERE event_id = %s", (row["actor"], row["reason"], row["prev_hash"], row["event_hash"],
+                                             row["event_id"]))
+    conn.execute("UPDATE reconcile.gate_chain SET head_hash = %s", (prev,))
+
+
+def test_a_consistent_rewrite_of_every_row_and_the_head_is_caught_by_the_published_head(cfg, conn, ssm):
+    green_history(conn)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head", ssm_region="eu-west-1")
+    evaluate(pinned, "read", conn=conn)
+    approve(pinned, "read", by="ana", reason="two weeks green", conn=conn)
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"]["unpinned_events"] == 0 and chain["pinned"]["pinned_seq"] == chain["head_seq"]
+    versions = ssm.get_parameter_history(Name="/reconcile/cutover/chain-head")["Parameters"]
+    assert len(versions) >= 2 and json.loads(versions[-1]["Value"])["seq"] == chain["head_seq"]
+    assert gate_status(pinned, conn=conn)["chain"]["ok"]
+
+    # mallory rewrites who approved, and every hash after it, and the head: consistent inside the database
+    _rewrite(conn, lambda r: {**r, "actor": "mallory" if r["actor"] == "ana" else r["actor"]})
+    assert trail.verify(conn)["ok"] and history(cfg, conn=conn)["chain"]["ok"]  # without the published head: unseen
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"]
+    problems = [b["problem"] for b in chain["breaks"]]
+    assert problems and all("the trail was rewritten" in p for p in problems)
+    assert "SSM version" in problems[-1]
+    assert not gate_status(pinned, conn=conn)["chain"]["ok"]
+    with pytest.raises(GateRefused, match="the audit trail is broken .*rewritten"):
+        approve(pinned, "write", by="bo", reason="go", conn=conn)
+
+
+def test_removed_events_are_caught_and_unpinned_ones_reported_until_published(cfg, conn, ssm):
+    green_history(conn)
+    evaluate(cfg, "read", conn=conn)  # written before the head was published anywhere
+    evaluate(cfg, "read", conn=conn)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head", ssm_region="eu-west-1")
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"] == {"parameter": "/reconcile/cutover/chain-head", "pins": 0,
+                                               "pinned_seq": 0, "unpinned_events": 2}
+    publish(pinned, conn=conn)  # pins what is there (and records the publish)
+    chain = history(pinned, conn=conn)["chain"]
+    assert chain["ok"] and chain["pinned"]["unpinned_events"] == 0
+    # the last event removed and the head moved back to match: consistent inside, caught outside
+    last = conn.execute("SELECT seq, prev_hash FROM reconcile.audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.execute("DELETE FROM reconcile.audit_events WHERE seq = %s", (last[0],))
+    conn.execute("UPDATE reconcile.gate_chain SET seq = %s, head_hash = %s", (last[0] - 1, last[1]))
+    assert trail.verify(conn)["ok"]
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"] and f"is event {last[0]}, but the trail ends at event {last[0] - 1}" in \
+        chain["breaks"][0]["problem"]
+
+
+def test_an_unreadable_published_head_is_a_break_not_a_pass(cfg, conn, monkeypatch):
+    green_history(conn)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    pinned = make_config(cfg, chain_parameter="/reconcile/cutover/chain-head")  # no region: SSM cannot be asked
+    chain = history(pinned, conn=conn)["chain"]
+    assert not chain["ok"] and "could not be read" in chain["breaks"][0]["problem"]
+
+
+def test_evidence_changed_compares_criteria_and_values_not_timestamps(cfg, conn):
+    green_history(conn)
+    seen = evaluate(cfg, "read", conn=conn).to_dict()
+    conn.execute("UPDATE reconcile.gate_state SET updated_at = now()")  # time passes, nothing else changes
+    result = approve(cfg, "read", by="ana", reason="as shown", evaluation=seen, conn=conn)
+    assert result["seen_evidence_hash"] != result["evidence_hash"]  # the evaluation time differs...
+    assert result["evidence_changed"] is False and result["changed_criteria"] == []  # ...the evidence does not
+    # a new green reconciliation (diff + its expectations run) changes values (run ids), not a verdict
+    rolled = rollback(cfg, by="ana", reason="again", conn=conn)
+    assert rolled["to"] == "shadow"
+    seen = evaluate(cfg, "read", conn=conn).to_dict()
+    add_run(conn, "diff", "green", 0.01, GREEN_DIFF)
+    result = approve(cfg, "read", by="ana", reason="as shown", evaluation=seen, conn=conn)
+    assert result["evidence_changed"] is True
+    assert result["changed_criteria"] == ["green_diff_streak", "latest_diff_clean", "expectations_green"]
+    assert result["verdict_changed"] == []
+
+
+def test_control_characters_are_refused_in_every_name_and_reason(cfg, conn):
+    from reconcile.gates import reject
+    from reconcile.pipeline.gates import gate_transition
+
+    green_history(conn)
+    for call in (lambda: approve(cfg, "read", by="ana\nbo", reason="r", conn=conn),
+                 lambda: approve(cfg, "read", by="ana", reason="r\x00", conn=conn),
+                 lambda: reject(cfg, "read", by="bob\x1b]0;x\x07", reason="r", conn=conn),
+                 lambda: rollback(cfg, by="ana", reason="line\u2028break", conn=conn),
+                 lambda: acknowledge(cfg, MUST_CHANGE, by="ana", reason="ok\x9bA", conn=conn),
+                 lambda: evaluate(cfg, "read", actor="airflow:\nforged", conn=conn)):
+        with pytest.raises(GateError, match=r"contains a control character \(U\+[0-9A-F]{4}\); write it on one line"):
+            call()
+    with pytest.raises(GateError, match="--by contains a control character"):  # an Airflow user name, too
+        gate_transition(cfg, "read", by="alice\r\nseq 99", reason="r")
+    assert events(conn) == []
+    assert approve(cfg, "read", by="Zoë Ñúñez 山田", reason="ünïcode is fine — “quotes” too", conn=conn)[
+        "status"] == "approved"

@@ -15,7 +15,7 @@ from reconcile.config import InvalidSetting, load_config
 from reconcile.connections import connect
 from reconcile.gates import Criterion, Evaluation, GateError, GateSettings
 
-from tests.test_gates import GREEN_CHECK, GREEN_DIFF, MUST_CHANGE, REPLAY, add_audit, add_run
+from tests.test_gates import GREEN_CHECK, GREEN_DIFF, MUST_CHANGE, REPLAY, add_audit, add_run, bind
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys):
+def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys, aws):
     c = str(toml)
     code, out, _ = cli(monkeypatch, capsys, "gate", "status", "--json", "--config", c)
     status = json.loads(out)
@@ -56,7 +56,8 @@ def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys
     assert "\n" not in sentence and sentence.endswith(".") and ". " not in sentence  # one sentence, one line
     assert "--override REASON" in sentence
 
-    with connect(load_config(toml, environ={}).target) as conn:  # the demo's history: N=1, T=0
+    loaded = load_config(toml, environ={})
+    with bind(connect(loaded.target), loaded) as conn:  # the demo's history: N=1, T=0
         add_run(conn, "diff", "green", 0.1, GREEN_DIFF)
         add_run(conn, "check", "green", 0.1, GREEN_CHECK)
         add_run(conn, "replay", "done", 0.1, REPLAY)
@@ -125,3 +126,80 @@ def test_evidence_hash_is_canonical_and_round_trips():
     doc["criteria"][1]["passed"] = True
     with pytest.raises(GateError, match="evidence hash"):
         Evaluation.from_dict(doc)
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto in-process: STS answers GetCallerIdentity with one fixed identity, whatever --by says."""
+    from moto import mock_aws
+
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    with mock_aws():
+        yield
+
+
+def _no_aws(monkeypatch, tmp_path):
+    """No AWS credentials anywhere (and no instance metadata to wait for)."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def _green(toml):
+    loaded = load_config(toml, environ={})
+    with bind(connect(loaded.target), loaded) as conn:
+        add_run(conn, "diff", "green", 0.1, GREEN_DIFF)
+        add_run(conn, "replay", "done", 0.1, REPLAY)
+        add_audit(conn)
+
+
+def test_two_names_with_one_aws_identity_do_not_make_two_approvers(toml, monkeypatch, capsys, aws, tmp_path):
+    toml.write_text(toml.read_text() + "two_person = true\n")
+    _green(toml)
+    c = str(toml)
+    code, out, _ = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "ana", "--reason", "green", "--config", c)
+    assert code == 0 and "waiting for a second" in out
+    code, out, err = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "bo", "--reason", "agree",
+                         "--config", c)
+    assert code == 1 and "ana and bo are one authenticated identity (aws:arn:aws:sts::123456789012:user/moto)" in err
+    code, out, _ = cli(monkeypatch, capsys, "gate", "status", "--json", "--config", c)
+    assert json.loads(out)["state"] == "shadow"
+    code, out, _ = cli(monkeypatch, capsys, "gate", "history", "--config", c)
+    assert code == 0 and "ana [aws:arn:aws:sts::123456789012:user/moto]: green" in out
+
+
+def test_without_aws_credentials_the_two_person_rule_is_an_error_on_the_command_line(toml, monkeypatch, capsys,
+                                                                                   tmp_path):
+    _no_aws(monkeypatch, tmp_path)
+    toml.write_text(toml.read_text() + "two_person = true\n")
+    _green(toml)
+    code, out, err = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "cy", "--reason", "r",
+                         "--config", str(toml))
+    assert code == 2 and out == "" and "AWS STS could not authenticate the caller (NoCredentialsError)" in err
+    assert err.count("\n") == 1
+
+
+def test_names_and_reasons_with_control_characters_are_refused(toml, monkeypatch, capsys, tmp_path):
+    _no_aws(monkeypatch, tmp_path)  # no two-person rule: unauthenticated approvals are recorded as asserted
+    _green(toml)
+    c = str(toml)
+    forged = "ana\n   9 2026-01-01T00:00:00+00:00 transition      read  mallory: approved"
+    for args in (("approve", "read", "--by", forged, "--reason", "r"),
+                 ("approve", "read", "--by", "ana", "--reason", "ok\x1b[1A\x1b[2Kall green"),
+                 ("approve", "read", "--by", "ana", "--reason", "r", "--override", "because\rreasons"),
+                 ("rollback", "--by", "ana\u202egnp.exe", "--reason", "r"),
+                 ("acknowledge", MUST_CHANGE, "--by", "ana", "--reason", "seen\nand fine")):
+        code, out, err = cli(monkeypatch, capsys, "gate", *args, "--config", c)
+        assert code == 2 and out == "", args
+        assert "contains a control character (U+" in err and "write it on one line" in err, err
+        assert err.count("\n") == 1, err
+    code, out, _ = cli(monkeypatch, capsys, "gate", "history", "--json", "--config", c)
+    assert json.loads(out)["events"] == []  # nothing was recorded
+    code, out, err = cli(monkeypatch, capsys, "gate", "approve", "read", "--by", "ana", "--reason", "green",
+                         "--config", c)
+    assert code == 0 and "warning: not authenticated" in err

@@ -39,7 +39,7 @@ SOURCE_GRANTS_SQL = INFRA / "sql" / "source-grants.sql"
 COMPOSE = INFRA / "compose" / "docker-compose.yaml"
 
 ALLOWED_ACTIONS = frozenset({
-    "dsql:DbConnect", "dsql:DbConnectAdmin", "ssm:GetParameter", "ssm:PutParameter",
+    "dsql:DbConnect", "dsql:DbConnectAdmin", "ssm:GetParameter", "ssm:PutParameter", "ssm:GetParameterHistory",
     "s3:PutObject", "cloudwatch:PutMetricData",
 })
 TRUST_ACTIONS = frozenset({"sts:AssumeRole"})
@@ -47,6 +47,8 @@ CLUSTER_REFS = ({"Ref": "ClusterArn"}, {"Ref": "PeerClusterArn"})
 TRUSTED_REFS = ({"Ref": "TrustedPrincipalArn"}, {"Ref": "BootstrapPrincipalArn"})
 GATE_ARN = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
                        ":parameter${GateParameterName}"}
+CHAIN_ARN = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+                        ":parameter${ChainParameterName}"}
 REPORTS_ARN = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ReportsBucket}/${ReportsPrefix}*"}
 NAMESPACE_CONDITION = {"StringEquals": {"cloudwatch:namespace": {"Ref": "MetricsNamespace"}}}
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -231,9 +233,12 @@ def iam_violations(template: dict) -> list[str]:
                         problems.append(f"{where}: {action} on {resources}, not the cluster ARN parameter")
                     if action == "dsql:DbConnectAdmin" and name != "BootstrapRole":
                         problems.append(f"{where}: dsql:DbConnectAdmin outside the bootstrap role")
+                elif action == "ssm:GetParameterHistory":
+                    if resources != [CHAIN_ARN]:
+                        problems.append(f"{where}: {action} on {resources}, not the chain-head parameter")
                 elif action.startswith("ssm:"):
-                    if resources != [GATE_ARN]:
-                        problems.append(f"{where}: {action} on {resources}, not the gate parameter")
+                    if resources not in ([GATE_ARN], [CHAIN_ARN]):
+                        problems.append(f"{where}: {action} on {resources}, not the gate or chain-head parameter")
                 elif action == "s3:PutObject":
                     if resources != [REPORTS_ARN]:
                         problems.append(f"{where}: {action} on {resources}, not the reports prefix")
@@ -265,8 +270,8 @@ def test_iam_grants_nothing_beyond_the_list(iam_template):
 
 def test_iam_each_principal_gets_exactly_its_actions(iam_template):
     assert _actions_by_principal(iam_template) == {
-        "PipelineRole": {"dsql:DbConnect", "ssm:GetParameter", "ssm:PutParameter", "s3:PutObject",
-                         "cloudwatch:PutMetricData"},
+        "PipelineRole": {"dsql:DbConnect", "ssm:GetParameter", "ssm:PutParameter", "ssm:GetParameterHistory",
+                         "s3:PutObject", "cloudwatch:PutMetricData"},
         "BootstrapRole": {"dsql:DbConnectAdmin"},
         "GateReaderPolicy": {"ssm:GetParameter"},
     }
@@ -291,6 +296,9 @@ OVERGRANTS = {
     "bucket-wide uploads": lambda t: _statement(t, "ReportUploads").update(
         Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::${ReportsBucket}/*"}),
     "star resource": lambda t: _statement(t, "GateParameterReadWrite").update(Resource="*"),
+    "chain head writable elsewhere": lambda t: _statement(t, "ChainHeadReadWrite").update(Resource="*"),
+    "history of the state parameter": lambda t: _statement(t, "GateParameterReadWrite").update(
+        Action=["ssm:GetParameter", "ssm:PutParameter", "ssm:GetParameterHistory"]),
     "metrics in any namespace": lambda t: _statement(t, "MetricsInOurNamespaceOnly").pop("Condition"),
     "dsql on every cluster": lambda t: _statement(t, "DsqlConnectAsCustomRole").update(Resource="*"),
     "admin for the pipeline": lambda t: _statement(t, "DsqlConnectAsCustomRole").update(

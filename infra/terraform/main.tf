@@ -24,7 +24,8 @@ data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 
 locals {
-  gate_parameter_arn = "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter${var.gate_parameter_name}"
+  gate_parameter_arn  = "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter${var.gate_parameter_name}"
+  chain_parameter_arn = "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter${var.chain_parameter_name}"
 }
 
 resource "aws_dsql_cluster" "target" {
@@ -53,6 +54,11 @@ data "aws_iam_policy_document" "pipeline" {
     sid       = "GateParameterReadWrite"
     actions   = ["ssm:GetParameter", "ssm:PutParameter"]
     resources = [local.gate_parameter_arn]
+  }
+  statement {
+    sid       = "ChainHeadReadWrite"
+    actions   = ["ssm:GetParameter", "ssm:PutParameter", "ssm:GetParameterHistory"]
+    resources = [local.chain_parameter_arn]
   }
   statement {
     sid       = "ReportUploads"

@@ -32,6 +32,17 @@ variable "gate_parameter_name" {
   }
 }
 
+variable "chain_parameter_name" {
+  description = "SSM parameter the audit trail's chain head is published to ([gates] chain_parameter)."
+  type        = string
+  default     = "/reconcile/cutover/chain-head"
+
+  validation {
+    condition     = can(regex("^/[a-zA-Z0-9_.-]+(/[a-zA-Z0-9_.-]+)*$", var.chain_parameter_name))
+    error_message = "Use a fully qualified name starting with /, e.g. /reconcile/cutover/chain-head."
+  }
+}
+
 variable "reports_bucket" {
   description = "S3 bucket receiving the reconciliation reports (not created here)."
   type        = string

@@ -20,13 +20,15 @@ from reconcile.audit.triggers import Invariant
 from reconcile.budget import Budget
 from reconcile.control import ident
 from reconcile.control import migrate
+from reconcile.identity import RunScope
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, run_with_retry
 
 __all__ = ["load_findings", "store_invariants", "store_report"]
 
 _RUN = sql.SQL(
     "INSERT INTO {} (run_id, started_at, finished_at, source_fingerprint, source, schemas, checks, blockers, "
-    "must_change, warnings, infos, exit_code) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "must_change, warnings, infos, exit_code, migration_id, tables) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (run_id) DO NOTHING").format(ident("audit_runs"))
 _FINDING = sql.SQL(
     "INSERT INTO {} (run_id, finding_no, finding_id, code, severity, level, object_type, object, message, why, "
@@ -62,12 +64,14 @@ def _write_batches(conn: psycopg.Connection, statement: sql.Composable, rows: Se
 
 def store_report(conn: psycopg.Connection, report: AuditReport, *, dialect: str = "postgres",
                  budget: Budget | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                 counters: RetryCounters | None = None) -> int:
+                 counters: RetryCounters | None = None, scope: RunScope | None = None) -> int:
     """Write the run, its findings and its invariants; returns the findings written.
 
     Args:
         conn: an autocommit connection to the target.
         report: the audit.
+        scope: the migration the audit belongs to and the tables it covered
+            (:func:`reconcile.identity.run_scope` the config); None records neither, and no gate counts it.
         dialect: ``dsql`` or ``postgres`` (for the control-schema migrations).
         budget: transaction budget (default: DSQL's limits at half).
         policy, counters: for the retry helper.
@@ -77,7 +81,8 @@ def store_report(conn: psycopg.Connection, report: AuditReport, *, dialect: str 
     c = report.counts
     run = (report.run_id, report.started_at, report.finished_at, report.source_fingerprint, report.source,
            json.dumps(list(report.schemas)), json.dumps(report.checks, default=str, sort_keys=True), c["blocker"],
-           c["must-change"], c["warning"], c["info"], report.exit_code)
+           c["must-change"], c["warning"], c["info"], report.exit_code,
+           scope.migration_id if scope else None, scope.tables_json if scope else None)
     run_with_retry(conn, lambda cn: cn.execute(_RUN, run), policy=policy, counters=counters, label="store audit run")
     rows = [_finding_row(report.run_id, no, f) for no, f in enumerate(sort_findings(report.findings), start=1)]
     _write_batches(conn, _FINDING, rows, budget=budget, policy=policy, counters=counters, what="finding")

@@ -32,6 +32,7 @@ from reconcile.control.writer import ControlWriter
 from reconcile.backfill.errors import ChunkLost
 from reconcile.backfill.keys import Key, decode_key, encode_key
 from reconcile.control.migrations import ident
+from reconcile.identity import tables_json
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,15 @@ class Control(ControlWriter):
     # --- runs -------------------------------------------------------------------------------------
 
     def start_run(self, settings: dict[str, Any], *, kind: str = RUN_KIND) -> str:
-        """Insert a running run row; returns its id. Host and pid are recorded for takeover checks."""
+        """Insert a running run row; returns its id. Host and pid are recorded for takeover checks, the
+        writer's migration and the tables the run covers (``settings["tables"]`` or ``["table"]``) for the gates."""
         run_id = str(uuid.uuid4())
         doc = {**settings, "host": socket.gethostname(), "pid": os.getpid()}
-        q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings) VALUES (%s, %s, 'running', %s)").format(
-            ident("runs"))
-        self._tx(lambda c: c.execute(q, (run_id, kind, json.dumps(doc, default=str))), "backfill run start")
+        covered = settings.get("tables") or ([settings["table"]] if settings.get("table") else [])
+        q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables) "
+                    "VALUES (%s, %s, 'running', %s, %s, %s)").format(ident("runs"))
+        self._tx(lambda c: c.execute(q, (run_id, kind, json.dumps(doc, default=str), self.migration_id,
+                                         tables_json(covered))), "backfill run start")
         return run_id
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any]) -> None:

@@ -75,6 +75,7 @@ class Backfill:
         policy: RetryPolicy = DEFAULT_POLICY,
         dialect: str = "postgres",
         progress: Progress | None = None,
+        migration_id: str | None = None,
     ) -> None:
         self.settings = settings or BackfillSettings()
         if self.settings.slot_name is None:
@@ -96,7 +97,10 @@ class Backfill:
         self.progress.retries = lambda: self.counters.retries
         self._target = Reconnector(target)
         self._source = Reconnector(self.source_factory)
-        self.control = Control(self._target, budget=self.budget, policy=policy, counters=self.counters)
+        self.migration_id = migration_id
+        """The migration this session's runs belong to (:func:`reconcile.identity.migration_of`)."""
+        self.control = Control(self._target, budget=self.budget, policy=policy, counters=self.counters,
+                               migration_id=migration_id)
         self.slot: SlotInfo | None = None
         self._prepared = False
         self._infos: dict[str, TableInfo] = {}
@@ -107,13 +111,15 @@ class Backfill:
                     progress: Progress | None = None) -> Backfill:
         """A session on the configured source and target (connections via :mod:`reconcile.connections`)."""
         from reconcile.connections import connect
+        from reconcile.identity import migration_of
 
         settings = settings or BackfillSettings()
         if settings.slot_name is None:  # the slot replay reads: [replay] slot_name, never a built-in name
             settings = dataclasses.replace(settings, slot_name=config.replay.slot_name)
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
                    tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
-                   dialect=dialect_for(config.target).name, progress=progress)
+                   dialect=dialect_for(config.target).name, progress=progress,
+                   migration_id=migration_of(config).id)
 
     def close(self) -> None:
         for copier in self._copiers:
@@ -289,7 +295,8 @@ class Backfill:
         target = Reconnector(self.target_factory)
         return ChunkCopier(
             source=Reconnector(self.source_factory), target=target,
-            control=Control(target, budget=self.budget, policy=self.policy, counters=self.counters),
+            control=Control(target, budget=self.budget, policy=self.policy, counters=self.counters,
+                            migration_id=self.migration_id),
             budget=self.budget, settings=self.settings, policy=self.policy, counters=self.counters,
             source_counters=self.source_counters, throttle=self.throttle, progress=self.progress, stop=self.stop)
 

@@ -31,6 +31,7 @@ from reconcile.checks.spec import Check, suite_key
 from reconcile.config import Config
 from reconcile.schema.dialect import dialect_for
 from reconcile.errors import ConfigError
+from reconcile.identity import run_scope
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def build_checks(config: Config, *, suites: Sequence[str], sides: Sequence[str],
 
 def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path | str | None = None,
                suites: Sequence[str] | None = None,
-               local_url: Callable[[str], str] | None = None) -> CheckResult:
+               local_url: Callable[[str], str] | None = None, part_of: str | None = None) -> CheckResult:
     """Run the invariant expectations and record the run (see the module docstring for the contract).
 
     Args:
@@ -131,6 +132,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         report_dir: folder for the GX Data Docs (``data_docs/``); None builds none.
         suites: suite kinds to run (default ``[checks] suites``).
         local_url: for local endpoints, ``role -> conninfo`` (tests); None asks the local stack.
+        part_of: the diff run of the reconciliation these expectations belong to (recorded as ``part_of``).
 
     Returns:
         The :class:`CheckResult`; ``.success`` is True when every expectation passed.
@@ -163,7 +165,8 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         migrate(target, dialect=dialect, policy=policy, counters=counters)  # type: ignore[arg-type]
         settings = {"sides": list(sides), "suites": list(suites), "report_dir": str(report) if report else None,
                     "checks": config.describe()["checks"]}
-        run_id = store.start_run(target, settings, policy=policy, counters=counters)
+        run_id = store.start_run(target, settings, policy=policy, counters=counters, scope=run_scope(config),
+                                 part_of=part_of)
         result = CheckResult(run_id, False, sides=sides)
         try:
             source = connect(config.source, local_url=local_url) if "source" in sides or "parity" in suites \

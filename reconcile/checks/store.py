@@ -18,6 +18,7 @@ from psycopg import sql
 from reconcile.budget import Budget
 from reconcile.checks.gxrun import Outcome
 from reconcile.control import ident
+from reconcile.identity import RunScope
 from reconcile.occ import RetryCounters, RetryPolicy, run_with_retry
 
 __all__ = ["acknowledge", "finish_run", "load_results", "start_run", "store_results"]
@@ -33,13 +34,16 @@ _RESULT = sql.SQL(
 
 
 def start_run(target: psycopg.Connection, settings: dict[str, Any], *, policy: RetryPolicy,
-              counters: RetryCounters | None = None) -> str:
-    """Insert the ``running`` check run; returns its id."""
+              counters: RetryCounters | None = None, scope: RunScope | None = None,
+              part_of: str | None = None) -> str:
+    """Insert the ``running`` check run; returns its id. ``scope``: its migration and the tables it covers;
+    ``part_of``: the diff run of the reconciliation it belongs to."""
     run_id = str(uuid.uuid4())
-    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings) VALUES (%s, %s, 'running', %s) "
-                "ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
-    run_with_retry(target, lambda c: c.execute(q, (run_id, KIND, json.dumps(settings, default=str))),
-                   policy=policy, counters=counters, label="check run start")
+    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables, part_of) "
+                "VALUES (%s, %s, 'running', %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+    values = (run_id, KIND, json.dumps(settings, default=str), scope.migration_id if scope else None,
+              scope.tables_json if scope else None, part_of)
+    run_with_retry(target, lambda c: c.execute(q, values), policy=policy, counters=counters, label="check run start")
     return run_id
 
 

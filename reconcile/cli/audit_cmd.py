@@ -49,6 +49,7 @@ def audit(
     from reconcile.budget import budget_from
     from reconcile.config import mask_conninfo
     from reconcile.connections import connect
+    from reconcile.identity import run_scope
     from reconcile.occ import RetryCounters, policy_from
     from reconcile.schema import dialect_for
 
@@ -86,7 +87,7 @@ def audit(
         counters = RetryCounters()
         with connect(cfg.target) as target:
             written = store_report(target, result, dialect=dialect_for(cfg.target).name, budget=budget,
-                                   policy=policy, counters=counters)
+                                   policy=policy, counters=counters, scope=run_scope(cfg))
         typer.echo(f"stored run {result.run_id} ({written} findings) in the target's control schema "
                    f"({counters.retries} retries)", err=True)
     sys.stdout.flush()

@@ -18,14 +18,45 @@ from ._common import CONFIG_OPTION, load, run_app
 app = typer.Typer(help="Cutover gates: evaluate criteria, approve, roll back, publish the state.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
-BY_OPTION = typer.Option(..., "--by", envvar="RECONCILE_GATE_BY", help="Who acts (recorded in the audit trail). Asserted, not authenticated: the CLI records the name "
-                               "it is given; approve through the reconcile_cutover DAG for an authenticated approver "
-                               "(Airflow records its responder). The two-person rule compares names case-folded.")
+BY_OPTION = typer.Option(..., "--by", envvar="RECONCILE_GATE_BY", help="Who acts (recorded in the audit trail, one line). "
+                               "The command also records who it is authenticated as: the AWS identity of its "
+                               "credentials (STS GetCallerIdentity). The two-person rule compares those identities "
+                               "(and refuses two names of one identity); without AWS credentials it refuses.")
 REASON_OPTION = typer.Option(..., "--reason", envvar="RECONCILE_GATE_REASON", help="Why (recorded in the audit trail).")
 # No environment twin on purpose: an exported override would silently override every later approval.
 OVERRIDE_OPTION = typer.Option(None, "--override",
                                help="Act although the gate refuses; the text is the override's own reason (recorded).")
 GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover) or write (read_cutover -> write_cutover).")
+
+
+def _caller(cfg: Any, **texts: str | None) -> dict[str, Any] | None:
+    """Who this command runs as (AWS STS); without it, a warning, or an error under the two-person rule.
+
+    ``texts`` (option name -> value) are checked first, so a name or reason that will be refused is
+    refused before anyone is asked who is calling.
+    """
+    from reconcile.gates.approver import IdentityUnavailable, aws_caller
+    from reconcile.gates.cutover import clean_text
+
+    for what, value in texts.items():
+        if value is not None and value.strip():
+            clean_text(value, what)
+
+    try:
+        return aws_caller(cfg)
+    except IdentityUnavailable as exc:
+        if cfg.gates.two_person:
+            raise
+        typer.echo(f"warning: not authenticated, the name given is recorded as asserted only: {exc}", err=True)
+        return None
+
+
+def _shown(text: Any) -> str:
+    """Text from the trail on one line: control characters shown as escapes (rows may predate the checks)."""
+    import unicodedata
+
+    return "".join(ch if unicodedata.category(ch)[0] != "C" or ch == " " else f"\\u{ord(ch):04x}"
+                   for ch in str(text))
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -46,12 +77,26 @@ def _criteria_lines(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pinned_line(chain: dict[str, Any]) -> str:
+    pinned = chain.get("pinned")
+    if pinned is None:
+        return ("chain head: not published outside the database ([gates] chain_parameter unset), so a consistent "
+                "rewrite of every row would go unnoticed")
+    if pinned.get("error"):
+        return f"chain head: could not be read from {pinned['parameter']}"
+    text = f"chain head: checked against {pinned['pins']} head(s) published to {pinned['parameter']}"
+    if pinned["unpinned_events"]:
+        text += (f"; {pinned['unpinned_events']} event(s) after event {pinned['pinned_seq']} are not pinned yet "
+                 "(`reconcile gate publish` pins them)")
+    return text
+
+
 def _chain_lines(chain: dict[str, Any]) -> list[str]:
     if chain["ok"]:
-        return [f"audit trail: intact ({chain['events']} events, head {chain['head_seq']})"]
+        return [f"audit trail: intact ({chain['events']} events, head {chain['head_seq']})", _pinned_line(chain)]
     lines = [f"audit trail: BROKEN ({len(chain['breaks'])} problem(s))"]
     lines += [f"  event {b['seq'] if b['seq'] is not None else '-'}: {b['problem']}" for b in chain["breaks"]]
-    return lines
+    return lines + [_pinned_line(chain)]
 
 
 @app.command("status")
@@ -63,12 +108,13 @@ def status_cmd(config: Optional[Path] = CONFIG_OPTION, as_json: bool = JSON_OPTI
     from reconcile.gates import gate_status
 
     st = gate_status(load(config))
-    lines = [f"state: {st['state']} (since {st['entered_at']}, by {st['changed_by'] or '-'})",
+    lines = [f"migration: {st['migration']['name'] or '(unnamed)'} {st['migration']['id']}",
+             f"state: {st['state']} (since {st['entered_at']}, by {_shown(st['changed_by'] or '-')})",
              f"published: {st['published']['state'] or '-'}"
              + (f" (SSM {st['published']['ssm_parameter']})" if st["published"]["ssm_parameter"] else "")]
     if st["pending"]:
         p = st["pending"]
-        lines.append(f"pending: {p['gate']} gate approved by {p['by']} at {p['at']}; needs a second approver")
+        lines.append(f"pending: {p['gate']} gate approved by {_shown(p['by'])} at {p['at']}; needs a second approver")
     lines += _chain_lines(st["chain"])
     for ev in st["gates"].values():
         lines += _criteria_lines(ev)
@@ -106,8 +152,9 @@ def approve_cmd(
     """Approve a gate: records the approval only when every criterion passes (or --override), then transitions."""
     from reconcile.gates import GateRefused, approve
 
+    cfg = load(config)
     try:
-        result = approve(load(config), gate, by=by, reason=reason, override_reason=override)
+        result = approve(cfg, gate, by=by, reason=reason, override_reason=override, identity=_caller(cfg, **{"--by": by, "--reason": reason, "--override": override}))
     except GateRefused as exc:
         _refused(exc, as_json)
     if result["status"] == "pending":
@@ -129,8 +176,10 @@ def rollback_cmd(
     """Move the state one step back (from write_cutover only with --override: no reverse sync exists yet)."""
     from reconcile.gates import GateRefused, rollback
 
+    cfg = load(config)
     try:
-        result = rollback(load(config), by=by, reason=reason, override_reason=override)
+        result = rollback(cfg, by=by, reason=reason, override_reason=override,
+                          identity=_caller(cfg, **{"--by": by, "--reason": reason, "--override": override}))
     except GateRefused as exc:
         _refused(exc, as_json)
     _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
@@ -148,7 +197,9 @@ def acknowledge_cmd(
     """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged)."""
     from reconcile.gates import acknowledge
 
-    result = acknowledge(load(config), finding, by=by, reason=reason)
+    cfg = load(config)
+    result = acknowledge(cfg, finding, by=by, reason=reason,
+                         identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
     text = (f"{finding} acknowledged by {by}" if result["status"] == "acknowledged"
             else f"{finding} was acknowledged already by {result['acknowledged_by']} at {result['acknowledged_at']}")
     _emit(result, as_json, text)
@@ -167,8 +218,11 @@ def history_cmd(
     lines = []
     for e in h["events"]:
         ev_hash = f" evidence {e['evidence_hash'][:12]}" if e.get("evidence_hash") else ""
-        lines.append(f"{e['seq'] if e['seq'] is not None else '-':>4} {e['occurred_at']} {e['event']:<15} "
-                     f"{e['gate'] or '-':<5} {e['actor'] or '-'}: {e['reason'] or ''}{ev_hash}")
+        who = ((e.get("details") or {}) if isinstance(e.get("details"), dict) else {}).get("authenticated")
+        as_who = f" [{who.get('kind')}:{_shown(who.get('principal'))}]" if isinstance(who, dict) else ""
+        lines.append(f"{e['seq'] if e['seq'] is not None else '-':>4} {e['occurred_at']} {_shown(e['event']):<15} "
+                     f"{_shown(e['gate'] or '-'):<5} {_shown(e['actor'] or '-')}{as_who}: {_shown(e['reason'] or '')}"
+                     f"{ev_hash}")
     lines += _chain_lines(h["chain"])
     _emit(h, as_json, "\n".join(lines))
     raise typer.Exit(0 if h["chain"]["ok"] else 1)

@@ -19,8 +19,10 @@ class ControlWriter:
     """Holds the target connection (or a factory), the budget, the retry policy and the retry counters."""
 
     def __init__(self, target: Target, *, budget: Budget | None = None, policy: RetryPolicy = DEFAULT_POLICY,
-                 counters: RetryCounters | None = None) -> None:
+                 counters: RetryCounters | None = None, migration_id: str | None = None) -> None:
         self.target = target
+        self.migration_id = migration_id
+        """The migration the runs this writer opens belong to (:func:`reconcile.identity.migration_of`)."""
         self.budget = budget or Budget()
         self.policy = policy
         self.counters = counters if counters is not None else RetryCounters()

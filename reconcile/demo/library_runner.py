@@ -56,7 +56,7 @@ class LibraryRunner:
             diff_one_table(self.config, started["run_id"], table)
         diff_balances_step(self.config, started["run_id"])
         checks = checks_step(self.config, diff_run_id=started["run_id"])
-        out = dict(diff_finish(self.config, started["run_id"]))
+        out = dict(diff_finish(self.config, started["run_id"], checks=checks, checks_expected=True))
         out["checks"] = checks
         out["gate"] = gate_evidence(self.config, actor="reconcile demo")
         if not checks.get("success"):

@@ -143,11 +143,12 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
 
     with progress.step("audit the source for DSQL") as s:
         from reconcile.audit import run_audit, store_report
+        from reconcile.identity import run_scope
 
         with connections.connect(config.source) as conn:
             audit = run_audit(conn, tables=config.tables)
         with connections.connect(config.target) as conn:
-            store_report(conn, audit)
+            store_report(conn, audit, scope=run_scope(config))
         counts = {k: n for k, n in audit.counts.items() if n}
         result.steps["audit"] = counts
         s.detail = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no findings"

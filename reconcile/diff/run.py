@@ -44,6 +44,7 @@ from reconcile.diff.errors import DiffError, RunNotFound
 from reconcile.diff.side import Pair, Side
 from reconcile.budget import budget_from
 from reconcile.errors import ReconcileError
+from reconcile.identity import run_scope
 from reconcile.occ import policy_from
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
             "lag_wait_seconds": wait, "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
             "source": config.source.describe(), "target": config.target.describe(),
-        }, policy_from(config))
+        }, policy_from(config), scope=run_scope(config, names))
     log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
     return run_id
 

@@ -20,6 +20,7 @@ from psycopg import sql
 from reconcile.budget import Budget
 from reconcile.control.migrations import ident
 from reconcile.diff.compare import Finding
+from reconcile.identity import RunScope
 from reconcile.occ import RetryPolicy, run_with_retry
 
 BALANCES = "__balances__"
@@ -36,10 +37,13 @@ def finding_id(f: Finding) -> str:
     return hashlib.md5(dumps([f.table, f.kind, f.key]).encode()).hexdigest()
 
 
-def insert_run(conn: psycopg.Connection, run_id: str, settings: dict, policy: RetryPolicy) -> None:
-    q = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, settings) VALUES (%s, 'diff', 'running', now(), %s) "
-                "ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
-    run_with_retry(conn, lambda c: c.execute(q, (run_id, dumps(settings))), policy=policy, label="diff run start")
+def insert_run(conn: psycopg.Connection, run_id: str, settings: dict, policy: RetryPolicy,
+               scope: RunScope | None = None) -> None:
+    """Open a diff run; ``scope``: its migration and the tables it covers (None: no gate counts the run)."""
+    q = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, settings, migration_id, tables) "
+                "VALUES (%s, 'diff', 'running', now(), %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+    values = (run_id, dumps(settings), scope.migration_id if scope else None, scope.tables_json if scope else None)
+    run_with_retry(conn, lambda c: c.execute(q, values), policy=policy, label="diff run start")
 
 
 def get_run(conn: psycopg.Connection, run_id: str) -> dict | None:

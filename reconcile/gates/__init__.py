@@ -4,15 +4,18 @@ Public API (used by the Airflow cutover DAG, the demo and ``reconcile gate``; re
 
 - :func:`gate_status` ``(config) -> dict``: state, trail check, the next gate(s)' criteria with evidence.
 - :func:`evaluate` ``(config, gate, *, record=True, actor=None) -> Evaluation``.
-- :func:`approve` ``(config, gate, *, by, reason, override_reason=None, evaluation=None) -> dict``.
-- :func:`rollback` ``(config, *, by, reason, override_reason=None) -> dict``.
+- :func:`approve` ``(config, gate, *, by, reason, override_reason=None, evaluation=None, identity=None) -> dict``
+  (``identity``: the caller's authenticated identity, :mod:`reconcile.gates.approver`).
+- :func:`rollback` ``(config, *, by, reason, override_reason=None, identity=None) -> dict``.
+- :func:`reject` ``(config, gate, *, by, reason, identity=None, evaluation=None) -> dict`` (a Reject, recorded).
 - :func:`acknowledge` ``(config, finding_id, *, by, reason) -> dict``.
 - :func:`current_state` ``(config) -> str``, :func:`publish` ``(config) -> dict``, :func:`history`.
 
 Every function also takes ``conn=`` (an autocommit target connection to reuse). Modules: ``settings``
 ([gates] thresholds), ``criteria`` (what is read from the control schema, per the shared contract),
 ``evidence`` (Criterion, Evaluation, canonical hashing), ``trail`` (the hash-chained audit_events),
-``cutover`` (the state machine), ``ssm`` (publishing to AWS SSM).
+``cutover`` (the state machine), ``ssm`` (publishing to AWS SSM), ``approver`` (authenticated identities:
+STS caller, Airflow responder), ``pin`` (the chain head published outside the database).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 _EXPORTS = {
     "STATES": "cutover", "acknowledge": "cutover", "approve": "cutover", "current_state": "cutover",
     "evaluate": "cutover", "gate_status": "cutover", "history": "cutover", "publish": "cutover",
-    "rollback": "cutover", "READ_CRITERIA": "criteria", "WRITE_CRITERIA": "criteria", "GateError": "errors",
+    "rollback": "cutover", "reject": "cutover", "READ_CRITERIA": "criteria", "WRITE_CRITERIA": "criteria", "GateError": "errors",
     "GateRefused": "errors", "PublishFailed": "errors", "GATES": "evidence", "Criterion": "evidence",
     "Evaluation": "evidence", "GateSettings": "settings",
 }
@@ -57,5 +60,6 @@ __all__ = [
     "gate_status",
     "history",
     "publish",
+    "reject",
     "rollback",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,16 +35,20 @@ import psycopg
 from psycopg import sql
 
 from reconcile.control import ident, migrate
-from reconcile.gates import trail
-from reconcile.gates.criteria import DiffScope, evaluate_criteria
-from reconcile.gates.errors import GateError, GateRefused
+from reconcile.gates import pin, trail
+from reconcile.gates.criteria import EvidenceScope, evaluate_criteria, latest_audit_run
+from reconcile.gates.errors import GateError, GateRefused, PublishFailed
 from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
 from reconcile.gates.ssm import publish_ssm, resolve_region
+from reconcile.gates.approver import checked_identity, principal
+from reconcile.identity import migration_of, run_scope, text_problem
 from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
-__all__ = ["STATES", "acknowledge", "approve", "current_state", "evaluate", "gate_status", "history", "publish",
-           "rollback", "same_person"]
+__all__ = ["STATES", "acknowledge", "approve", "clean_text", "current_state", "evaluate", "gate_status", "history", "publish",
+           "reject", "rollback", "same_person"]
+
+log = logging.getLogger(__name__)
 
 STATES = ("shadow", "read_cutover", "write_cutover")
 STATE_KEY = "cutover"
@@ -64,8 +69,10 @@ _SET_PENDING = sql.SQL("UPDATE {} SET pending = %s, version = version + 1, updat
                        "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
 _SET_PUBLISHED = sql.SQL("UPDATE {} SET published_state = state, published_version = version, published_at = now() "
                          "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
-_GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary) "
-                    "VALUES (%s, 'gate', %s, %s, now(), %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+_HEAD_ROW = sql.SQL("SELECT seq, head_hash, head_event_id FROM {} WHERE chain = %s").format(ident("gate_chain"))
+_GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary, migration_id, "
+                    "tables) VALUES (%s, 'gate', %s, %s, now(), %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING"
+                    ).format(ident("runs"))
 
 
 class _Refused(Exception):
@@ -128,10 +135,27 @@ def _check_gate(gate: str) -> None:
         raise GateError(f"Unknown gate {gate!r}; use one of: {', '.join(GATES)}.")
 
 
+_LIMITS = {"--by": 200, "FINDING": 300}
+_TEXT_LIMIT = 2000
+
+
+def clean_text(text: str, what: str) -> str:
+    """``text`` stripped; refused (one sentence) when it holds a control character or is too long."""
+    text = text.strip()
+    problem = text_problem(text)
+    if problem:
+        raise GateError(f"{what} contains {problem}; write it on one line, without control characters or escape "
+                        "sequences (they could forge or hide lines in the audit trail).")
+    limit = _LIMITS.get(what, _TEXT_LIMIT)
+    if len(text) > limit:
+        raise GateError(f"{what} is {len(text)} characters long, more than {limit}; shorten it.")
+    return text
+
+
 def _required(value: str | None, what: str) -> str:
     if value is None or not str(value).strip():
         raise GateError(f"{what} is required and must not be empty; say who acts and why.")
-    return str(value).strip()
+    return clean_text(str(value), what)
 
 
 def _optional(value: str | None, what: str) -> str | None:
@@ -139,7 +163,7 @@ def _optional(value: str | None, what: str) -> str | None:
         return None
     if not str(value).strip():
         raise GateError(f"{what} needs its own reason; give a non-empty text.")
-    return str(value).strip()
+    return clean_text(str(value), what)
 
 
 def same_person(a: str | None, b: str | None) -> bool:
@@ -155,7 +179,7 @@ def same_person(a: str | None, b: str | None) -> bool:
 
 
 def _record_refusal(c: psycopg.Connection, config: Any, *, gate: str | None, by: str | None, reason: str | None,
-                    refusal: _Refused, action: str) -> GateRefused:
+                    refusal: _Refused, action: str, identity: dict[str, Any] | None = None) -> GateRefused:
     """Record the refusal (and the fresh evaluation it rests on) in one transaction; the error to raise."""
     ev = refusal.evaluation
 
@@ -169,11 +193,71 @@ def _record_refusal(c: psycopg.Connection, config: Any, *, gate: str | None, by:
                        "evidence_hash": ev.evidence_hash if ev is not None else None,
                        "run_id": recorded.run_id if recorded is not None else None,
                        "details": {"action": action, "refused": refusal.message, "failing": list(refusal.failing),
-                                   **refusal.details}})
+                                   "authenticated": identity, **refusal.details}})
         trail.append(t, events)
 
     _tx(c, config, write, "gate refusal event")
+    _pin(c, config)
     return GateRefused(refusal.message, refusal.failing)
+
+
+# --- the chain head outside the database ------------------------------------------------------
+
+
+def _pins(config: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The chain heads published so far (None: ``[gates] chain_parameter`` unset), or why they could not be read.
+
+    Read before the trail: heads are published after their commit, so every head read first is at or
+    before the end of the trail read afterwards.
+    """
+    try:
+        return pin.read_pins(config), None
+    except PublishFailed as exc:
+        return None, exc.message
+
+
+def _checked_chain(t: psycopg.Connection, config: Any, pins: tuple[list[dict[str, Any]] | None, str | None],
+                   state: str | None, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Inside a transaction: the trail's own check (:func:`trail.verify`) plus its check against the published heads."""
+    rows = trail.read_events(t) if events is None else events
+    chain = trail.verify(t, rows, state=state)
+    published, problem = pins
+    name = config.gates.chain_parameter
+    if problem is not None:
+        chain["breaks"].append({"seq": None, "event_id": None,
+                                "problem": f"the chain head published outside the database could not be read, so "
+                                           f"a rewrite of the trail cannot be ruled out ({problem.rstrip('.')})"})
+        chain["pinned"] = {"parameter": name, "error": problem}
+    elif published is None:
+        chain["pinned"] = None
+    else:
+        checked = pin.check_pins(rows, published)
+        chain["breaks"] += checked.pop("breaks")
+        chain["pinned"] = {"parameter": name, **checked}
+    chain["ok"] = not chain["breaks"]
+    return chain
+
+
+def _pin(c: psycopg.Connection, config: Any, *, strict: bool = False) -> dict[str, Any] | None:
+    """After a committed append: publish the chain head (``[gates] chain_parameter``); None when unset.
+
+    Not ``strict``, a failure is logged and returned (``{"error": ...}``): the event stands, the trail
+    shows it as not pinned yet, and the next event or ``reconcile gate publish`` pins it.
+    """
+    if not config.gates.chain_parameter:
+        return None
+    head = _tx(c, config, lambda t: t.execute(_HEAD_ROW, (trail.CHAIN,)).fetchone(), "chain head read", writes=False)
+    if head is None:
+        return None
+    try:
+        return pin.publish_head(config, {"seq": head[0], "hash": head[1],
+                                         "event_id": None if head[2] is None else str(head[2])})
+    except PublishFailed as exc:
+        if strict:
+            raise
+        log.warning("the audit trail's head (event %s) was not published outside the database: %s", head[0],
+                    exc.message)
+        return {"error": exc.message}
 
 
 # --- evaluate ---------------------------------------------------------------------------------
@@ -183,7 +267,7 @@ def _evaluate_in(t: psycopg.Connection, config: Any, gate: str, st: dict[str, An
     """Inside a transaction (one snapshot): the criteria of ``gate`` against the state ``st`` read in it."""
     (now,) = t.execute("SELECT now()").fetchone()
     st = _read_state(t) if st is None else st
-    criteria = evaluate_criteria(t, gate, config.gates, st, now, DiffScope.of(config))
+    criteria = evaluate_criteria(t, gate, config.gates, st, now, EvidenceScope.of(config))
     return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
 
 
@@ -197,8 +281,9 @@ def _evaluation_record(t: psycopg.Connection, config: Any, ev: Evaluation,
     run_id = str(uuid.uuid4())
     recorded = Evaluation(ev.gate, ev.state, ev.evaluated_at, ev.criteria, run_id)
     settings = canonical({f: getattr(config.gates, f) for f in config.gates.__dataclass_fields__})
+    scope = run_scope(config)
     t.execute(_GATE_RUN, (run_id, "green" if ev.passed else "red", ev.evaluated_at, settings,
-                          canonical(recorded.to_dict())))
+                          canonical(recorded.to_dict()), scope.migration_id, scope.tables_json))
     event = {"event": "evaluation", "gate": ev.gate, "actor": actor, "run_id": run_id,
              "evidence_hash": ev.evidence_hash,
              "details": {"passed": ev.passed, "failing": list(ev.failing), "state": ev.state}}
@@ -229,9 +314,52 @@ def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None =
         The :class:`Evaluation`: ``.passed``, ``.criteria``, ``.evidence_hash``, ``.to_dict()``.
     """
     _check_gate(gate)
+    if actor is not None:
+        actor = clean_text(str(actor), "--by")
     with _target(config, conn) as c:
         ev = _evaluate(c, config, gate)
-        return _record_evaluation(c, config, ev, actor) if record else ev
+        if not record:
+            return ev
+        recorded = _record_evaluation(c, config, ev, actor)
+        _pin(c, config)
+        return recorded
+
+
+# --- reject -----------------------------------------------------------------------------------
+
+
+def reject(config: Any, gate: str, *, by: str, reason: str, identity: dict[str, Any] | None = None,
+           evaluation: Evaluation | dict[str, Any] | None = None,
+           conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Record that ``by`` rejected ``gate`` (e.g. answered Reject in the reconcile_cutover DAG).
+
+    Nothing moves: the state stays as it is. The ``rejection`` event names the responder (``actor`` and
+    its authenticated ``identity``), the gate, the step it would have made, the state it was in and the
+    evidence the responder was shown (``seen_evidence_hash``, ``seen_run_id``).
+
+    Returns:
+        ``{"status": "rejected", "gate", "state", "event", "seen_evidence_hash"}``.
+    """
+    _check_gate(gate)
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    who = checked_identity(identity)
+    seen = _seen(evaluation, gate)
+    frm, to = _STEP[gate]
+    with _target(config, conn) as c:
+        def write(t: psycopg.Connection) -> dict[str, Any]:
+            st = _read_state(t)
+            details = {"from": frm, "to": to, "state": st["state"], "state_version": st["version"],
+                       "authenticated": who, "seen_evidence_hash": seen.evidence_hash if seen else None,
+                       "seen_run_id": seen.run_id if seen else None, "seen_passed": seen.passed if seen else None}
+            (written,) = trail.append(t, [{"event": "rejection", "gate": gate, "actor": by, "reason": reason,
+                                           "evidence_hash": seen.evidence_hash if seen else None,
+                                           "run_id": seen.run_id if seen else None, "details": details}])
+            return {"status": "rejected", "gate": gate, "state": st["state"], "event": written["event_id"],
+                    "seen_evidence_hash": details["seen_evidence_hash"]}
+
+        result = _tx(c, config, write, f"reject {gate} gate")
+        result["pinned"] = _pin(c, config)
+        return result
 
 
 # --- approve ----------------------------------------------------------------------------------
@@ -252,11 +380,12 @@ def _compared(seen: Evaluation | None, fresh: Evaluation) -> dict[str, Any]:
     """What the approval records about the evidence the approver saw versus the fresh evaluation."""
     if seen is None:
         return {"seen_evidence_hash": None, "evidence_changed": None, "changed_criteria": []}
-    before = {c.name: c.passed for c in seen.criteria}
-    changed = [c.name for c in fresh.criteria if before.get(c.name) is not c.passed]
+    changed = seen.changed_criteria(fresh)
     return {"seen_evidence_hash": seen.evidence_hash, "seen_evaluated_at": seen.evaluated_at,
             "seen_run_id": seen.run_id, "seen_passed": seen.passed,
-            "evidence_changed": seen.evidence_hash != fresh.evidence_hash, "changed_criteria": changed}
+            "evidence_changed": seen.substance_hash != fresh.substance_hash, "changed_criteria": changed,
+            "verdict_changed": [c.name for c in fresh.criteria if c.name in changed
+                                and any(s.name == c.name and s.passed is not c.passed for s in seen.criteria)]}
 
 
 def _refusal_text(gate: str, ev: Evaluation, chain_problem: str | None, seen: Evaluation | None) -> str:
@@ -273,7 +402,7 @@ def _refusal_text(gate: str, ev: Evaluation, chain_problem: str | None, seen: Ev
 
 
 def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: str | None = None,
-            evaluation: Evaluation | dict[str, Any] | None = None,
+            evaluation: Evaluation | dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
             conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Approve ``gate``: record the approval and move the state one step forward, then publish.
 
@@ -281,47 +410,58 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
     as the state it moves, so an approval rests on the evidence as it is when it is recorded, not on
     an evaluation made before a person took hours to answer. The approval is recorded only when every
     criterion of that fresh evaluation passes, or with ``override_reason`` (recorded as an
-    ``override`` event naming the failing criteria). With ``[gates] two_person``, the first approval
-    is recorded as pending and a second, different approver makes the transition; names are compared
-    case-folded with whitespace collapsed (``Alice`` and ``alice`` are one person). ``by`` is what the
-    caller asserts: the CLI does not authenticate it; the Airflow approval step passes its
-    authenticated responder.
+    ``override`` event naming the failing criteria), and only when the audit trail checks out (inside
+    the database and, with ``[gates] chain_parameter``, against its published head).
+
+    Who approves: ``by`` is the name the caller asserts; ``identity`` is who the caller was
+    authenticated as (:mod:`reconcile.gates.approver`: the CLI passes the AWS STS caller, the Airflow
+    approval step its responder), recorded with the approval. With ``[gates] two_person`` the first
+    approval is recorded as pending and a second approver makes the transition; the rule compares
+    authenticated identities (their principals): an approval without one is refused, two names with
+    one identity are one person, and so are two names that match case-folded.
 
     ``evaluation`` is what the approver was shown. Its hash is recorded next to the fresh one
-    (``seen_evidence_hash``, ``evidence_hash``), with the criteria whose verdict changed between the
-    two. A differing hash alone does not refuse: the hash covers the evaluation time and the ages in
-    the evidence, so it differs on every re-evaluation; what decides is the fresh verdict.
+    (``seen_evidence_hash``, ``evidence_hash``), with ``evidence_changed`` (the two differ in a
+    criterion's verdict or values, timestamps and ages aside: :attr:`Evaluation.substance`), the
+    criteria that changed (``changed_criteria``) and those whose verdict flipped (``verdict_changed``).
+    A change alone does not refuse: what decides is the fresh verdict.
 
     Args:
         config: the loaded configuration.
         gate: ``read`` (shadow -> read_cutover) or ``write`` (read_cutover -> write_cutover).
-        by: who approves.
+        by: who approves (one line, no control characters).
         reason: why.
         override_reason: approve although criteria fail (or the trail is broken), and why.
         evaluation: the evaluation of this gate the approver was shown (an Evaluation or its ``to_dict()``).
+        identity: the caller's authenticated identity (None: not authenticated).
         conn: an autocommit target connection to reuse.
 
     Returns:
-        ``{"status": "approved" | "pending", "gate", "from", "to", "approvers", "override", "events",
-        "evidence_hash", "evaluation_run_id", "seen_evidence_hash", "evidence_changed",
+        ``{"status": "approved" | "pending", "gate", "from", "to", "approvers", "identities", "override",
+        "events", "evidence_hash", "evaluation_run_id", "seen_evidence_hash", "evidence_changed",
         "changed_criteria", "failing", "published"}``.
 
     Raises:
         GateRefused: a criterion fails now (named), the state does not allow this gate, the same person
-            approved first, or the audit trail is broken.
-        GateError: ``evaluation`` is of another gate or was altered (its hash does not match).
+            approved first, the approval is not authenticated under the two-person rule, or the audit
+            trail is broken.
+        GateError: ``evaluation`` is of another gate or was altered (its hash does not match), or a
+            name or reason holds a control character.
         PublishFailed: the transition was made but publishing it failed (rerun ``gate publish``).
     """
     _check_gate(gate)
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
+    who = checked_identity(identity)
     seen = _seen(evaluation, gate)
     s = config.gates
     frm, to = _STEP[gate]
     with _target(config, conn) as c:
+        pins = _pins(config)
+
         def transact(t: psycopg.Connection) -> dict[str, Any]:
             st = _read_state(t)
-            chain = trail.verify(t, state=st["state"])
+            chain = _checked_chain(t, config, pins, st["state"])
             fresh = _evaluate_in(t, config, gate, st)
             compared = _compared(seen, fresh)
             failing = fresh.failing
@@ -336,59 +476,89 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
                         else "nothing to approve")
                 raise _Refused(f"The {gate} gate moves {frm} to {to}, but the state is {st['state']}; {hint}.",
                                ("state",), fresh, compared)
+            if s.two_person and who is None:
+                raise _Refused("The two-person rule compares authenticated approvers and this approval has no "
+                               "authenticated identity; approve with AWS credentials (`reconcile gate approve` "
+                               "records the STS caller) or through the reconcile_cutover DAG.",
+                               ("two_person",), fresh, compared)
             ev, evaluated = _evaluation_record(t, config, fresh, by)
             decision = {"event": "override" if overriding else "approval", "gate": gate, "actor": by,
                         "reason": override_reason if overriding else reason, "evidence_hash": ev.evidence_hash,
                         "run_id": ev.run_id,
                         "details": {"from": frm, "to": to, "passed": ev.passed, "failing": list(failing), **compared,
+                                    "authenticated": who,
                                     **({"approval_reason": reason} if overriding else {})}}
             out = {"gate": gate, "from": frm, "to": to, "override": overriding, "evidence_hash": ev.evidence_hash,
                    "evaluation_run_id": ev.run_id, "failing": list(failing), **compared}
-            approvers = [by]
+            approvers, identities = [by], [principal(who)]
             if s.two_person:
                 pending = st["pending"]
                 now = dt.datetime.now(dt.timezone.utc)
+                # A pending approval counts while fresh, and only when authenticated (one recorded before
+                # approvals were authenticated is replaced by this one).
                 fresh_pending = pending is not None and pending.get("gate") == gate and pending.get("from") == frm \
-                    and now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours)
+                    and now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours) \
+                    and pending.get("identity") is not None
                 if not fresh_pending:
                     decision["details"]["awaiting"] = "a second, different approver"
                     written = trail.append(t, [evaluated, decision])
-                    doc = {"gate": gate, "from": frm, "by": by, "at": iso(now), "event_id": written[-1]["event_id"],
-                           "evidence_hash": ev.evidence_hash, "override": overriding}
+                    doc = {"gate": gate, "from": frm, "by": by, "identity": who, "at": iso(now),
+                           "event_id": written[-1]["event_id"], "evidence_hash": ev.evidence_hash,
+                           "override": overriding}
                     if t.execute(_SET_PENDING, (canonical(doc), STATE_KEY, st["version"])).rowcount != 1:
                         raise GateError("The cutover state changed during the approval; run the command again.")
-                    return {**out, "status": "pending", "approvers": [by],
+                    return {**out, "status": "pending", "approvers": [by], "identities": identities,
                             "events": [w["event_id"] for w in written]}
-                if same_person(pending["by"], by):
-                    raise _Refused(f"The two-person rule needs a second, different approver: {pending['by']} "
-                                   f"approved the {gate} gate already.", ("two_person",), fresh, compared)
+                refusal = _second_approver_problem(pending, by, who, gate)
+                if refusal:
+                    raise _Refused(refusal, ("two_person",), fresh, compared)
                 approvers = [pending["by"], by]
+                identities = [principal(pending.get("identity")), principal(who)]
                 decision["details"]["first_approval"] = pending["event_id"]
             move = {"event": "transition", "gate": gate, "actor": by, "reason": reason,
                     "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
                     "details": {"from": frm, "to": to, "version": st["version"] + 1, "approvers": approvers,
-                                "override": overriding}}
+                                "approver_identities": identities, "override": overriding}}
             written = trail.append(t, [evaluated, decision, move])
             if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the approval; run the command again.")
-            return {**out, "status": "approved", "approvers": approvers, "events": [w["event_id"] for w in written]}
+            return {**out, "status": "approved", "approvers": approvers, "identities": identities,
+                    "events": [w["event_id"] for w in written]}
 
         try:
             result = _tx(c, config, transact, f"approve {gate} gate")
         except _Refused as refusal:
             raise _record_refusal(c, config, gate=gate, by=by, reason=reason, action=f"approve {gate}",
-                                  refusal=refusal) from None
+                                  refusal=refusal, identity=who) from None
         if result["status"] == "approved":
             result["published"] = _publish(c, config, actor=by, after=f"approved the {gate} gate ({frm} -> {to})")
+        else:
+            result["pinned"] = _pin(c, config)
         return result
+
+
+def _second_approver_problem(pending: dict[str, Any], by: str, who: dict[str, Any] | None,
+                             gate: str) -> str | None:
+    """Why ``by`` (authenticated as ``who``) cannot be the second approver after ``pending``; None when fine."""
+    first = pending["identity"]
+    if same_person(pending["by"], by):
+        return f"The two-person rule needs a second, different approver: {pending['by']} approved the {gate} gate already."
+    if who is None or first.get("kind") != who.get("kind"):
+        return (f"The first approval was authenticated by {first.get('kind')} and this one by "
+                f"{(who or {}).get('kind')}, which cannot be told apart as two people; approve the same way the "
+                "first approver did.")
+    if principal(first) == principal(who):
+        return (f"The two-person rule needs a second, different approver: {pending['by']} and {by} are one "
+                f"authenticated identity ({principal(who)}).")
+    return None
 
 
 # --- rollback ---------------------------------------------------------------------------------
 
 
 def rollback(config: Any, *, by: str, reason: str, override_reason: str | None = None,
-             conn: psycopg.Connection | None = None) -> dict[str, Any]:
+             identity: dict[str, Any] | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Move the state one step back, record it, then publish.
 
     From ``write_cutover`` the target has been the system of record: going back needs a reverse
@@ -404,6 +574,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
     """
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
+    who = checked_identity(identity)
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
             st = _read_state(t)
@@ -421,10 +592,10 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
                         "first, then roll back with --override REASON.", ("reverse_sync",))
                 events.append({"event": "override", "gate": gate, "actor": by, "reason": override_reason,
                                "details": {"action": "rollback", "from": frm, "to": to, "rollback_reason": reason,
-                                           "overridden": "no reverse sync exists"}})
+                                           "overridden": "no reverse sync exists", "authenticated": who}})
             events.append({"event": "rollback", "gate": gate, "actor": by, "reason": reason,
                            "details": {"from": frm, "to": to, "version": st["version"] + 1,
-                                       "override": override_reason is not None}})
+                                       "override": override_reason is not None, "authenticated": who}})
             written = trail.append(t, events)
             if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
                          ).rowcount != 1:
@@ -436,7 +607,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
             result = _tx(c, config, transact, "gate rollback")
         except _Refused as refusal:
             raise _record_refusal(c, config, gate=None, by=by, reason=reason, action="rollback",
-                                  refusal=refusal) from None
+                                  refusal=refusal, identity=who) from None
         result["published"] = _publish(c, config, actor=by, after=f"rolled back ({result['from']} -> {result['to']})")
         return result
 
@@ -444,7 +615,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
 # --- acknowledge ------------------------------------------------------------------------------
 
 
-def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
+def acknowledge(config: Any, finding_id: str, *, by: str, reason: str, identity: dict[str, Any] | None = None,
                 conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged).
 
@@ -455,15 +626,17 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
     """
     finding_id = _required(finding_id, "FINDING")
     by, reason = _required(by, "--by"), _required(reason, "--reason")
-    acks, runs, findings = ident("gate_acknowledgements"), ident("audit_runs"), ident("audit_findings")
+    who = checked_identity(identity)
+    acks, findings = ident("gate_acknowledgements"), ident("audit_findings")
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
-            row = t.execute(sql.SQL("SELECT f.run_id, f.severity FROM {f} f WHERE f.finding_id = %s AND f.run_id = "
-                                    "(SELECT run_id FROM {r} ORDER BY started_at DESC LIMIT 1)").format(
-                f=findings, r=runs), (finding_id,)).fetchone()
+            latest = latest_audit_run(t, EvidenceScope.of(config))
+            row = None if latest is None else t.execute(sql.SQL(
+                "SELECT run_id, severity FROM {} WHERE finding_id = %s AND run_id = %s").format(findings),
+                (finding_id, latest[0])).fetchone()
             if row is None:
-                raise GateError(f"The latest audit run has no finding {finding_id!r}; copy the id (code:object) "
-                                "from `reconcile audit` or `reconcile gate status`.")
+                raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
+                                "(code:object) from `reconcile audit` or `reconcile gate status`.")
             old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
                 acks), (finding_id,)).fetchone()
             if old is not None:
@@ -471,7 +644,7 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
                         "acknowledged_at": iso(old[1])}
             (written,) = trail.append(t, [{"event": "acknowledgement", "gate": "write", "actor": by, "reason": reason,
                                            "details": {"finding_id": finding_id, "severity": row[1],
-                                                       "audit_run": str(row[0])}}])
+                                                       "audit_run": str(row[0]), "authenticated": who}}])
             t.execute(sql.SQL("INSERT INTO {} (finding_id, audit_run_id, severity, acknowledged_by, reason, "
                               "acknowledged_at, event_id) VALUES (%s, %s, %s, %s, %s, now(), %s) "
                               "ON CONFLICT (finding_id) DO NOTHING").format(acks),
@@ -479,15 +652,16 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str,
             return {"status": "acknowledged", "finding_id": finding_id, "severity": row[1], "acknowledged_by": by,
                     "event": written["event_id"]}
 
-        return _tx(c, config, transact, "finding acknowledgement")
+        result = _tx(c, config, transact, "finding acknowledgement")
+        if result["status"] == "acknowledged":
+            result["pinned"] = _pin(c, config)
+        return result
 
 
 # --- publish ----------------------------------------------------------------------------------
 
 
 def _publish(c: psycopg.Connection, config: Any, *, actor: str | None, after: str | None = None) -> dict[str, Any]:
-    from reconcile.gates.errors import PublishFailed
-
     s = config.gates
     for _ in range(5):
         st = _tx(c, config, _read_state, "gate state read", writes=False)
@@ -519,16 +693,24 @@ def _publish(c: psycopg.Connection, config: Any, *, actor: str | None, after: st
 
         result = _tx(c, config, write, "gate publish")
         if result is not None:
+            try:
+                result["chain_head"] = _pin(c, config, strict=True)
+            except PublishFailed as exc:
+                if after is None:
+                    raise
+                raise PublishFailed(f"The gate {after}, but publishing failed: {exc.message}") from None
             return jsonable(result)
     raise GateError("The cutover state kept changing while it was being published; run `reconcile gate publish`.")
 
 
 def publish(config: Any, *, actor: str | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Publish the current state: the control table (``published_state``) and, when ``[gates] ssm_parameter``
-    is set, the SSM parameter. Idempotent: writes (and records a ``publish`` event) only what differs.
+    is set, the SSM parameter; then, when ``[gates] chain_parameter`` is set, the audit trail's chain head
+    (pinning events whose own publish failed). Idempotent: writes (and records a ``publish`` event) only
+    what differs.
 
     Returns:
-        ``{"state", "version", "control_changed", "ssm": {...} | None, "changed", "event"?}``.
+        ``{"state", "version", "control_changed", "ssm": {...} | None, "changed", "event"?, "chain_head"}``.
 
     Raises:
         PublishFailed: SSM refused or could not be reached.
@@ -553,13 +735,16 @@ def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[
     "published", "next_gates", "gates": {gate: evaluation dict}, "chain": {"ok", "breaks", ...}}``.
     """
     with _target(config, conn) as c:
+        pins = _pins(config)
+
         def read(t: psycopg.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
             st = _read_state(t)
-            return st, trail.verify(t, state=st["state"])
+            return st, _checked_chain(t, config, pins, st["state"])
 
         st, chain = _tx(c, config, read, "gate status", writes=False)
         gates = {g: _evaluate(c, config, g).to_dict() for g in _NEXT_GATES[st["state"]]}
     return jsonable({
+        "migration": migration_of(config).describe(),
         "state": st["state"], "version": st["version"], "entered_at": st["entered_at"],
         "changed_by": st["changed_by"], "reason": st["reason"], "pending": st["pending"],
         "published": {"state": st["published_state"], "version": st["published_version"], "at": st["published_at"],
@@ -569,11 +754,15 @@ def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[
 
 
 def history(config: Any, *, limit: int | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
-    """The audit trail, oldest first (the last ``limit`` events), and the chain check over all of it."""
+    """The audit trail, oldest first (the last ``limit`` events), and the chain check over all of it: inside
+    the database and, with ``[gates] chain_parameter``, against every chain head published outside it
+    (``chain["pinned"]``: how many, the latest pinned event, events not pinned yet)."""
     with _target(config, conn) as c:
+        pins = _pins(config)
+
         def read(t: psycopg.Connection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             events = trail.read_events(t)
-            return events, trail.verify(t, events, state=_read_state(t)["state"])
+            return events, _checked_chain(t, config, pins, _read_state(t)["state"], events)
 
         events, chain = _tx(c, config, read, "gate history", writes=False)
     shown = events[-limit:] if limit else events

@@ -23,7 +23,7 @@ from typing import Any
 
 from reconcile.gates.errors import GateError
 
-__all__ = ["GATES", "Criterion", "Evaluation", "canonical", "iso", "jsonable", "sha256_hex"]
+__all__ = ["GATES", "Criterion", "Evaluation", "canonical", "iso", "jsonable", "sha256_hex", "steady"]
 
 GATES = ("read", "write")
 
@@ -47,6 +47,23 @@ def jsonable(value: Any) -> Any:
         return iso(value)
     if isinstance(value, (Decimal, uuid.UUID, dt.date)):
         return str(value)
+    return value
+
+
+NOW_DERIVED = frozenset({"age_hours", "latest_age_hours", "held_hours"})
+"""Evidence keys measured from the evaluation time: they change on every evaluation."""
+
+
+def steady(value: Any) -> Any:
+    """``value`` (JSON) without timestamps (keys ending in ``_at``) and ages from now (:data:`NOW_DERIVED`).
+
+    >>> steady({"run_id": "r1", "finished_at": "2026-01-01", "age_hours": 3.2, "runs": [{"started_at": 1, "n": 2}]})
+    {'run_id': 'r1', 'runs': [{'n': 2}]}
+    """
+    if isinstance(value, dict):
+        return {k: steady(v) for k, v in value.items() if not (k.endswith("_at") or k in NOW_DERIVED)}
+    if isinstance(value, list):
+        return [steady(v) for v in value]
     return value
 
 
@@ -108,6 +125,25 @@ class Evaluation:
     @property
     def evidence_hash(self) -> str:
         return sha256_hex(canonical(self.evidence))
+
+    @property
+    def substance(self) -> dict[str, Any]:
+        """What the evidence says, without when it was read: every criterion's verdict and values, minus
+        timestamps (``evaluated_at``, any ``*_at``) and ages measured from the evaluation time. Two
+        evaluations of unchanged history have the same substance hours apart (their ``evidence_hash``
+        differs); a new run, finding or dead letter changes it."""
+        return {"gate": self.gate, "state": self.state,
+                "criteria": [{"name": c.name, "passed": bool(c.passed), "evidence": steady(jsonable(c.evidence))}
+                             for c in self.criteria]}
+
+    @property
+    def substance_hash(self) -> str:
+        return sha256_hex(canonical(self.substance))
+
+    def changed_criteria(self, other: Evaluation) -> list[str]:
+        """Criteria of ``other`` whose verdict or values differ from this evaluation's (timestamps aside)."""
+        mine = {c["name"]: c for c in self.substance["criteria"]}
+        return [c["name"] for c in other.substance["criteria"] if mine.get(c["name"]) != c]
 
     def criterion(self, name: str) -> Criterion:
         for c in self.criteria:

@@ -46,6 +46,10 @@ class GateSettings:
     re-evaluates the gate when it is recorded, whatever the age of the evaluation the approver saw)."""
     ssm_parameter: str | None = None
     """SSM parameter the state is published to (e.g. /reconcile/cutover/state); unset: control table only."""
+    chain_parameter: str | None = None
+    """SSM parameter the audit trail's chain head is published to after every event (e.g.
+    /reconcile/cutover/chain-head); its history pins the trail, so a consistent rewrite of every row is
+    caught. Unset: the chain is checked inside the database only."""
     ssm_region: str | None = None
     """AWS region of the SSM parameter; default: the DSQL target's region, else AWS_REGION / AWS_DEFAULT_REGION."""
 
@@ -72,6 +76,13 @@ class GateSettings:
             raise InvalidSetting("gates", "ssm_parameter",
                                  f"must be a fully qualified SSM name, got {self.ssm_parameter!r}",
                                  'use a name starting with /, e.g. ssm_parameter = "/reconcile/cutover/state"')
+        if self.chain_parameter is not None and not _SSM_NAME.fullmatch(self.chain_parameter):
+            raise InvalidSetting("gates", "chain_parameter",
+                                 f"must be a fully qualified SSM name, got {self.chain_parameter!r}",
+                                 'use a name starting with /, e.g. chain_parameter = "/reconcile/cutover/chain-head"')
+        if self.chain_parameter is not None and self.chain_parameter == self.ssm_parameter:
+            raise InvalidSetting("gates", "chain_parameter", "is the same parameter as ssm_parameter",
+                                 "give the chain head its own parameter, e.g. /reconcile/cutover/chain-head")
         if self.ssm_region is not None and not _REGION.fullmatch(self.ssm_region):
             raise InvalidSetting("gates", "ssm_region", f"is not an AWS region: {self.ssm_region!r}",
                                  'write a region such as ssm_region = "us-east-1", or remove it')

@@ -16,9 +16,10 @@ index on ``seq`` backs this up.
 
 This module holds every statement that touches ``audit_events``, and they are INSERT and SELECT
 only: the tool has no path that updates or deletes the trail (DSQL has no triggers to forbid it
-server-side; the chain makes any such change visible instead). The hash chain is tamper-evident,
-not tamper-proof: someone able to rewrite every row and the head consistently could forge it; the
-head hash is recorded in each publish event, so copies of it kept elsewhere pin the history.
+server-side; the chain makes any such change visible instead). The hash chain alone is tamper-evident,
+not tamper-proof: someone able to rewrite every row and the head consistently could forge it. So the
+head is also published outside the database after every event (:mod:`reconcile.gates.pin`, ``[gates]
+chain_parameter``), and the gate checks the trail against every head published there.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ Modules and their steps:
 - :mod:`.diff`: ``diff_start(config, *, tables, run_id) -> {"run_id", "tables", "reused"}``
   (``run_id``: ``diff_run_id_for(dag_id, run_id)``, so a retry reuses its run), ``opened_run(started)``,
   ``diff_one_table(config, run_id, table)``, ``diff_balances_step(config, run_id)``,
-  ``checks_step(config)``, ``diff_finish(config, run_id, *, report_dir)`` (closes tables and balances
-  that never reported as errors), ``reconcile_verdict(diff, checks, evidence, *, expected)`` (raises
-  :class:`ReconcileRed` on a red run or a missing step result).
+  ``checks_step(config, *, diff_run_id)`` (the check run records the diff run it is ``part_of``),
+  ``diff_finish(config, run_id, *, report_dir, checks, checks_expected)`` (closes tables and balances
+  that never reported as errors; logs the reconciliation red when the checks step failed),
+  ``reconcile_verdict(diff, checks, evidence, *, expected)`` (raises :class:`ReconcileRed` naming the
+  failed step and its fix on a red run or a missing step result).
 - :mod:`.gates`: ``gate_evaluate(config, gate, *, actor, override_reason) -> evaluation + body``,
   ``approval_body(evaluation)``, ``gate_transition(config, gate, *, by, reason, override_reason,
   evaluation)``, ``gate_publish(config, *, actor)``, ``gate_verify(config, gate, *, transition)``,

@@ -132,6 +132,8 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     Args:
         report_dir: where GX writes its Data Docs; by default, with ``diff_run_id``, the ``checks``
             folder inside that diff run's report folder (``<[diff] report_dir>/<run_id>/checks``).
+        diff_run_id: the diff run of this reconciliation: the check run records it (``part_of``), and a
+            gate counts the reconciliation only when these expectations completed green.
     """
     from pathlib import Path
 
@@ -142,7 +144,7 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     if report_dir is None and diff_run_id:
         report_dir = str(Path(config.diff.report_dir) / diff_run_id / "checks")
 
-    result = _as_dict(run_checks(config, sides=tuple(sides), report_dir=report_dir))
+    result = _as_dict(run_checks(config, sides=tuple(sides), report_dir=report_dir, part_of=diff_run_id))
     log.info("checks: success=%s evaluated=%s failed=%s not applicable=%s data docs=%s", result.get("success"),
              result.get("evaluated"), result.get("failed"), result.get("not_applicable"), result.get("data_docs"))
     for item in result.get("not_applicable_checks") or []:
@@ -151,19 +153,49 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
     return result
 
 
-def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -> dict[str, Any]:
+def _checks_problem(checks: Mapping[str, Any] | None, expected: bool) -> str | None:
+    """What went wrong with the expectations of a reconciliation, or None when they ran green (or are not owed)."""
+    if checks is None:
+        return "the expectations did not run (the checks step failed)" if expected else None
+    if checks.get("success"):
+        return None
+    if checks.get("error"):
+        return f"the expectations step failed ({checks.get('error')})"
+    return f"{checks.get('failed')} expectation(s) failed"
+
+
+def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
+                checks: Mapping[str, Any] | None = None, checks_expected: bool = False) -> dict[str, Any]:
     """Close run ``run_id``: verdict, summary and report; returns the run summary (verdict, report_dir...).
 
     Safe after failed steps: tables and a balance diff that never reported are closed as ``error``
     (named in the summary's ``errors`` and the report), never as green.
+
+    Args:
+        checks: :func:`checks_step`'s result in this reconciliation (None: it failed or did not run).
+        checks_expected: the reconciliation ran a checks step (the DAG): a missing result means that step
+            failed, and the log says the reconciliation is red whatever the diff's own verdict.
+
+    Returns:
+        The diff's summary plus ``reconciliation``: ``{"verdict": green|red, "failed_steps": [...]}``.
     """
     from reconcile.diff import finish_diff
 
     result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
-    log.info("diff run %s: verdict %s; report: %s%s", run_id, result.get("verdict"), where,
-             f" (uploaded to {s3})" if s3 else "")
+    report = f"{where}{f' (uploaded to {s3})' if s3 else ''}"
+    problem = _checks_problem(checks, checks_expected)
+    failed = sorted(result.get("errors") or {}) + (["checks"] if problem else [])
+    diff_ok = result.get("verdict") == "green"
+    result["reconciliation"] = {"verdict": "green" if diff_ok and not failed else "red", "failed_steps": failed}
+    if problem and diff_ok:
+        log.error("diff run %s: the diff itself is green, but the reconciliation is red: %s; the diff report is at %s",
+                  run_id, problem, report)
+    elif problem:
+        log.error("diff run %s: verdict %s, and %s; report: %s", run_id, result.get("verdict"), problem, report)
+    else:
+        log.info("diff run %s: verdict %s; report: %s", run_id, result.get("verdict"), report)
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
     from reconcile.report.notes import notes
@@ -177,7 +209,8 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
                       evidence: Mapping[str, Any] | None = None, *,
                       expected: Sequence[str] = ()) -> dict[str, Any]:
     """The run's outcome; raises :class:`ReconcileRed` when the diff is red or errored, an expectation
-    failed, or a step's result is missing.
+    failed, or a step's result is missing. The message names each step that failed and the action that
+    fits it: a key range to re-copy only when the diff found differences.
 
     Args:
         diff: :func:`diff_finish`'s result (None: the run was not closed).
@@ -194,28 +227,48 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
            "partial_reasons": None if diff is None else diff.get("partial_reasons"),
            "checks_success": None if checks is None else checks.get("success"),
            "gate": None if evidence is None else {k: evidence.get(k) for k in ("gate", "passed", "failing")}}
-    problems = []
+    problems: list[str] = []
+    actions: list[str] = []
+    failed: list[str] = []
+    where = diff.get("report_dir") if diff is not None else None
     if diff is None:
-        problems.append("the diff run was not closed (the finish step failed)")
+        failed.append("finish_diff")
+        problems.append("the diff run was not closed (the finish_diff step failed)")
+        actions.append("read the finish_diff task's log, fix the cause and trigger the reconciliation again")
     else:
         errors = diff.get("errors") or {}
         if errors:
+            failed += sorted(errors)
             problems.append(f"{', '.join(sorted(errors))} not compared")
-        if diff.get("verdict") != "green":
-            problems.append(f"the diff is {diff.get('verdict')} ({diff.get('persistent_mismatches')} persistent "
-                            f"mismatches, {diff.get('balance_differences')} balance differences)")
-    if checks is None:
-        if "checks" in expected:
-            problems.append("the expectations did not run (the checks step failed)")
-    elif not checks.get("success"):
-        problems.append(f"{checks.get('failed')} expectation(s) failed")
+            actions.append("read the failed diff_table/balances task logs (the report names why), fix the cause and "
+                           "trigger the reconciliation again")
+        persistent, balances = diff.get("persistent_mismatches") or 0, diff.get("balance_differences") or 0
+        if persistent or balances:
+            problems.append(f"the diff found {persistent} persistent mismatches and {balances} balance differences")
+            actions.append(f"read the report at {where} and re-copy the key ranges it names (a forced backfill) "
+                           "before the next run")
+        elif diff.get("verdict") != "green" and not errors:
+            problems.append(f"the diff is {diff.get('verdict')}")
+            actions.append(f"read the report at {where}")
+    diff_green = diff is not None and diff.get("verdict") == "green"
+    problem = _checks_problem(checks, "checks" in expected)
+    if problem:
+        failed.append("checks")
+        problems.append(problem + ("; the diff itself is green" if diff_green else ""))
+        if checks is None or checks.get("error"):
+            actions.append("read the checks task's log, fix what stopped it (the data needs no repair for this) and "
+                           "trigger the reconciliation again")
+        else:
+            docs = checks.get("data_docs")
+            actions.append(f"read which expectations failed{f' in the Data Docs at {docs}' if docs else ''} and fix "
+                           "what they name on the target")
     if evidence is None and "evidence" in expected:
+        failed.append("gate_evidence")
         problems.append("no gate evidence was recorded (the gate evidence step failed)")
+        actions.append("read the gate_evidence task's log, then run `reconcile gate evaluate`")
+    out["failed_steps"] = failed
     if problems:
-        where = diff.get("report_dir") if diff is not None else None
-        raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; "
-                           + (f"read the report at {where} and fix the target (a forced backfill of the key range) "
-                              "before the next run." if where else "read the failed tasks' logs and fix the cause "
-                              "before the next run."))
-    log.info("reconciliation green; report at %s", diff.get("report_dir") if diff is not None else None)
+        raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; to fix it, "
+                           f"{'; '.join(dict.fromkeys(actions))}.")
+    log.info("reconciliation green; report at %s", where)
     return out

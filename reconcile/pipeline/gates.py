@@ -1,8 +1,9 @@
 """Cutover as orchestrated steps: evaluate -> (a person approves) -> transition -> publish -> verify.
 
 The human decision sits between :func:`gate_evaluate` and :func:`gate_transition`; in Airflow it is an
-``ApprovalOperator`` whose body is :func:`approval_body` (the evidence summary) and whose responder's
-name becomes ``by``. Each step is safe to retry:
+``ApprovalOperator`` whose body is :func:`approval_body` (the evidence summary) and whose responder
+(:func:`responder`: the name becomes ``by``, the Airflow user id the authenticated identity) is recorded
+with the approval, or with the rejection (:func:`gate_rejected`). Each step is safe to retry:
 
 - :func:`gate_evaluate` records a new evaluation (a ``runs`` row of kind 'gate') each time;
 - :func:`gate_transition` re-evaluates the gate inside the approval's transaction (the answer may
@@ -30,6 +31,7 @@ __all__ = [
     "gate_evaluate",
     "gate_evidence",
     "gate_publish",
+    "gate_rejected",
     "gate_transition",
     "gate_verify",
 ]
@@ -103,9 +105,19 @@ def gate_evaluate(config: Config, gate: str, *, actor: str | None = None,
             "body": approval_body(doc, override_reason=override_reason)}
 
 
+def responder(response: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The name and authenticated identity of who answered an approval step (its ``responded_by_user``)."""
+    from reconcile.gates.approver import airflow_responder
+
+    user = (response or {}).get("responded_by_user") or {}
+    name = user.get("name") or user.get("id") or "unknown approver"
+    return str(name), airflow_responder(user)
+
+
 def gate_transition(config: Config, gate: str, *, by: str, reason: str, override_reason: str | None = None,
-                    evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Record the approval by ``by`` and move the state (:func:`reconcile.gates.approve`).
+                    evaluation: Mapping[str, Any] | None = None,
+                    identity: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record the approval by ``by`` (authenticated as ``identity``) and move the state (:func:`reconcile.gates.approve`).
 
     The gate is evaluated again when the approval is recorded (the person may have answered hours
     after ``evaluation`` was made): criteria failing by then refuse it unless ``override_reason``.
@@ -125,12 +137,33 @@ def gate_transition(config: Config, gate: str, *, by: str, reason: str, override
         return {"status": "already", "gate": gate, "to": to, "state": state, "approvers": [by]}
     try:
         result = gates.approve(config, gate, by=by, reason=reason, override_reason=override_reason,
-                               evaluation=dict(evaluation) if evaluation is not None else None)
+                               evaluation=dict(evaluation) if evaluation is not None else None,
+                               identity=dict(identity) if identity is not None else None)
     except gates.PublishFailed as exc:
         log.warning("transition made, publishing failed (the publish step retries it): %s", exc)
         return {"status": "approved", "gate": gate, "to": to, "approvers": [by], "published": None}
     log.info("%s gate %s by %s: %s -> %s", gate, result["status"], ", ".join(result.get("approvers", [by])),
              result.get("from"), result.get("to"))
+    return result
+
+
+def gate_rejected(config: Config, gate: str, response: Mapping[str, Any] | None,
+                  evaluation: Mapping[str, Any] | None = None, *, run: str | None = None) -> dict[str, Any]:
+    """Record a Reject answered in the approval step (:func:`reconcile.gates.reject`): who, what they saw.
+
+    Returns ``{"status": "not rejected"}`` when the response was not a Reject (nothing is recorded).
+    """
+    from reconcile import gates
+
+    chosen = list((response or {}).get("chosen_options") or [])
+    if chosen != ["Reject"]:
+        log.info("the approval step was not answered with Reject (%s): nothing to record", chosen or "no answer")
+        return {"status": "not rejected", "chosen": chosen}
+    by, identity = responder(response)
+    reason = "answered Reject in the approval step" + (f" of Airflow run {run}" if run else "")
+    result = gates.reject(config, gate, by=by, reason=reason, identity=identity,
+                          evaluation=dict(evaluation) if evaluation is not None else None)
+    log.info("%s gate rejected by %s; the state stays %s (event %s)", gate, by, result["state"], result["event"])
     return result
 
 

@@ -265,8 +265,11 @@ class Replayer:
         fault: Fault | None = None,
         clock: Callable[[], float] = time.time,
         secrets: Sequence[str] = (),
+        migration_id: str | None = None,
     ) -> None:
         self.settings = settings or ReplaySettings()
+        self.migration_id = migration_id
+        """The migration this session's runs belong to (:func:`reconcile.identity.migration_of`)."""
         self.secrets = tuple(secrets)
         """Passwords and tokens that must never reach a message, a log or the runs row (:func:`redact`)."""
         self.tables = list(tables)
@@ -289,11 +292,12 @@ class Replayer:
     @classmethod
     def from_config(cls, config: Config, *, fault: Fault | None = None) -> Replayer:
         from reconcile.connections import connect
+        from reconcile.identity import migration_of
 
         return cls(source=lambda: connect(config.source), target=lambda: connect(config.target), tables=config.tables,
                    settings=config.replay, budget=budget_from(config), policy=policy_from(config),
                    dialect=dialect_for(config.target).name, fault=fault,
-                   secrets=config.secrets())
+                   secrets=config.secrets(), migration_id=migration_of(config).id)
 
     def close(self) -> None:
         if self._source is not None:
@@ -368,7 +372,8 @@ class Replayer:
         self.result = result = ReplayResult()
         self._lags: list[float] = []
         self._decisions: dict[int, DeadLetter] = {}
-        runs = Control(self._target, budget=self.budget, policy=self.policy, counters=self.counters)
+        runs = Control(self._target, budget=self.budget, policy=self.policy, counters=self.counters,
+                       migration_id=self.migration_id)
         doc = {"kind": RUN_KIND, "settings": dataclasses.asdict(self.settings), "tables": [t.name for t in self.tables],
                "mode": {"until_caught_up": until_caught_up, "duration": duration, "max_txns": max_txns,
                         "follow": follow},
