@@ -1022,6 +1022,10 @@ class _Loader:
                 merged[key] = tuple(value)
             elif schema[key] == _NUM:
                 merged[key] = float(value)
+        for key in getattr(cls, "PATH_FIELDS", ()):
+            # A relative folder means the same place wherever the command or task runs: next to the file.
+            if isinstance(merged.get(key), str) and merged[key].strip() and "://" not in merged[key]:
+                merged[key] = str(self._path(merged[key]))
         try:
             return cls(**merged)
         except InvalidSetting as exc:

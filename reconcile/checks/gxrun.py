@@ -141,7 +141,8 @@ def _context(gx, report_dir: Path | None):
         context.add_data_docs_site("reconcile", {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(report_dir / "data_docs")},
+                              # GX refuses a relative folder in an ephemeral context (no root folder)
+                              "base_directory": str((report_dir / "data_docs").absolute())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })
     return context

@@ -129,7 +129,9 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
 
     Args:
         report_dir: where GX writes its Data Docs; by default, with ``diff_run_id``, the ``checks``
-            folder inside that diff run's report folder (``<[diff] report_dir>/<run_id>/checks``).
+            folder inside that diff run's report folder (``<[diff] report_dir>/<run_id>/checks``),
+            also uploaded next to the report (``<[diff] s3_uri>/<run_id>/checks/``, link in
+            ``data_docs_uri``) when ``s3_uri`` is set: the finishing step may run on another worker.
     """
     from pathlib import Path
 
@@ -139,8 +141,13 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
         report_dir = str(Path(config.diff.report_dir) / diff_run_id / "checks")
 
     result = _as_dict(run_checks(config, sides=tuple(sides), report_dir=report_dir))
+    if diff_run_id and report_dir and config.diff.s3_uri and result.get("data_docs"):
+        from reconcile.report import upload_folder
+
+        uri = upload_folder(report_dir, f"{config.diff.s3_uri.rstrip('/')}/{diff_run_id}/checks", recursive=True)
+        result["data_docs_uri"] = f"{uri}/{Path(result['data_docs']).absolute().relative_to(Path(report_dir).absolute())}"
     log.info("checks: success=%s evaluated=%s failed=%s data docs=%s", result.get("success"),
-             result.get("evaluated"), result.get("failed"), result.get("data_docs"))
+             result.get("evaluated"), result.get("failed"), result.get("data_docs_uri") or result.get("data_docs"))
     return result
 
 
@@ -155,6 +162,7 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -
     result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
+    result["report_uri"] = f"{s3}/report.html" if s3 else f"{where}/report.html"  # the link a reader opens
     log.info("diff run %s: verdict %s; report: %s%s", run_id, result.get("verdict"), where,
              f" (uploaded to {s3})" if s3 else "")
     for name, error in sorted((result.get("errors") or {}).items()):
@@ -177,6 +185,7 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
     """
     out = {"verdict": None if diff is None else diff.get("verdict"),
            "report_dir": None if diff is None else diff.get("report_dir"),
+           "report_uri": None if diff is None else diff.get("report_uri"),
            "persistent_mismatches": None if diff is None else diff.get("persistent_mismatches"),
            "balance_differences": None if diff is None else diff.get("balance_differences"),
            "checks_success": None if checks is None else checks.get("success"),
@@ -199,10 +208,11 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
     if evidence is None and "evidence" in expected:
         problems.append("no gate evidence was recorded (the gate evidence step failed)")
     if problems:
-        where = diff.get("report_dir") if diff is not None else None
+        where = (diff.get("report_uri") or diff.get("report_dir")) if diff is not None else None
         raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; "
                            + (f"read the report at {where} and fix the target (a forced backfill of the key range) "
                               "before the next run." if where else "read the failed tasks' logs and fix the cause "
                               "before the next run."))
-    log.info("reconciliation green; report at %s", diff.get("report_dir") if diff is not None else None)
+    log.info("reconciliation green; report at %s",
+             (diff.get("report_uri") or diff.get("report_dir")) if diff is not None else None)
     return out
