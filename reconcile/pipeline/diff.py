@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconcile import metrics
 from reconcile.config import Config
 from reconcile.errors import TerminalError
 
@@ -148,6 +149,7 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
         result["data_docs_uri"] = f"{uri}/{Path(result['data_docs']).absolute().relative_to(Path(report_dir).absolute())}"
     log.info("checks: success=%s evaluated=%s failed=%s data docs=%s", result.get("success"),
              result.get("evaluated"), result.get("failed"), result.get("data_docs_uri") or result.get("data_docs"))
+    metrics.after_checks(config, result)
     return result
 
 
@@ -167,6 +169,7 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -
              f" (uploaded to {s3})" if s3 else "")
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
+    metrics.after_diff(config, result)
     return result
 
 
