@@ -1024,9 +1024,10 @@ class _Loader:
             elif schema[key] == _NUM:
                 merged[key] = float(value)
         for key in getattr(cls, "PATH_FIELDS", ()):
-            # A relative folder means the same place wherever the command or task runs: next to the file.
-            if isinstance(merged.get(key), str) and merged[key].strip() and "://" not in merged[key]:
-                merged[key] = str(self._path(merged[key]))
+            # A relative folder (the default too) is next to the file: the same place wherever a task runs.
+            value = merged.get(key, getattr(cls, key, None))
+            if isinstance(value, str) and value.strip() and "://" not in value:
+                merged[key] = str(self._path(value))
         try:
             return cls(**merged)
         except InvalidSetting as exc:

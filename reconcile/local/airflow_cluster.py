@@ -439,14 +439,15 @@ class Cluster:
         self._save_state(state)
 
         # 3. schema of the metadata database (once per Airflow version)
-        import airflow
+        from importlib.metadata import version
 
+        airflow_version = version("apache-airflow")  # not `import airflow`: it would set up Airflow's logging here
         central_env = self._central_env(state)
-        if state["migrated"] != airflow.__version__:
+        if state["migrated"] != airflow_version:
             self.home.mkdir(parents=True, exist_ok=True)
             _run([sys.executable, "-m", "airflow", "db", "migrate"], central_env, self.home,
                  self.log_dir / "db-migrate.log", "airflow db migrate", timeout=max(60.0, deadline - time.monotonic()))
-            state["migrated"] = airflow.__version__
+            state["migrated"] = airflow_version
             self._save_state(state)
 
         # 4. the central processes
