@@ -45,11 +45,20 @@ from typing import Any
 
 log = logging.getLogger("reconcile.metrics")
 
-__all__ = ["FAILURES", "MAX_DATUMS_PER_CALL", "Datum", "MetricsSettings", "after_backfill_chunk", "after_checks",
+__all__ = ["FAILURES", "MAX_DATUMS_PER_CALL", "METRIC_UNITS", "Datum", "MetricsSettings", "after_backfill_chunk", "after_checks",
            "after_diff", "after_gate_evidence", "after_replay_tick", "migration_dimension", "publish"]
 
 MAX_DATUMS_PER_CALL = 1000
 """PutMetricData's limit of metrics per request (was 20 until 2023; the payload limit is 1 MB)."""
+METRIC_UNITS: dict[str, str] = {
+    "ReplayLagSeconds": "Seconds", "ReplayLagBytes": "Bytes", "RetainedWalBytes": "Bytes",
+    "ReplayChangesApplied": "Count", "ReplayAppliedChangesPerSecond": "Count/Second", "DeadLettersOpen": "Count",
+    "OccConflicts": "Count", "OccConflictRate": "None", "BackfillRowsCopied": "Count", "BackfillRowsRejected": "Count",
+    "DiffPersistentMismatches": "Count", "DiffInFlight": "Count", "BalanceDifferences": "Count",
+    "ReconciliationRed": "Count", "ExpectationsFailed": "Count", "ExpectationsEvaluated": "Count",
+    "GateState": "None", "GateCriteriaFailing": "Count",
+}
+"""Every metric the pipeline publishes and its unit (the table above; infra/ alarms and dashboard use these)."""
 FAILURES: Counter = Counter()
 """Datums this process failed to publish, by metric name (publishing failures are counted, not raised)."""
 

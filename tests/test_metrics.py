@@ -99,6 +99,13 @@ def test_datums_of_each_step():
     errored = {d.name: d.value for d in metrics.diff_datums({"verdict": "green", "status": "error"}) if not d.table}
     assert errored["ReconciliationRed"] == 1  # an errored run is not green
 
+    # every datum uses the declared unit, and every declared metric is produced by some step
+    checks = [Datum("ExpectationsFailed", 0, "Count"), Datum("ExpectationsEvaluated", 1, "Count")]
+    gate = [Datum("GateState", 0, "None"), Datum("GateCriteriaFailing", 0, "Count")]
+    backfill = [Datum("BackfillRowsCopied", 1, "Count", "t"), Datum("BackfillRowsRejected", 0, "Count", "t")]
+    produced = {(d.name, d.unit) for d in replay + diff + checks + gate + backfill}
+    assert produced == set(metrics.METRIC_UNITS.items())
+
 
 # --------------------------------------------------------------------------------------------
 # Publishing (moto)

@@ -305,12 +305,15 @@ class Cluster:
         except ProcessLookupError:
             return False
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _start_ticks(pid) is not None and not _zombie(pid):
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)  # what is left of the session (task processes of a worker, say)
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
         return True
 
     # -- environment ------------------------------------------------------------------------------
@@ -469,15 +472,15 @@ class Cluster:
                 self._spawn(name, [sys.executable, "-m", "airflow", *commands[name]], central_env, self.home)
         rest = self.rest()
 
-        def healthy():
+        def health(parts: tuple[str, ...]):
             try:
                 h = rest.health()
             except Exception:  # not listening yet
                 return None
-            parts = ("metadatabase", "scheduler", "dag_processor")
             return all((h.get(p) or {}).get("status") == "healthy" for p in parts)
 
-        _wait("the Airflow API server, scheduler and DAG processor reporting healthy", healthy, deadline,
+        # Workers only need the API server: start them while the scheduler and DAG processor come up.
+        _wait("the Airflow API server answering", lambda: health(("metadatabase",)), deadline,
               on_timeout=lambda: self._dead_hint())
         self._register_connections(rest, cfg)
 
@@ -502,6 +505,8 @@ class Cluster:
 
         _wait(f"{workers} edge worker(s) registering with the API server", online, deadline,
               on_timeout=lambda: self._dead_hint())
+        _wait("the scheduler and DAG processor reporting healthy", lambda: health(("scheduler", "dag_processor")),
+              deadline, on_timeout=lambda: self._dead_hint())
 
         def parsed():
             found = rest.get("/api/v2/dags", dag_id_pattern="reconcile_", limit=100)
@@ -584,11 +589,17 @@ class Cluster:
                              state.get("storage"), s3)
 
 
-def _zombie(pid: int) -> bool:
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; reaps it when it is our exited child (a long-lived caller, e.g. a test,
+    started it: otherwise it would linger as a zombie)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: its parent (init, once `up` exited) reaps it
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return True
+        return False
 
 
 def _config_path(config: Path | str | None) -> Path | None:
