@@ -56,6 +56,21 @@ def test_connection_for_endpoints(tmp_path):
     assert connection_for(DsqlEndpoint("target", endpoint="abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws"), "y") is None
 
 
+def test_cli_without_a_setup_and_with_a_bad_option(tmp_path):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "reconcile", "airflow"]
+    status = subprocess.run([*cli, "status", "--dir", str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and "total" in status.stdout  # nothing runs: not up
+    bad = subprocess.run([*cli, "up", "--storage", "nfs", "--dir", str(tmp_path / "x")], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "use one of s3, path, config" in bad.stderr
+    assert not (tmp_path / "x" / "run").exists()  # nothing was started
+    down = subprocess.run([*cli, "down", "--dir", str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0
+
+
 def test_memory_of_tree_counts_children():
     me = memory_of_tree(os.getpid())
     assert me["processes"] >= 1 and me["rss"] >= me["pss"] > 0
