@@ -396,6 +396,12 @@ class Cluster:
         if running and previous.get("port") and port and port != previous["port"]:
             raise LocalStackError(f"the setup in {self.folder} runs on port {previous['port']}; run "
                                   "`reconcile airflow down` before changing --port")
+        wanted = {"storage": storage, "metrics": metrics, "config": str(config_path) if config_path else None,
+                  "dags_folder": str(dags), "concurrency": concurrency}
+        changed = [k for k, v in wanted.items() if running and k in previous and previous[k] != v]
+        if changed:  # running processes keep the environment they were started with
+            raise LocalStackError(f"the setup in {self.folder} runs with another {', '.join(changed)}; run "
+                                  "`reconcile airflow down` first, then up with the new settings")
         self.folder.mkdir(parents=True, exist_ok=True)
         self._secrets()
 
@@ -434,6 +440,8 @@ class Cluster:
                 reconcile_env.update({"RECONCILE__METRICS__ENABLED": "true",
                                       "RECONCILE__METRICS__ENDPOINT_URL": endpoint,
                                       "RECONCILE__METRICS__REGION": REGION})
+        else:
+            self._stop("moto", grace=5)  # left from an earlier `up` that used it
         if storage == "path":
             shared = self.folder / "shared" / "reports"
             shared.mkdir(parents=True, exist_ok=True)
