@@ -45,6 +45,15 @@ def env_int(name: str, default: int) -> int:
         return default
 
 
+def env_schedule(name: str, default: str | None) -> str | None:
+    """A DAG's schedule from the environment (read at parse time: no DB call): a cron expression or
+    preset, or ``none`` for manual runs only; unset or empty keeps ``default``."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    return None if value.lower() in ("none", "manual") else value
+
+
 def _connection(conn_id: str) -> dict[str, Any] | None:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException

@@ -1,5 +1,8 @@
 """reconcile_reconcile: hourly proof that the target matches the source.
 
+The schedule is ``$RECONCILE_RECONCILE_SCHEDULE`` when set (a cron expression or preset, or ``none``
+for manual runs only), else hourly.
+
 start_diff -> diff_table (mapped per table) -> balances -> checks (expectations) -> finish_diff
 (verdict and report: its folder or S3 link is logged) -> gate_evidence (the next gate evaluated
 and recorded) -> verdict. A red run fails visibly: the last task raises, naming the step that failed
@@ -20,7 +23,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import dag, get_current_context, task
-from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, reconcile_errors, task_config
+from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, env_schedule, reconcile_errors, task_config
 
 AFTER_FAILURES = "all_done"
 """Trigger rule of the steps that must run even when a step before them failed."""
@@ -28,7 +31,7 @@ AFTER_FAILURES = "all_done"
 
 @dag(
     dag_id="reconcile_reconcile",
-    schedule="@hourly",
+    schedule=env_schedule("RECONCILE_RECONCILE_SCHEDULE", "@hourly"),  # "none": manual runs only
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

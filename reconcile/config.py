@@ -756,6 +756,7 @@ STAGE_SECTIONS: dict[str, str] = {
     "checks": "reconcile.checks.settings:CheckSettings",
     "gates": "reconcile.gates.settings:GateSettings",
     "migration": "reconcile.identity:MigrationSettings",
+    "metrics": "reconcile.metrics:MetricsSettings",
 }
 
 
@@ -1071,6 +1072,11 @@ class _Loader:
                 merged[key] = tuple(value)
             elif schema[key] == _NUM:
                 merged[key] = float(value)
+        for key in getattr(cls, "PATH_FIELDS", ()):
+            # A relative folder (the default too) is next to the file: the same place wherever a task runs.
+            value = merged.get(key, getattr(cls, key, None))
+            if isinstance(value, str) and value.strip() and "://" not in value:
+                merged[key] = str(self._path(value))
         try:
             return cls(**merged)
         except InvalidSetting as exc:

@@ -82,7 +82,7 @@ def _describe(matches) -> str:
 
 def test_templates_present():
     assert {p.name for p in TEMPLATES} >= {
-        "dsql-cluster.yaml", "pipeline-iam.yaml", "aurora-source-params.yaml"}
+        "dsql-cluster.yaml", "pipeline-iam.yaml", "aurora-source-params.yaml", "monitoring.yaml"}
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
@@ -472,6 +472,65 @@ def test_source_grants_run_on_the_source(source_db):
         _drop_role(source_db, role)
         if created_rds_replication:
             _drop_role(source_db, "rds_replication")
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring: alarms and dashboard on the metrics reconcile.metrics publishes
+
+
+def _dashboard_json(template: dict) -> dict:
+    """The dashboard body with its ${...} substituted by sample values (it must then be JSON)."""
+    body, names = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    values = {"AWS::Region": "us-east-1", "MetricsNamespace": "Reconcile", "ReplayLagThresholdSeconds": "120",
+              "Migration": "abc.dsql.us-east-1.on.aws/reconcile"}
+    assert set(names) == {"Migration"} and names["Migration"] == {"Ref": "MigrationName"}
+
+    def value(match: re.Match) -> str:
+        name = match[1]
+        if name.endswith(".Arn"):
+            return f"arn:aws:cloudwatch:us-east-1:111122223333:alarm:{name[:-4]}"
+        assert name in values, f"unknown substitution ${{{name}}}"
+        return values[name]
+
+    return json.loads(re.sub(r"\$\{([^}]+)\}", value, body))
+
+
+def test_monitoring_alarms_watch_published_metrics():
+    from reconcile.metrics import METRIC_UNITS
+
+    t = _template(CFN / "monitoring.yaml")
+    alarms = {name: r["Properties"] for name, r in t["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = {p["MetricName"]: p for p in alarms.values()}
+    assert set(watched) == {"ReplayLagSeconds", "DeadLettersOpen", "ReconciliationRed"}
+    for metric, p in watched.items():
+        assert metric in METRIC_UNITS
+        assert p["Namespace"] == {"Ref": "MetricsNamespace"}
+        assert p["Dimensions"] == [{"Name": "Migration", "Value": {"Ref": "MigrationName"}}], metric
+        assert p["AlarmActions"] == {"Fn::If": ["HasTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
+    assert watched["DeadLettersOpen"]["Threshold"] == 1 and watched["ReconciliationRed"]["Threshold"] == 1
+    assert watched["ReplayLagSeconds"]["TreatMissingData"] == "breaching"  # a silent replay is a lagging one
+    # the namespace parameter accepts exactly what the IAM policy's condition does
+    iam = _template(CFN / "pipeline-iam.yaml")["Parameters"]["MetricsNamespace"]
+    assert t["Parameters"]["MetricsNamespace"]["AllowedPattern"] == iam["AllowedPattern"]
+    assert t["Parameters"]["MetricsNamespace"]["Default"] == iam["Default"] == "Reconcile"
+
+
+def test_monitoring_dashboard_shows_every_published_metric():
+    from reconcile.metrics import METRIC_UNITS
+
+    board = _dashboard_json(_template(CFN / "monitoring.yaml"))
+    shown: set[str] = set()
+    for widget in board["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], dict):  # a SEARCH expression
+                shown.update(re.findall(r'MetricName="(\w+)"', line[0]["expression"]))
+            else:
+                assert line[0] == "Reconcile" and line[2:4] == ["Migration", "abc.dsql.us-east-1.on.aws/reconcile"]
+                shown.add(line[1])
+    assert shown - set(METRIC_UNITS) == set(), "the dashboard shows a metric nobody publishes"
+    assert set(METRIC_UNITS) - shown <= {"ExpectationsEvaluated"}, "a published metric is missing from the dashboard"
+    alarms = next(w for w in board["widgets"] if w["type"] == "alarm")["properties"]["alarms"]
+    assert len(alarms) == 3
 
 
 # --------------------------------------------------------------------------------------------

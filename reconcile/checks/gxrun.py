@@ -81,10 +81,12 @@ class Outcome:
 def import_gx():
     """``great_expectations``, imported on first use with analytics off (it is slow: ~2.5 s)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    # Before the import: importing GX logs ~200 INFO lines ("Skipping registering function ...") from
+    # its public-API decorators, which would fill a task log; its other INFO lines are set-up chatter.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import great_expectations as gx
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines are set-up chatter
     return gx
 
 
@@ -155,7 +157,8 @@ def _context(gx, report_dir: Path | None):
         context.add_data_docs_site("reconcile", {
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(report_dir / "data_docs")},
+                              # GX refuses a relative folder in an ephemeral context (no root folder)
+                              "base_directory": str((report_dir / "data_docs").absolute())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         })
     return context

@@ -7,6 +7,7 @@ Keys and their types come from the fields below (int, float, bool, str, str | No
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from reconcile.config import InvalidSetting
 
@@ -62,9 +63,13 @@ class DiffSettings:
     """Currency code the reports show for a single-currency ledger (tables with ``currency_column = ""``),
     e.g. "EUR"; unset: shown as none."""
     report_dir: str = "reports/diff"
-    """Folder under which each run writes its report folder (``<report_dir>/<run_id>/``)."""
+    """Folder under which each run writes its report folder (``<report_dir>/<run_id>/``); a relative
+    folder is relative to the config file's folder (without a file, to the working directory)."""
     s3_uri: str | None = None
     """When set (``s3://bucket/prefix``), each report folder is also uploaded there."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("report_dir",)
+    """Folders the config loader resolves against the config file's folder."""
 
     def __post_init__(self) -> None:
         for name, low in (("segment_rows", 100), ("precheck_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),

@@ -65,6 +65,12 @@ _ROLE_CONF = {
         "datestyle": "'iso, mdy'",
         "max_wal_size": "'4GB'",
     },
+    # Not part of the stack: the metadata database of the local multi-worker Airflow
+    # (reconcile.local.airflow_cluster), a plain PostgreSQL server under that setup's own folder.
+    "metadb": {
+        "max_connections": "300",
+        "shared_buffers": "'64MB'",
+    },
 }
 _CONF_FILE = "reconcile.conf"
 
@@ -193,7 +199,7 @@ class Server:
     """One embedded PostgreSQL server of the local stack."""
 
     def __init__(self, role: str, data_dir: Path) -> None:
-        if role not in ROLES:
+        if role not in _ROLE_CONF:
             raise LocalStackError(f"unknown server {role!r}; use one of: {', '.join(ROLES)}")
         self.role = role
         self.data_dir = data_dir

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from reconcile import metrics
 from reconcile.config import Config, InvalidSetting
 
 __all__ = [
@@ -165,6 +166,7 @@ def backfill_chunk(config: Config, ref: str, params: Mapping[str, Any] | None = 
     result = dataclasses.asdict(copy_chunk(config, table, chunk_id, settings))
     log.info("%s chunk %d: %s, %d rows, %d rejected, %.2f s", table, chunk_id, result["status"], result["rows"],
              result["rejected"], result["seconds"])
+    metrics.after_backfill_chunk(config, result)
     return result
 
 

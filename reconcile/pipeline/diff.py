@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconcile import metrics
 from reconcile.config import Config
 from reconcile.errors import TerminalError
 
@@ -131,7 +132,9 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
 
     Args:
         report_dir: where GX writes its Data Docs; by default, with ``diff_run_id``, the ``checks``
-            folder inside that diff run's report folder (``<[diff] report_dir>/<run_id>/checks``).
+            folder inside that diff run's report folder (``<[diff] report_dir>/<run_id>/checks``),
+            also uploaded next to the report (``<[diff] s3_uri>/<run_id>/checks/``, link in
+            ``data_docs_uri``) when ``s3_uri`` is set: the finishing step may run on another worker.
         diff_run_id: the diff run of this reconciliation: the check run records it (``part_of``), and a
             gate counts the reconciliation only when these expectations completed green.
     """
@@ -145,11 +148,18 @@ def checks_step(config: Config, *, sides: Sequence[str] = ("source", "target"), 
         report_dir = str(Path(config.diff.report_dir) / diff_run_id / "checks")
 
     result = _as_dict(run_checks(config, sides=tuple(sides), report_dir=report_dir, part_of=diff_run_id))
+    if diff_run_id and report_dir and config.diff.s3_uri and result.get("data_docs"):
+        from reconcile.report import upload_folder
+
+        uri = upload_folder(report_dir, f"{config.diff.s3_uri.rstrip('/')}/{diff_run_id}/checks", recursive=True)
+        result["data_docs_uri"] = f"{uri}/{Path(result['data_docs']).absolute().relative_to(Path(report_dir).absolute())}"
     log.info("checks: success=%s evaluated=%s failed=%s not applicable=%s data docs=%s", result.get("success"),
-             result.get("evaluated"), result.get("failed"), result.get("not_applicable"), result.get("data_docs"))
+             result.get("evaluated"), result.get("failed"), result.get("not_applicable"),
+             result.get("data_docs_uri") or result.get("data_docs"))
     for item in result.get("not_applicable_checks") or []:
         if item.get("side") == "target" or "target" not in sides:  # once per check, not per side
             log.info("check %s %s not applicable: %s", item.get("suite"), item.get("name"), item.get("reason"))
+    metrics.after_checks(config, result)
     return result
 
 
@@ -184,6 +194,7 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
     result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
+    result["report_uri"] = f"{s3}/report.html" if s3 else f"{where}/report.html"  # the link a reader opens
     report = f"{where}{f' (uploaded to {s3})' if s3 else ''}"
     problem = _checks_problem(checks, checks_expected)
     failed = sorted(result.get("errors") or {}) + (["checks"] if problem else [])
@@ -202,6 +213,7 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
 
     for note in notes(result):
         log.warning("diff run %s: %s", run_id, note)
+    metrics.after_diff(config, result)
     return result
 
 
@@ -221,6 +233,7 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
     """
     out = {"verdict": None if diff is None else diff.get("verdict"),
            "report_dir": None if diff is None else diff.get("report_dir"),
+           "report_uri": None if diff is None else diff.get("report_uri"),
            "persistent_mismatches": None if diff is None else diff.get("persistent_mismatches"),
            "balance_differences": None if diff is None else diff.get("balance_differences"),
            "full_reconciliation": None if diff is None else diff.get("full_reconciliation"),
@@ -230,7 +243,7 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
     problems: list[str] = []
     actions: list[str] = []
     failed: list[str] = []
-    where = diff.get("report_dir") if diff is not None else None
+    where = (diff.get("report_uri") or diff.get("report_dir")) if diff is not None else None
     if diff is None:
         failed.append("finish_diff")
         problems.append("the diff run was not closed (the finish_diff step failed)")
@@ -270,5 +283,6 @@ def reconcile_verdict(diff: Mapping[str, Any] | None, checks: Mapping[str, Any] 
     if problems:
         raise ReconcileRed(f"Reconciliation is red: {'; '.join(problems)}; to fix it, "
                            f"{'; '.join(dict.fromkeys(actions))}.")
-    log.info("reconciliation green; report at %s", where)
+    log.info("reconciliation green; report at %s",
+             where)
     return out

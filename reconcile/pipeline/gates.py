@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from reconcile import metrics
 from reconcile.config import Config
 from reconcile.errors import TerminalError
 
@@ -174,6 +175,7 @@ def gate_publish(config: Config, *, actor: str | None = None) -> dict[str, Any]:
     result = gates.publish(config, actor=actor)
     log.info("published state %s (version %s)%s", result["state"], result["version"],
              "" if result.get("changed") else ": already published")
+    metrics.after_gate_evidence(config, {"state": result["state"]})
     return result
 
 
@@ -218,7 +220,9 @@ def gate_evidence(config: Config, *, actor: str | None = None) -> dict[str, Any]
     gate = {"shadow": "read", "read_cutover": "write"}.get(state)
     if gate is None:
         log.info("cutover state is %s: no gate left to gather evidence for", state)
+        metrics.after_gate_evidence(config, {"gate": None, "state": state})
         return {"gate": None, "state": state}
     ev = gates.evaluate(config, gate, record=True, actor=actor)
     log.info("gate evidence recorded: %s (evidence %s, run %s)", ev.summary(), ev.evidence_hash[:12], ev.run_id)
+    metrics.after_gate_evidence(config, ev.to_dict())
     return ev.to_dict()

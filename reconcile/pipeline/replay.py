@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from reconcile import metrics
 from reconcile.config import Config
 from reconcile.errors import TerminalError
 
@@ -60,6 +61,7 @@ def replay_tick(config: Config, *, duration: float = 50.0, max_txns: int | None 
     require(config, "replay")
     summary = _as_dict(run_replay(config, duration=duration, max_txns=max_txns, until_caught_up=until_caught_up))
     log.info("replay: %s", lag_line(summary))
+    metrics.after_replay_tick(config, summary)
     if summary.get("status") == "stopped":
         raise ReplayHalted(f"Replay halted on a dead letter ({summary.get('dead_letters_open')} open); inspect it "
                            "with `reconcile replay status`, resolve it, then let the next run resume.")

@@ -25,8 +25,9 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def upload_folder(folder: str | Path, uri: str, *, client=None) -> str:
-    """Upload every file of ``folder`` under ``uri``; returns the URI of the uploaded folder.
+def upload_folder(folder: str | Path, uri: str, *, client=None, recursive: bool = False) -> str:
+    """Upload every file of ``folder`` (with ``recursive``, of its subfolders too, keeping their relative
+    paths) under ``uri``; returns the URI of the uploaded folder.
 
     Raises:
         ReportError: the upload failed (the message names the bucket and the fix, never a secret).
@@ -36,10 +37,12 @@ def upload_folder(folder: str | Path, uri: str, *, client=None) -> str:
         import boto3
         client = boto3.client("s3")
     try:
-        for path in sorted(Path(folder).iterdir()):
+        base = Path(folder)
+        for path in sorted(base.rglob("*") if recursive else base.iterdir()):
             if not path.is_file():
                 continue
-            key = f"{prefix}/{path.name}" if prefix else path.name
+            name = path.relative_to(base).as_posix()
+            key = f"{prefix}/{name}" if prefix else name
             ctype = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": ctype})
     except Exception as exc:  # botocore errors: say what failed, keep it one line
