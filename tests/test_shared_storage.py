@@ -14,6 +14,8 @@ from reconcile.config import load_config
 from reconcile.diff.settings import DiffSettings
 from reconcile.report import upload_folder
 
+RUN = "7e0c3b5a-1d2f-4a6b-9c8d-0123456789ab"  # a diff run id (a uuid: the check run records it as part_of)
+
 
 def test_relative_report_dir_is_next_to_the_config_file_wherever_the_task_runs(tmp_path, monkeypatch):
     conf = tmp_path / "etc" / "reconcile.toml"
@@ -67,14 +69,14 @@ def test_checks_step_uploads_data_docs_and_survives_a_relative_folder(source_db,
     # A config built in code keeps a relative folder: GX gets it absolute, relative to the working directory.
     cfg = dataclasses.replace(cfg, stages={**cfg.stages, "diff": DiffSettings(report_dir="rel", s3_uri="s3://shared/diff")})
     monkeypatch.chdir(tmp_path)
-    result = checks_step(cfg, sides=("source",), diff_run_id="run-7")
-    assert result["data_docs_uri"] == "s3://shared/diff/run-7/checks/data_docs/index.html"
-    assert (tmp_path / "rel" / "run-7" / "checks" / "data_docs" / "index.html").is_file()
+    result = checks_step(cfg, sides=("source",), diff_run_id=RUN)
+    assert result["data_docs_uri"] == f"s3://shared/diff/{RUN}/checks/data_docs/index.html"
+    assert (tmp_path / "rel" / RUN / "checks" / "data_docs" / "index.html").is_file()
     s3 = boto3.client("s3", region_name="us-east-1")
-    body = s3.get_object(Bucket="shared", Key="diff/run-7/checks/data_docs/index.html")["Body"].read().decode()
+    body = s3.get_object(Bucket="shared", Key=f"diff/{RUN}/checks/data_docs/index.html")["Body"].read().decode()
     assert "<html" in body.lower()
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shared", Prefix="diff/run-7/checks/")["Contents"]]
-    assert len(keys) > 1 and all(k.startswith("diff/run-7/checks/data_docs/") for k in keys)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shared", Prefix=f"diff/{RUN}/checks/")["Contents"]]
+    assert len(keys) > 1 and all(k.startswith(f"diff/{RUN}/checks/data_docs/") for k in keys)
     assert not os.path.isabs(cfg.diff.report_dir)
 
 
