@@ -707,6 +707,7 @@ STAGE_SECTIONS: dict[str, str] = {
     "diff": "reconcile.diff.settings:DiffSettings",
     "checks": "reconcile.checks.settings:CheckSettings",
     "gates": "reconcile.gates.settings:GateSettings",
+    "reverse": "reconcile.reverse.settings:ReverseSettings",
 }
 
 

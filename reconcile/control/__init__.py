@@ -31,6 +31,7 @@ from reconcile.control import replay_tables as _replay_tables  # noqa: E402,F401
 from reconcile.control import diff_tables as _diff_tables  # noqa: E402,F401
 from reconcile.control import check_tables as _check_tables  # noqa: E402,F401
 from reconcile.control import gate_tables as _gate_tables  # noqa: E402,F401
+from reconcile.control import reverse_tables as _reverse_tables  # noqa: E402,F401
 
 __all__ = [
     "BOOKKEEPING_TABLE",

@@ -1,0 +1,87 @@
+"""A Kinesis Data Streams endpoint for the local stack: moto's server, in a thread of this process.
+
+Aurora DSQL delivers CDC into a Kinesis stream *you* own; locally that stream is served by moto
+(``moto[server]``), which speaks the real Kinesis wire protocol, so the reverse replayer talks to it
+through the same boto3 client it uses against AWS (only ``endpoint_url`` differs). moto gives each
+shard small integer sequence numbers, keeps every record (no retention limit) and supports
+``SplitShard``/``MergeShards``; on AWS, sequence numbers are large decimal strings: code compares them
+as integers either way.
+
+>>> server = LocalKinesis().start()        # doctest: +SKIP
+>>> ensure_stream(client(server.url), "cdc", shards=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from reconcile.errors import LocalStackError
+
+REGION = "us-east-1"
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+"""moto accepts any credentials; these keep boto3 from looking for real ones."""
+
+
+class LocalKinesis:
+    """moto's server on 127.0.0.1 (a free port unless given), started and stopped by its owner."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self._server: Any = None
+        self.url: str | None = None
+
+    def start(self) -> LocalKinesis:
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError:  # pragma: no cover - the dev dependency group brings it
+            raise LocalStackError("the local Kinesis stream needs moto's server (`uv sync` installs moto[server])") \
+                from None
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> LocalKinesis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def client(endpoint_url: str | None, region: str = REGION, **kwargs: Any) -> Any:
+    """A boto3 Kinesis client; with an ``endpoint_url`` (the local server) it carries dummy credentials."""
+    import boto3
+
+    extra = dict(LOCAL_CREDENTIALS) if endpoint_url else {}
+    return boto3.client("kinesis", endpoint_url=endpoint_url, region_name=region, **extra, **kwargs)
+
+
+def ensure_stream(kinesis: Any, name: str, *, shards: int = 2, timeout: float = 30.0) -> str:
+    """Create the stream when missing (``shards`` provisioned shards, 10 MiB records) and wait for ACTIVE.
+
+    On AWS, create the stream for DSQL as its guide says (``ON_DEMAND``, ``MaxRecordSizeInKiB=10240``):
+    this helper serves the local stand-in, where a fixed shard count makes reading every shard matter.
+    Returns the stream ARN.
+    """
+    try:
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    except kinesis.exceptions.ResourceNotFoundException:
+        kinesis.create_stream(StreamName=name, ShardCount=shards, MaxRecordSizeInKiB=10240)
+        summary = None
+    deadline = time.monotonic() + timeout
+    while summary is None or summary["StreamStatus"] != "ACTIVE":
+        if time.monotonic() > deadline:
+            raise LocalStackError(f"Kinesis stream {name} did not become ACTIVE within {timeout:.0f} s")
+        time.sleep(0.05)
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+    return summary["StreamARN"]
