@@ -142,6 +142,10 @@ class Reassembler:
 
     def _try(self, doc: dict, items: list[Item]) -> list[Change]:
         ids = _chunk_ids(doc)
+        for cid in ids:  # this main (or a copy of it) may already wait: keep every copy's record
+            waiting = self._mains.pop(cid, None)
+            if waiting is not None and waiting[1] is not items:
+                items = waiting[1] + [i for i in items if i not in waiting[1]]
         images: dict[str, Any] = {"before": doc.get("before"), "after": doc.get("after")}
         missing = None
         for side, spec in (doc.get("chunked") or {}).items():
@@ -157,8 +161,6 @@ class Reassembler:
             if want != got:
                 raise RecordError(f"the {side} image of chunk {cid} fails its CRC32C ({got}, expected {want})")
             images[side] = loads(text)
-        for cid in ids:  # a main waits under each chunk it needs; re-register under the missing one
-            self._mains.pop(cid, None)
         if missing is not None:
             self._mains[missing] = (doc, items)
             return []

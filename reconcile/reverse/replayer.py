@@ -225,6 +225,8 @@ class ReverseReplayer:
         self.reassembler = Reassembler()
         self.txns: dict[tuple[int, str], _Txn] = {}
         self.done_chunks: set[str] = set()
+        self.assembled: dict[str, Change] = {}
+        """Reassembled changes not applied yet, by chunk id (late copies of their pieces join them)."""
         self.skip_tx: set[str] = set()
         self._lags: list[float] = []
         self._dirty = False
@@ -462,18 +464,22 @@ class ReverseReplayer:
             doc = loads(data)
             kind = doc.get("type", "full")
             if kind == "fragment":
-                cid = str(doc.get("chunk_id"))
-                if cid in self.done_chunks:
-                    self._done([item])
-                    return
-                new_fragments.add(cid)
+                ids = [str(doc.get("chunk_id"))]
             else:
                 ts = int((doc.get("source") or {}).get("ts_ns") or 0)
                 shard.max_ts = max(shard.max_ts, ts)
                 ids = [str(v["chunk_id"]) for v in (doc.get("chunked") or {}).values()]
-                if ids and all(c in self.done_chunks for c in ids):
+            if ids:
+                # A copy of a piece of an image already reassembled: done with (or as) that change.
+                if all(c in self.done_chunks for c in ids):
                     self._done([item])
                     return
+                owner = next((self.assembled[c] for c in ids if c in self.assembled), None)
+                if owner is not None:
+                    owner.items.append(item)
+                    return
+                if kind == "fragment":
+                    new_fragments.update(ids)
             changes = self.reassembler.add(doc, item)
         except (RecordError, KeyError, TypeError, ValueError) as exc:
             self._unreadable(item, data, str(exc))
@@ -482,16 +488,23 @@ class ReverseReplayer:
             self._buffer(ch)
 
     def _buffer(self, ch: Change) -> None:
+        for cid in ch.chunk_ids:
+            self.assembled[cid] = ch
         if ch.ts_ns < self.state.start_ts_ns or ch.qualified not in self.specs or ch.tx_id in self.skip_tx:
             self.result.records_ignored += len(ch.items)
             self._done(ch.items)
-            self.done_chunks.update(ch.chunk_ids)
+            self._chunks_applied(ch)
             return
         key = (ch.ts_ns, ch.tx_id)
         txn = self.txns.get(key)
         if txn is None:
             txn = self.txns[key] = _Txn(ch.ts_ns, ch.tx_id, [])
         txn.changes.append(ch)
+
+    def _chunks_applied(self, ch: Change) -> None:
+        for cid in ch.chunk_ids:
+            self.done_chunks.add(cid)
+            self.assembled.pop(cid, None)
 
     def _done(self, items: Sequence[Item]) -> None:
         for it in items:
@@ -590,8 +603,8 @@ UPDATE {} SET applied_ts_ns = GREATEST(applied_ts_ns, %s), applied_txns = applie
             del self.txns[(t.ts_ns, t.tx_id)]
             self._lags.append((now - t.ts_ns) / 1e9)
         for c in changes:
-            self.done_chunks.update(c.chunk_ids)
-        self._done(list(items))
+            self._chunks_applied(c)
+        self._done(list({it for c in changes for it in c.items}))
         for sid, (cp, fin) in marks.items():
             self.shards[sid].saved, self.shards[sid].finished = cp, fin
         for sh in self.shards.values():
