@@ -14,7 +14,7 @@ import typer
 
 from ._common import run_app
 from . import (audit_cmd, backfill_cmd, check_cmd, config_cmd, demo_cmd, diff_cmd, gate_cmd, local_cmd, replay_cmd,
-               schema_cmd, workload_cmd)
+               reverse_cmd, schema_cmd, workload_cmd)
 
 app = typer.Typer(
     name="reconcile",
@@ -33,6 +33,7 @@ app.add_typer(replay_cmd.app, name="replay")
 app.add_typer(diff_cmd.app, name="diff")
 app.add_typer(check_cmd.app, name="check")
 app.add_typer(gate_cmd.app, name="gate")
+app.add_typer(reverse_cmd.app, name="reverse")
 app.command("demo")(demo_cmd.demo)
 
 
