@@ -448,6 +448,8 @@ class ReverseReplayer:
             shard.last_read = seq
             self.result.records_read += 1
             self._take(rec["Data"], Item(shard.id, seq), shard, new_fragments)
+        if records and self.fault is not None:
+            self.fault("read")
         ended = shard.iterator is None or (shard.ending is not None and shard.last_read is not None
                                            and shard.last_read >= shard.ending)
         if ended:
