@@ -284,3 +284,31 @@ def test_sigkill_mid_transaction_then_rerun_ends_equal_with_nothing_applied_twic
     assert result.status == "done" and result.caught_up and result.changes_stale > 0
     assert rows(source_db, "app.items", "id") == rows(target_db, "app.items", "id")
     assert written_twice(source_db) == []
+
+
+def test_every_shard_is_read_across_a_shard_split(items_pair, kinesis_url):
+    """After a split every shard is listed and read (closed parent and children), all records are applied, and
+    the parent is marked finished once read to its end. (moto keeps routing new records to the closed parent,
+    where AWS routes them to the children: the children stay empty here.)"""
+    source_db, target_db = items_pair
+    kc, stream = new_stream(kinesis_url, shards=2)
+    pub = publisher(target_db, kc, stream, duplicate_rate=0.2, shuffle=True, seed=5)
+    s = init_source(source_db, stream)
+    write_history(target_db, [[("upsert", i % 9, 10)] for i in range(30)])
+    pub.drain()
+    rep = replayer(source_db, kc, s)
+    first = rep.run()
+    parent = kc.list_shards(StreamName=stream)["Shards"][0]
+    lo, hi = int(parent["HashKeyRange"]["StartingHashKey"]), int(parent["HashKeyRange"]["EndingHashKey"])
+    kc.split_shard(StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str((lo + hi) // 2))
+    write_history(target_db, [[("upsert", i % 11, 20), ("delete", (i + 3) % 11, 0)] for i in range(40)])
+    pub.drain()
+    pub.close()
+    second = rep.run()
+    rep.close()
+    assert first.caught_up and second.caught_up and second.shards == 4
+    assert rows(source_db, "app.items", "id") == rows(target_db, "app.items", "id")
+    with psycopg.connect(source_db) as conn:
+        marks = dict(conn.execute("SELECT shard_id, finished FROM reconcile_reverse.checkpoints WHERE stream = %s",
+                                  (stream,)).fetchall())
+    assert marks[parent["ShardId"]] is True

@@ -4,8 +4,9 @@ Aurora DSQL delivers CDC into a Kinesis stream *you* own; locally that stream is
 (``moto[server]``), which speaks the real Kinesis wire protocol, so the reverse replayer talks to it
 through the same boto3 client it uses against AWS (only ``endpoint_url`` differs). moto gives each
 shard small integer sequence numbers, keeps every record (no retention limit) and supports
-``SplitShard``/``MergeShards``; on AWS, sequence numbers are large decimal strings: code compares them
-as integers either way.
+``SplitShard``/``MergeShards`` as API calls, but keeps routing new records to a closed parent shard (AWS
+routes them to its children) and reports the parent's ``EndingSequenceNumber`` as its last record so
+far. On AWS, sequence numbers are large decimal strings: code compares them as integers either way.
 
 >>> server = LocalKinesis().start()        # doctest: +SKIP
 >>> ensure_stream(client(server.url), "cdc", shards=2)   # doctest: +SKIP

@@ -387,10 +387,13 @@ class ReverseReplayer:
                                   "CDC stream into it, or fix reverse.stream_name.") from None
         for sh in listed:
             sid = sh["ShardId"]
-            if sid in self.shards:
+            end = sh["SequenceNumberRange"].get("EndingSequenceNumber")
+            if sid in self.shards:  # closed since (split or merge): it ends there
+                if end is not None and self.shards[sid].ending is None:
+                    self.shards[sid].ending = int(end)
+                    self.shards[sid].iterator = None
                 continue
             cp, finished = saved.get(sid, (None, False))
-            end = sh["SequenceNumberRange"].get("EndingSequenceNumber")
             shard = _Shard(sid, cp, int(end) if end is not None else None)
             shard.finished = finished
             self.shards[sid] = shard
