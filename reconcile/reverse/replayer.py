@@ -112,6 +112,7 @@ class ReverseResult:
     records_read: int = 0
     records_ignored: int = 0
     source_commits: int = 0
+    rows_written: int = 0
     shards: int = 0
     lag_seconds_p50: float | None = None
     lag_seconds_p99: float | None = None
@@ -621,6 +622,7 @@ UPDATE {} SET applied_ts_ns = GREATEST(applied_ts_ns, %s), applied_txns = applie
         r.changes_applied += stats["applied"]
         r.changes_stale += stats["stale"]
         r.changes_late += stats["late"]
+        r.rows_written += stats["rows"]
         r.source_commits += 1
         r.applied_ts_ns = self.state.applied_ts_ns
 
@@ -675,14 +677,15 @@ UPDATE {} SET applied_ts_ns = GREATEST(applied_ts_ns, %s), applied_txns = applie
                                 .format(source_state.ident("versions")), (table, pks)).fetchall()
             versions.update({(table, pk): ts for pk, ts in rows})
         net: dict[tuple[str, str], tuple[tuple[str, ...], Change]] = {}
-        stale = late = 0
+        stale = late = passed = 0
         for table, pk, key, c in sorted(keyed, key=lambda x: (x[3].ts_ns, x[3].tx_id)):
             if c.ts_ns <= versions.get((table, pk), -1):
                 stale += 1
                 continue
+            passed += 1  # applied (a newer change of the same key in this group may fold it away)
+            late += c.ts_ns < applied_before
             versions[(table, pk)] = c.ts_ns
             net[(table, pk)] = (key, c)
-        late = sum(1 for _k, c in net.values() if c.ts_ns < applied_before)
         deletes: dict[str, list[tuple[str, ...]]] = {}
         upserts: dict[tuple[str, tuple[str, ...]], list[list[str | None]]] = {}
         seq_max: dict[tuple[str, str], int] = {}
@@ -724,7 +727,7 @@ WHERE v.ts_ns < EXCLUDED.ts_ns""").format(source_state.ident("versions")), [list
         for (_table, seq), v in seq_max.items():
             conn.execute("SELECT setval(%s::regclass, %s) WHERE %s > coalesce(pg_sequence_last_value(%s::regclass), 0)",
                          (seq, v, v, seq))
-        return {"applied": len(net), "stale": stale, "late": late}
+        return {"applied": passed, "stale": stale, "late": late, "rows": len(net)}
 
     def _dead_letter(self, txn: _Txn, exc: BaseException) -> None:
         sqlstate = getattr(exc, "sqlstate", None)
