@@ -82,12 +82,12 @@ def main() -> None:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template1')
     src = psycopg.conninfo.make_conninfo(urls["source"], dbname=name)
     tgt = psycopg.conninfo.make_conninfo(urls["target"], dbname=name)
-    kinesis = LocalKinesis().start()
+    kinesis = LocalKinesis(process=True).start()
     kc = client(kinesis.url)
     ensure_stream(kc, name, shards=args.shards)
     cfg = Config(source=PostgresEndpoint("source", src), target=PostgresEndpoint("target", tgt),
                  stages={"replay": ReplaySettings(slot_name=name, poll_interval=0.2),
-                         "reverse": ReverseSettings(stream_name=name, endpoint_url=kinesis.url, origin_name=name,
+                         "reverse": ReverseSettings(stream_name=name, endpoint_url=kinesis.url,
                                                     settle_ms=args.settle_ms, poll_interval=0.05)})
     chaos = Chaos(duplicate_rate=args.duplicates, shuffle=True, defer_rate=args.defer, seed=1)
     results: list[dict] = []

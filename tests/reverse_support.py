@@ -29,7 +29,7 @@ def publisher(target_db: str, kc, stream: str, **chaos) -> CdcPublisher:
 
 def init_source(source_db: str, stream: str, *, start_ts_ns: int = 0) -> ReverseSettings:
     """Reverse state on the source; the settings a test replayer uses (settle 0: the stream is complete)."""
-    origin = "rr_" + psycopg.conninfo.conninfo_to_dict(source_db)["dbname"].lower()
+    origin = ReverseSettings().origin_name  # origins are server-wide and hold a state slot each: share one
     with psycopg.connect(source_db, autocommit=True) as conn:
         source_state.init(conn, stream=stream, origin=origin, start_ts_ns=start_ts_ns)
     return ReverseSettings(stream_name=stream, origin_name=origin, settle_ms=0, poll_interval=0.01)

@@ -63,11 +63,10 @@ class Background:
 def test_there_and_back_again(source_db, target_db, kinesis_url):
     ledger_pair(source_db, target_db, accounts=40, transactions=100)
     kc, stream = new_stream(kinesis_url, shards=2)
-    origin = "rr_" + slot_for(source_db)
     cfg = Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", target_db),
                  tables=DEMO_TABLES, budget=BudgetSettings(),
                  stages={"replay": ReplaySettings(slot_name=slot_for(source_db)),
-                         "reverse": ReverseSettings(stream_name=stream, endpoint_url=kinesis_url, origin_name=origin,
+                         "reverse": ReverseSettings(stream_name=stream, endpoint_url=kinesis_url,
                                                     settle_ms=300, poll_interval=0.05)})
     init_replay(cfg)
     try:

@@ -15,6 +15,9 @@ far. On AWS, sequence numbers are large decimal strings: code compares them as i
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -26,14 +29,34 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "loc
 
 
 class LocalKinesis:
-    """moto's server on 127.0.0.1 (a free port unless given), started and stopped by its owner."""
+    """moto's server on 127.0.0.1 (a free port unless given), started and stopped by its owner.
 
-    def __init__(self, port: int = 0) -> None:
+    ``process=True`` runs it as its own process (``python -m moto.server``) instead of a thread: a
+    benchmark then measures the consumer, not the consumer and the server sharing one interpreter lock.
+    """
+
+    def __init__(self, port: int = 0, *, process: bool = False) -> None:
         self.port = port
+        self.process = process
         self._server: Any = None
+        self._proc: subprocess.Popen | None = None
         self.url: str | None = None
 
+    def _start_process(self) -> LocalKinesis:
+        port = self.port or _free_port()
+        self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise LocalStackError("moto's server did not start (is moto[server] installed? `uv sync`)")
+            time.sleep(0.05)
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        return self
+
     def start(self) -> LocalKinesis:
+        if self.process:
+            return self._start_process()
         try:
             from moto.server import ThreadedMotoServer
         except ImportError:  # pragma: no cover - the dev dependency group brings it
@@ -48,6 +71,10 @@ class LocalKinesis:
         return self
 
     def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(30)
+            self._proc = None
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -57,6 +84,18 @@ class LocalKinesis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def client(endpoint_url: str | None, region: str = REGION, **kwargs: Any) -> Any:

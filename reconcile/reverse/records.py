@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 KNOWN_OPS = ("c", "u", "d")
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 class RecordError(ValueError):
@@ -90,7 +91,7 @@ class Change:
 def loads(data: bytes | str) -> dict[str, Any]:
     """Parse one record's JSON; numbers with a fraction become Decimal (never float)."""
     try:
-        doc = json.loads(data, parse_float=Decimal)
+        doc = _DECODER.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RecordError(f"not JSON ({exc})") from None
     if not isinstance(doc, dict):

@@ -59,6 +59,7 @@ application can write on the source again after a rollback.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -232,6 +233,7 @@ class ReverseReplayer:
         self._lags: list[float] = []
         self._dirty = False
         self._progress = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="reconcile-reverse-read")
 
     @classmethod
     def from_config(cls, config: Any, *, kinesis: Any = None) -> ReverseReplayer:
@@ -268,6 +270,7 @@ class ReverseReplayer:
         return conn
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self._source.close()
         if self.control is not None:
             self.control.target.close()
@@ -415,10 +418,11 @@ class ReverseReplayer:
         self._load_shards(self._source.get())
         all_drained = True
         new_fragments: set[str] = set()
-        for shard in list(self.shards.values()):
-            if shard.finished or shard.at_end:
-                continue
-            if not self._read(shard, new_fragments):
+        live = [sh for sh in self.shards.values() if not (sh.finished or sh.at_end)]
+        # GetRecords on every shard at once (network waits overlap); records are then taken one shard at a time.
+        fetched = list(self._pool.map(self._fetch, live)) if len(live) > 1 else [self._fetch(sh) for sh in live]
+        for shard, (started, resp) in zip(live, fetched):
+            if not self._read(shard, started, resp, new_fragments):
                 all_drained = False
         if new_fragments:
             self._drop_done_chunks(new_fragments)
@@ -432,8 +436,8 @@ class ReverseReplayer:
                 self._write_stream(caught_up_ns=int(frontier))
         return caught_up
 
-    def _read(self, shard: _Shard, new_fragments: set[str]) -> bool:
-        """One GetRecords on a shard; True when it reached the shard's tip."""
+    def _fetch(self, shard: _Shard) -> tuple[int, dict]:
+        """One GetRecords call on a shard: (wall time it started, response)."""
         if shard.iterator is None:
             shard.iterator = self._iterator(shard)
         started = self.clock()
@@ -442,6 +446,10 @@ class ReverseReplayer:
         except self.kinesis.exceptions.ExpiredIteratorException:
             shard.iterator = self._iterator(shard)
             resp = self.kinesis.get_records(ShardIterator=shard.iterator, Limit=self.settings.read_limit)
+        return started, resp
+
+    def _read(self, shard: _Shard, started: int, resp: dict, new_fragments: set[str]) -> bool:
+        """Take one GetRecords response of a shard; True when it reached the shard's tip."""
         records = resp["Records"]
         shard.iterator = resp.get("NextShardIterator")
         if records:

@@ -28,7 +28,9 @@ class ReverseSettings:
     """Kinesis endpoint; only for the local stand-in (moto's server, e.g. http://127.0.0.1:4566)."""
     origin_name: str = "reconcile_reverse"
     """Replication origin on the source that tags every reverse-applied transaction; the forward replay's
-    decoding skips them (``origin 'none'``), so nothing loops back to DSQL."""
+    decoding skips them (``origin 'none'``), so nothing loops back to DSQL. Origins are server-wide and each
+    one used holds a replication state slot (``max_active_replication_origins`` on PostgreSQL 18, else
+    ``max_replication_slots``) until dropped: keep one per source server."""
     settle_ms: int = 2000
     """A DSQL transaction is applied once every shard has been read past its commit time plus this much
     (records of one transaction arrive unordered, over all shards, with no count of them): see
