@@ -110,6 +110,11 @@ def test_there_and_back_again(source_db, target_db, kinesis_url):
         assert final.status == "done" and final.caught_up
         assert ledger_fingerprints(source_db) == ledger_fingerprints(target_db)
         assert balances_match_entries(source_db), "the source's balance trigger fired on replayed rows"
+        with psycopg.connect(source_db) as conn:  # the application can write the source again: keys are free
+            assert conn.execute("SELECT (SELECT last_value FROM ledger.journal_txn_id_seq) >= max(txn_id) "
+                                "FROM ledger.journal").fetchone() == (True,)
+            assert conn.execute("SELECT (SELECT last_value FROM ledger.entry_id_seq) >= max(entry_id) "
+                                "FROM ledger.entries").fetchone() == (True,)
 
         # 3. rollback: the application writes the source again, the forward replay resumes from where it was.
         start = journal_count(source_db)
