@@ -312,3 +312,51 @@ def test_every_shard_is_read_across_a_shard_split(items_pair, kinesis_url):
         marks = dict(conn.execute("SELECT shard_id, finished FROM reconcile_reverse.checkpoints WHERE stream = %s",
                                   (stream,)).fetchall())
     assert marks[parent["ShardId"]] is True
+
+
+def test_cli_init_run_status_and_a_dead_letter_skipped(source_db, target_db, kinesis_url, tmp_path):
+    """The source refuses a DSQL transaction (a CHECK only the source has): the run stops at a dead letter
+    (exit 1) and applies nothing after it; `status` says so (exit 1); skipped with a reason, the run goes on."""
+    from typer.testing import CliRunner
+
+    from reconcile.cli.reverse_cmd import app as reverse_app
+
+    run_sql(target_db, "CREATE SCHEMA app", ITEMS_DDL)
+    run_sql(source_db, "CREATE SCHEMA app", ITEMS_DDL.replace("numeric(12,2)", "numeric(12,2) CHECK (amount < 1000)"))
+    kc, stream = new_stream(kinesis_url)
+    path = tmp_path / "reconcile.toml"
+    path.write_text(f'[source]\nkind = "postgres"\nconninfo = "{source_db}"\n'
+                    f'[target]\nkind = "postgres"\nconninfo = "{target_db}"\n'
+                    '[[tables]]\nname = "app.items"\nkey = ["id"]\n'
+                    f'[reverse]\nstream_name = "{stream}"\nendpoint_url = "{kinesis_url}"\nsettle_ms = 0\n')
+    runner = CliRunner()
+    out = runner.invoke(reverse_app, ["init", "--config", str(path)])
+    assert out.exit_code == 0 and "created schema reconcile_reverse" in out.output, out.output
+    out = runner.invoke(reverse_app, ["init", "--config", str(path), "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["actions"] == ["already initialised; nothing to do"]
+    out = runner.invoke(reverse_app, ["status", "--config", str(path)])
+    assert out.exit_code == 1 and "caught up never" in out.output, out.output
+    pub = publisher(target_db, kc, stream)
+    write_history(target_db, [[("upsert", 1, 5)], [("upsert", 2, 5)]])
+    run_sql(target_db, "UPDATE app.items SET amount = 5000 WHERE id = 1")  # refused by the source's CHECK
+    write_history(target_db, [[("upsert", 3, 5)]])
+    pub.drain()
+    pub.close()
+    out = runner.invoke(reverse_app, ["run", "--config", str(path), "--json"])
+    doc = json.loads(out.output)
+    assert out.exit_code == 1 and doc["status"] == "stopped" and "23514" in doc["message"], out.output
+    applied = ["(1,1,1.01,nnnnn1)", "(2,2,2.02,nnnnn2)"]
+    assert doc["txns_applied"] == 2 and [r[0] for r in rows(source_db, "app.items", "id")] == applied
+    out = runner.invoke(reverse_app, ["status", "--config", str(path), "--json"])
+    status = json.loads(out.output)
+    assert out.exit_code == 1 and status["dead_letters_open"] == 1
+    dl = status["dead_letters"][0]
+    assert dl["tables"] == "app.items" and dl["sqlstate"] == "23514" and dl["change_count"] == 1
+    out = runner.invoke(reverse_app, ["dead-letters", "skip", dl["dead_letter_id"], "--reason", "test: over the limit",
+                                      "--by", "tester", "--config", str(path)])
+    assert out.exit_code == 0 and "skipped by tester" in out.output, out.output
+    out = runner.invoke(reverse_app, ["run", "--config", str(path)])
+    assert out.exit_code == 0 and "caught up: yes" in out.output, out.output
+    assert [r[0] for r in rows(source_db, "app.items", "id")] == applied + ["(3,1,1.03,nnnnn1)"]
+    out = runner.invoke(reverse_app, ["status", "--config", str(path)])
+    assert out.exit_code == 0 and "0 open dead letter(s)" in out.output, out.output
