@@ -115,9 +115,15 @@ class Reassembler:
         return self._fragment_items.get(chunk_id, [])
 
     def forget(self, chunk_id: str) -> list[Item]:
-        """Drop a chunk's buffered fragments (it was applied already); returns their items."""
+        """Drop a chunk's buffered fragments and any main waiting for it (the chunk was applied already, before
+        a restart); returns the Kinesis records they came from."""
         self._fragments.pop(chunk_id, None)
-        return self._fragment_items.pop(chunk_id, [])
+        items = self._fragment_items.pop(chunk_id, [])
+        for cid, (doc, main_items) in list(self._mains.items()):
+            if chunk_id in _chunk_ids(doc):
+                del self._mains[cid]
+                items += main_items
+        return items
 
     def add(self, doc: dict, item: Item) -> list[Change]:
         """Feed one parsed record; returns the changes it completed (zero or one, or one waiting main)."""

@@ -233,6 +233,7 @@ class ReverseReplayer:
         self._lags: list[float] = []
         self._dirty = False
         self._progress = False
+        self._passed_chunks: list[tuple[str, int]] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="reconcile-reverse-read")
 
     @classmethod
@@ -492,8 +493,7 @@ class ReverseReplayer:
                 if owner is not None:
                     owner.items.append(item)
                     return
-                if kind == "fragment":
-                    new_fragments.update(ids)
+                new_fragments.update(ids)  # applied before a restart? asked of the source once per round
             changes = self.reassembler.add(doc, item)
         except (RecordError, KeyError, TypeError, ValueError) as exc:
             self._unreadable(item, data, str(exc))
@@ -508,6 +508,7 @@ class ReverseReplayer:
             self.result.records_ignored += len(ch.items)
             self._done(ch.items)
             self._chunks_applied(ch)
+            self._passed_chunks += [(cid, ch.ts_ns) for cid in ch.chunk_ids]
             return
         key = (ch.ts_ns, ch.tx_id)
         txn = self.txns.get(key)
@@ -595,9 +596,11 @@ class ReverseReplayer:
         fault = self.fault
 
         marks = self._marks(by_shard)
+        passed = list(self._passed_chunks)
 
         def work(conn: psycopg.Connection) -> dict[str, int]:
             stats = self._write(conn, changes, applied_before)
+            source_state.record_chunks(conn, passed)
             if fault is not None:
                 fault("applied")
             source_state.write_checkpoints(conn, s.stream_name, marks)
@@ -613,6 +616,7 @@ UPDATE {} SET applied_ts_ns = GREATEST(applied_ts_ns, %s), applied_txns = applie
         stats = run_with_retry(self._source, work, policy=self.policy, counters=self.counters,
                                label=f"reverse apply of {len(group)} DSQL transaction(s)")
         now = self.clock()
+        self._passed_chunks = self._passed_chunks[len(passed):]
         for t in group:
             del self.txns[(t.ts_ns, t.tx_id)]
             self._lags.append((now - t.ts_ns) / 1e9)
@@ -650,9 +654,14 @@ UPDATE {} SET applied_ts_ns = GREATEST(applied_ts_ns, %s), applied_txns = applie
         for sh in self.shards.values():
             sh.settle()
         marks = self._marks({})
+        passed = self._passed_chunks
         if marks:
-            run_with_retry(self._source, lambda c: source_state.write_checkpoints(c, self.settings.stream_name, marks),
-                           policy=self.policy, counters=self.counters, label="reverse checkpoints")
+            def save(conn: psycopg.Connection) -> None:
+                source_state.write_checkpoints(conn, self.settings.stream_name, marks)
+                source_state.record_chunks(conn, passed)  # pieces of them read again later are known as done
+
+            run_with_retry(self._source, save, policy=self.policy, counters=self.counters, label="reverse checkpoints")
+            self._passed_chunks = []
             for sid, (cp, fin) in marks.items():
                 self.shards[sid].saved = cp
                 self.shards[sid].finished = fin
@@ -728,10 +737,7 @@ INSERT INTO {} AS v (table_name, pk, ts_ns, deleted)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::boolean[])
 ON CONFLICT (table_name, pk) DO UPDATE SET ts_ns = EXCLUDED.ts_ns, deleted = EXCLUDED.deleted
 WHERE v.ts_ns < EXCLUDED.ts_ns""").format(source_state.ident("versions")), [list(col) for col in zip(*vt)])
-        chunk_rows = [(cid, c.ts_ns) for c in changes for cid in c.chunk_ids]
-        if chunk_rows:
-            conn.cursor().executemany(sql.SQL("INSERT INTO {} (chunk_id, ts_ns) VALUES (%s, %s) ON CONFLICT DO NOTHING")
-                                      .format(source_state.ident("chunks")), chunk_rows)
+        source_state.record_chunks(conn, [(cid, c.ts_ns) for c in changes for cid in c.chunk_ids])
         for (_table, seq), v in seq_max.items():
             conn.execute("SELECT setval(%s::regclass, %s) WHERE %s > coalesce(pg_sequence_last_value(%s::regclass), 0)",
                          (seq, v, v, seq))

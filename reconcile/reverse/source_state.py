@@ -132,3 +132,10 @@ def chunks_done(conn: psycopg.Connection, chunk_ids: list[str]) -> set[str]:
     rows = conn.execute(sql.SQL("SELECT chunk_id FROM {} WHERE chunk_id = ANY(%s)").format(ident("chunks")),
                         (chunk_ids,)).fetchall()
     return {r[0] for r in rows}
+
+
+def record_chunks(conn: psycopg.Connection, rows: list[tuple[str, int]]) -> None:
+    """Chunk ids done (applied or passed over), in the caller's transaction."""
+    if rows:
+        conn.cursor().executemany(sql.SQL("INSERT INTO {} (chunk_id, ts_ns) VALUES (%s, %s) ON CONFLICT DO NOTHING")
+                                  .format(ident("chunks")), rows)
