@@ -23,7 +23,9 @@ def init_reverse(config: Any, *, start_ts_ns: int | None = None) -> dict[str, An
     """Create the reverse replay's state (idempotent); records from ``start_ts_ns`` on (default: now) count.
 
     Run it after the forward replay has drained and stopped, and before the application writes to DSQL:
-    what DSQL committed before it is the forward replay's own writes, already on the source.
+    what DSQL committed before it is the forward replay's own writes, already on the source. The start is
+    set by a stream's first init only; for a later write cutover use a new ``reverse.stream_name`` (or a
+    fresh stream) so the forward replay's writes since are not replayed back as well.
     """
     from reconcile.connections import connect
     from reconcile.control import migrate
