@@ -757,6 +757,7 @@ STAGE_SECTIONS: dict[str, str] = {
     "gates": "reconcile.gates.settings:GateSettings",
     "migration": "reconcile.identity:MigrationSettings",
     "metrics": "reconcile.metrics:MetricsSettings",
+    "reverse": "reconcile.reverse.settings:ReverseSettings",
 }
 
 

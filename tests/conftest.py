@@ -49,3 +49,13 @@ def target_db(local_stack) -> str:
 def source_db(local_stack) -> str:
     """Conninfo of a fresh database on the source (en_US.UTF-8, wal_level=logical)."""
     yield from _fresh_db(local_stack["source"], "s")
+
+
+@pytest.fixture(scope="session")
+def kinesis_url():
+    """moto's Kinesis server in a thread of the test process (the DSQL CDC stand-in's stream)."""
+    from reconcile.local.kinesis import LocalKinesis
+
+    server = LocalKinesis().start()
+    yield server.url
+    server.stop()

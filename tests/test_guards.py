@@ -246,4 +246,4 @@ def test_new_databases_inherit_guards_and_install_is_idempotent(db):
         assert guards.install(conn) is False        # same version: nothing to do
         assert guards.install(conn, force=True) is True
         n = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0]
-        assert n == 4
+        assert n == 7  # 4 guard triggers and 3 CDC capture triggers (reconcile.local.cdc), none duplicated

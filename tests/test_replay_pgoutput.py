@@ -42,6 +42,14 @@ def peek(conn) -> list[bytes]:
     return SlotReader(conn, slot_name="p_" + conn.info.dbname.lower(), publication="p").peek(100000)
 
 
+def peek_any_origin(conn) -> list[bytes]:
+    """Like peek, but with transactions from every replication origin (replay itself reads ``origin 'none'``)."""
+    cur = conn.cursor(binary=True)
+    cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
+                "'publication_names', 'p', 'messages', 'true', 'origin', 'any')", ("p_" + conn.info.dbname.lower(),))
+    return [r[0] for r in cur.fetchall()]
+
+
 def test_every_message_type_decodes_from_real_server_output(src):
     big = "x" * 20000
     with src.transaction():
@@ -64,7 +72,9 @@ def test_every_message_type_decodes_from_real_server_output(src):
         src.execute("INSERT INTO app.t (id) VALUES (9)")
     src.execute("SELECT pg_replication_origin_session_reset()")
 
-    msgs = [po.decode(m) for m in peek(src)]
+    # Replay's own read leaves out what a replication origin wrote (the reverse replay: no loops) ...
+    assert not any(isinstance(po.decode(m), po.Origin) for m in peek(src))
+    msgs = [po.decode(m) for m in peek_any_origin(src)]  # ... the decoder still knows Origin messages
     kinds = [type(m).__name__ for m in msgs]
     for k in ("Begin", "Commit", "Relation", "Type", "Insert", "Update", "Delete", "Truncate", "Message", "Origin"):
         assert k in kinds, k

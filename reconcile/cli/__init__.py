@@ -13,8 +13,8 @@ import typer
 
 
 from ._common import run_app
-from . import (airflow_cmd, audit_cmd, backfill_cmd, check_cmd, config_cmd, demo_cmd, diff_cmd, gate_cmd, local_cmd, replay_cmd,
-               schema_cmd, workload_cmd)
+from . import (airflow_cmd, audit_cmd, backfill_cmd, check_cmd, config_cmd, demo_cmd, diff_cmd, gate_cmd, local_cmd,
+               replay_cmd, reverse_cmd, schema_cmd, workload_cmd)
 
 app = typer.Typer(
     name="reconcile",
@@ -34,6 +34,7 @@ app.add_typer(diff_cmd.app, name="diff")
 app.add_typer(check_cmd.app, name="check")
 app.add_typer(gate_cmd.app, name="gate")
 app.add_typer(airflow_cmd.app, name="airflow")
+app.add_typer(reverse_cmd.app, name="reverse")
 app.command("demo")(demo_cmd.demo)
 
 

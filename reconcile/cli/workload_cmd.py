@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, open_source
+from ._common import CONFIG_OPTION, open_source, open_target
 
 app = typer.Typer(help="The demo ledger on the source: seed it, then put a live write load on it.",
                   no_args_is_help=True)
@@ -52,18 +52,26 @@ def run_cmd(
                                        help="Make the choice of kinds, accounts and amounts repeatable."),
     hot_fraction: float = typer.Option(0.2, "--hot-fraction", envvar="RECONCILE_WORKLOAD_HOT_FRACTION",
                                        help="Share of transfers that hit one of the hot accounts."),
+    write_to: str = typer.Option("source", "--write-to", envvar="RECONCILE_WORKLOAD_WRITE_TO",
+                                 help="Where the application writes: source (the trigger keeps balances) or target "
+                                      "(after write cutover: the application keeps balances, under OCC retries)."),
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Post transfers, deposits, withdrawals and reversals on the source at a steady rate.
+    """Post transfers, deposits, withdrawals and reversals at a steady rate (on the source by default).
 
     Exit code 0 when every attempted transaction either committed or was declined, 1 when some
     failed (see the error samples), 2 on a setup error.
     """
+    from reconcile.errors import ConfigError
     from reconcile.workload import run_workload
+    from reconcile.workload.run import WRITE_MODES
 
-    report = run_workload(lambda: open_source(config), tps=tps, duration=duration, workers=workers,
-                          seed=seed, hot_fraction=hot_fraction)
+    if write_to not in WRITE_MODES:
+        raise ConfigError(f"--write-to must be one of {', '.join(WRITE_MODES)}, got {write_to!r}")
+    opener = open_target if write_to == "target" else open_source
+    report = run_workload(lambda: opener(config), tps=tps, duration=duration, workers=workers,
+                          seed=seed, hot_fraction=hot_fraction, write_to=write_to)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -14,7 +14,7 @@ Adding a step: a ``register(...)`` (or ``register_index(...)``) call with a vers
 steps live in the "Steps" section below (1-99); each stage keeps its steps in a module of this
 package with its own version range (``audit_tables`` 300-399, ``backfill_tables`` 400-499,
 ``replay_tables`` 500-599, ``diff_tables`` 600-699, ``check_tables`` 700-749, ``gate_tables`` 750-799,
-``column_tables`` 800-829, ``migration_tables`` 900-949), and
+``column_tables`` 800-829, ``migration_tables`` 900-949, ``reverse_tables`` 1000-1049), and
 ``reconcile.control`` imports every such module, so :data:`MIGRATIONS` is always the whole schema. Never edit, renumber or remove a step that has
 shipped; change a table with a new step instead (mind DSQL's ALTER rules: no ``ADD COLUMN`` with
 an inline DEFAULT or NOT NULL, no ``ALTER COLUMN TYPE``).

@@ -24,8 +24,8 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
-GUARD_VERSION = "4"
-SETTINGS = ("enabled", "max_rows", "max_bytes", "count_index_tuples")
+GUARD_VERSION = "5"
+SETTINGS = ("enabled", "max_rows", "max_bytes", "count_index_tuples", "cdc")
 
 
 def guard_sql() -> str:

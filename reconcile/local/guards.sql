@@ -11,10 +11,11 @@
 --     as DSQL does silently;
 --   * statement-level guard triggers, installed automatically on every user table, count the rows
 --     and bytes a transaction modifies (3,000 rows / 10 MiB, 54000) and refuse TRUNCATE (0A000);
---   * plpgsql loses its inline handler, so `DO` fails with 0A000.
+--   * plpgsql loses its inline handler, so `DO` fails with 0A000;
+--   * capture triggers feed the CDC stand-in's log (dsql_guard.cdc_log) when dsql_guard.cdc = on.
 -- Settings (database-level GUCs, changeable per session too):
 --   dsql_guard.enabled (on), dsql_guard.max_rows (3000), dsql_guard.max_bytes (10485760),
---   dsql_guard.count_index_tuples (off).
+--   dsql_guard.count_index_tuples (off), dsql_guard.cdc (off).
 -- Differences from DSQL that cannot be emulated without a server extension are listed in
 -- reconcile/local/guards.py.
 
@@ -107,6 +108,44 @@ BEGIN
 END
 $fn$;
 
+-- CDC stand-in capture (reconcile.local.cdc). With dsql_guard.cdc = on (a database-level GUC, off by
+-- default) every row change of a user table is logged, inside the writing transaction, into
+-- dsql_guard.cdc_log: per statement, the rows present before it ('-', deletes and the old side of
+-- updates) and after it ('+', inserts and the new side of updates). The log is transactional, so a
+-- rolled-back transaction leaves nothing and a committed one appears whole. The publisher
+-- (reconcile.local.cdc) pairs '-'/'+' by primary key, compacts per transaction, renders DSQL's JSON
+-- and deletes what it has put into Kinesis. With cdc off the triggers return at once.
+CREATE TABLE IF NOT EXISTS dsql_guard.cdc_log (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    relid oid NOT NULL,
+    stmt integer NOT NULL,
+    op "char" NOT NULL,
+    row_data json NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION dsql_guard.cdc_capture() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    stmt integer;
+BEGIN
+    IF dsql_guard.setting('cdc', 'off') <> 'on' OR dsql_guard.setting('internal', 'off') = 'on' THEN
+        RETURN NULL;
+    END IF;
+    stmt := coalesce(nullif(current_setting('dsql_guard.cdc_stmt', true), '')::integer, 0) + 1;
+    PERFORM set_config('dsql_guard.cdc_stmt', stmt::text, true);
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO dsql_guard.cdc_log (relid, stmt, op, row_data)
+        SELECT TG_RELID, stmt, '-', row_to_json(o) FROM cdc_old_rows o;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') THEN
+        INSERT INTO dsql_guard.cdc_log (relid, stmt, op, row_data)
+        SELECT TG_RELID, stmt, '+', row_to_json(n) FROM cdc_new_rows n;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION dsql_guard.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -134,6 +173,15 @@ BEGIN
                        'FOR EACH STATEMENT EXECUTE FUNCTION dsql_guard.count_modified()', rel);
         EXECUTE format('CREATE TRIGGER dsql_guard_trunc BEFORE TRUNCATE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION dsql_guard.refuse_truncate()', rel);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = 'dsql_guard_cdc_ins') THEN
+        EXECUTE format('CREATE TRIGGER dsql_guard_cdc_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS cdc_new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION dsql_guard.cdc_capture()', rel);
+        EXECUTE format('CREATE TRIGGER dsql_guard_cdc_upd AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS cdc_old_rows NEW TABLE AS cdc_new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION dsql_guard.cdc_capture()', rel);
+        EXECUTE format('CREATE TRIGGER dsql_guard_cdc_del AFTER DELETE ON %s REFERENCING OLD TABLE AS cdc_old_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION dsql_guard.cdc_capture()', rel);
     END IF;
     PERFORM set_config('dsql_guard.internal', prev, true);
 END

@@ -63,6 +63,8 @@ _ROLE_CONF = {
         "default_transaction_isolation": "'repeatable read'",
         "transaction_timeout": "'300s'",
         "datestyle": "'iso, mdy'",
+        # For the CDC stand-in only (reconcile.local.cdc): DSQL stamps every record with its commit time.
+        "track_commit_timestamp": "on",
         "max_wal_size": "'4GB'",
     },
     # Not part of the stack: the metadata database of the local multi-worker Airflow
@@ -284,9 +286,18 @@ class Server:
         stale = self.pgdata / "postmaster.pid"
         if stale.exists() and st.pid is None:
             stale.unlink()
+        self._sync_conf(port)
         _pg([str(_bin("pg_ctl")), "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60",
              "start"])
         return True
+
+    def _sync_conf(self, port: int) -> None:
+        """Rewrite our settings file (same port) so a stack made by an older version gets new settings."""
+        settings = {**_COMMON_CONF, **_ROLE_CONF[self.role], "port": str(port)}
+        conf = "".join(f"{k} = {v}\n" for k, v in settings.items())
+        path = self.pgdata / _CONF_FILE
+        if path.read_text() != conf:
+            path.write_text(conf)
 
     def stop(self) -> bool:
         if self.pid() is None:

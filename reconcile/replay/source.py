@@ -9,8 +9,9 @@
   (pgoutput); :func:`drop_capture` removes both.
 * :class:`SlotReader` reads the slot through the SQL interface in bounded batches
   (``pg_logical_slot_peek_binary_changes``: peek, never consume) and assembles whole source
-  transactions; :meth:`SlotReader.advance` moves the slot (``pg_replication_slot_advance``) once the
-  target has committed what it covers.
+  transactions, with ``origin 'none'`` (what the reverse replay wrote through its replication
+  origin never flows back to the target); :meth:`SlotReader.advance` moves the slot
+  (``pg_replication_slot_advance``) once the target has committed what it covers.
 
 Values arrive as text produced by the source's output functions *in this session*, so the session
 pins the forms the target parses the same way whatever its settings (ISO dates, UTC, exact floats,
@@ -421,7 +422,7 @@ class SlotReader:
         self.publication = publication
         self._peek = sql.SQL(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
-            "'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
+            "'proto_version', '1', 'publication_names', %s, 'messages', 'true', 'origin', 'none')")
 
     def flush_lsn(self) -> int:
         """The source's WAL flush position now: decoding reads up to it."""

@@ -18,6 +18,17 @@ request means the database (or the client) is the bottleneck. ``SerializationFai
 connection is reopened. A ``stop_event`` (or Ctrl-C in the calling thread) ends the run cleanly:
 each worker finishes its current transaction and the report is still returned.
 
+Write modes (``write_to``): ``source`` is the legacy application above (the trigger keeps the
+balances). ``target`` is the application after write cutover, on DSQL: no trigger exists there, so the
+application keeps the balances itself, in the same transaction as the journal and entry rows (lock
+both accounts with ``SELECT ... FOR UPDATE`` on their primary key, check, insert, ``UPDATE`` both
+balances: five rows, far inside DSQL's limits), the whole transaction under
+:func:`reconcile.occ.run_with_retry` (OCC conflicts retried with backoff; a commit whose outcome is
+unknown is not retried blindly, and the idempotency key is fixed before the first attempt, so a
+business transaction can never post twice). Keys come from one DSQL sequence,
+``<schema>.app_id_seq`` (``CACHE 65536``, as DSQL requires), created or moved past the largest key
+on the target by :func:`prepare_target` (one DDL statement, in a transaction of its own).
+
 The hot accounts are the seed's (:data:`reconcile.workload.seed.HOT_PER_CURRENCY` lowest customer
 ids per currency); ``hot_fraction`` of transfers put one of them on one side, so a few rows are
 updated over and over: what a copy/replay race test needs.
@@ -371,9 +382,120 @@ class _Worker:
             log.exception("workload worker %d stopped", self.index)
 
 
+WRITE_MODES = ("source", "target")
+ID_SEQUENCE = "app_id_seq"
+"""The target-side sequence the application draws journal and entry keys from (``write_to='target'``)."""
+
+
+def prepare_target(conn: psycopg.Connection) -> int:
+    """Make ``ledger.app_id_seq`` exist on the target and stand past every journal and entry key.
+
+    Returns the first key the sequence can hand out. Safe to run again (after a rollback the source's
+    keys may have moved ahead: the sequence is moved past them).
+    """
+    from psycopg import sql
+
+    if not schema.schema_exists(conn):
+        raise TerminalError("the target has no ledger schema: apply the schema plan (`reconcile schema apply`) "
+                            "and backfill before writing to the target")
+    (top,) = conn.execute("SELECT greatest((SELECT coalesce(max(txn_id), 0) FROM ledger.journal), "
+                          "(SELECT coalesce(max(entry_id), 0) FROM ledger.entries))").fetchone()
+    seq = sql.Identifier(schema.SCHEMA, ID_SEQUENCE)
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{schema.SCHEMA}.{ID_SEQUENCE}",)).fetchone()[0]
+    if exists is None:
+        with conn.transaction():  # one DDL statement, alone in its transaction (DSQL)
+            conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint START WITH {} CACHE 65536").format(
+                seq, sql.Literal(int(top) + 1)))
+        return int(top) + 1
+    (last,) = conn.execute(sql.SQL("SELECT last_value FROM {}").format(seq)).fetchone()
+    if last <= top:
+        conn.execute("SELECT setval(%s::regclass, %s)", (f"{schema.SCHEMA}.{ID_SEQUENCE}", int(top)))
+    return max(int(last), int(top)) + 1
+
+
+class _TargetWorker(_Worker):
+    """The application after write cutover: writes DSQL and keeps the balances itself (see the module docstring)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        from reconcile.occ import DEFAULT_POLICY, RetryCounters
+
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.policy = DEFAULT_POLICY
+        self.counters = RetryCounters()
+
+    def apply(self, p: dict) -> int:
+        from reconcile.occ import run_with_retry
+
+        p.setdefault("key", str(uuid.uuid4()))  # fixed before the first attempt: a retry cannot post twice
+        fx = _fx(self.rng, p["cur"])
+        counters = self.counters
+
+        def business(conn: psycopg.Connection) -> int:
+            balances = {}
+            for aid in sorted({p["debit"], p["credit"]}):  # full primary key, ascending: DSQL's FOR UPDATE
+                row = conn.execute("SELECT balance, kind FROM ledger.accounts WHERE account_id = %s FOR UPDATE",
+                                   (aid,)).fetchone()
+                balances[aid] = row
+            bal, kind = balances[p["debit"]]
+            if kind != "equity" and bal < p["amount"]:
+                raise _Declined("insufficient funds")
+            if conn.execute("SELECT 1 FROM ledger.journal WHERE idempotency_key = %s", (p["key"],)).fetchone():
+                raise _Declined("already posted")
+            txn_id, debit_id, credit_id = conn.execute(
+                "SELECT nextval('ledger.app_id_seq'), nextval('ledger.app_id_seq'), nextval('ledger.app_id_seq')"
+            ).fetchone()
+            posted_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            conn.execute("INSERT INTO ledger.journal (txn_id, idempotency_key, kind, reverses_txn_id, posted_at, memo,"
+                         " fx_rate) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                         (txn_id, p["key"], p["kind"], p.get("reverses"), posted_at, p["memo"], fx))
+            conn.execute("INSERT INTO ledger.entries (entry_id, txn_id, account_id, currency, amount, posted_at)"
+                         " VALUES (%s, %s, %s, %s, %s, %s), (%s, %s, %s, %s, %s, %s)",
+                         (debit_id, txn_id, p["debit"], p["cur"], -p["amount"], posted_at,
+                          credit_id, txn_id, p["credit"], p["cur"], p["amount"], posted_at))
+            for aid, delta in ((p["debit"], -p["amount"]), (p["credit"], p["amount"])):
+                conn.execute("UPDATE ledger.accounts SET balance = balance + %s, updated_at = %s WHERE account_id = %s",
+                             (delta, posted_at, aid))
+            return txn_id
+
+        before = counters.retries
+        try:
+            return run_with_retry(self.conn, business, policy=self.policy, counters=counters, idempotent=False,
+                                  label="business transaction")
+        finally:
+            with self.tally.lock:
+                self.tally.retried += counters.retries - before
+
+    def one(self) -> None:
+        from reconcile.errors import RetriesExhausted
+
+        p = self.plan()
+        try:
+            txn_id = self.apply(p)
+        except (_Declined, *_DECLINED):
+            with self.tally.lock:
+                self.tally.declined += 1
+            return
+        except RetriesExhausted as exc:
+            self.tally.error(exc)
+            return
+        except psycopg.OperationalError as exc:  # outcome unknown: counted, never retried blindly
+            self.tally.error(exc)
+            if self.conn.closed or self.conn.broken:
+                self.conn.close()
+                self.conn = _connect(self.source)
+            return
+        except Exception as exc:  # noqa: BLE001  counted and sampled in the report
+            self.tally.error(exc)
+            return
+        with self.tally.lock:
+            self.tally.committed[p["kind"]] += 1
+        if p["kind"] == "transfer":
+            self.reversible.add((txn_id, p["debit"], p["credit"], p["amount"]))
+
+
 def run_workload(source: Source, *, tps: float = 50, duration: float | None = 10.0,
                  workers: int = 4, seed: int | None = None, hot_fraction: float = 0.2,
-                 stop_event: threading.Event | None = None) -> WorkloadReport:
+                 stop_event: threading.Event | None = None, write_to: str = "source") -> WorkloadReport:
     """Run a paced, correct double-entry write load against the seeded source ledger.
 
     Args:
@@ -386,6 +508,9 @@ def run_workload(source: Source, *, tps: float = 50, duration: float | None = 10
             timestamps stay unique per run); ``None`` draws a fresh seed.
         hot_fraction: share of transfers with a hot account on one side.
         stop_event: set it from another thread to stop; workers finish their current transaction.
+        write_to: ``source`` (the legacy application; ``source`` is the source database) or ``target``
+            (after write cutover; ``source`` is then the *target* database, the application keeps the
+            balances under OCC retries).
 
     Returns:
         A :class:`WorkloadReport`.
@@ -402,6 +527,8 @@ def run_workload(source: Source, *, tps: float = 50, duration: float | None = 10
         raise TerminalError(f"--duration must be zero or more seconds, got {duration}")
     if not 0 <= hot_fraction <= 1:
         raise TerminalError(f"--hot-fraction must be between 0 and 1, got {hot_fraction}")
+    if write_to not in WRITE_MODES:
+        raise TerminalError(f"--write-to must be one of {', '.join(WRITE_MODES)}, got {write_to!r}")
     stop = stop_event or threading.Event()
     base = random.Random(seed)
     tally = _Tally()
@@ -413,8 +540,12 @@ def run_workload(source: Source, *, tps: float = 50, duration: float | None = 10
             conns.append(_connect(source))
         accounts = _load_accounts(conns[0])
         reversible = _Reversible(_load_reversible(conns[0]))
-        pool = [_Worker(i, source, conns[i], accounts, reversible, tally,
-                        random.Random(base.getrandbits(64)), hot_fraction) for i in range(workers)]
+        cls = _Worker
+        if write_to == "target":
+            prepare_target(conns[0])
+            cls = _TargetWorker
+        pool = [cls(i, source, conns[i], accounts, reversible, tally,
+                    random.Random(base.getrandbits(64)), hot_fraction) for i in range(workers)]
         interval = workers / tps
         start = time.monotonic()
         deadline = None if duration is None else start + duration
