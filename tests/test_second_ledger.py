@@ -26,6 +26,7 @@ in a numeric column (not an array) stays an audit blocker: shown on a small tabl
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import json
 import math
@@ -111,6 +112,11 @@ SEED_HOLDERS, SEED_VOUCHERS = 120, 400
 BULK_HOLDERS = range(100, 120)       # only the bulk transaction touches these (no lock waits with the writer)
 BULK_VOUCHERS = 1_100                # 1,100 vouchers + 2,200 legs + 20 holders = 3,320 rows in one transaction
 LIVE_TXNS = 25                       # writer commits the replay must see while it runs
+# The writer's first typed updates use these variants of typed(): between them they carry every special value
+# through the replay (+-infinity in both date columns, NaN/+-Infinity/-0 in both float columns, NaN/+-Infinity
+# and two dimensions in a numeric array, a 2-d int array, NULL elements, empty ranges and an unbounded one,
+# money's minimum, an empty bytea, varbit and hstore); each updates its own holder, so it stays the final value.
+REPLAYED_SPECIALS = (360, 121, 21, 8, 4)
 
 
 def array_literal(values) -> str:
@@ -132,8 +138,8 @@ def typed(i: int, xml_ok: bool) -> dict:
         "tier": ("bronze", "silver", "gold")[i % 3],
         "credit_cap": None if i % 5 == 0 else f"{i * 37 % 100000}.{i % 100:02d}",
         "tags": None if i % 9 == 0 else array_literal(TAGS[: 1 + i % len(TAGS)]),
-        "limits": array_literal([[i, None], [3, -4]]) if i % 7 == 3 else array_literal([i, None, -i, 2147483647][: i % 5]),
-        "rates": array_literal([["1.5", "NaN"], ["Infinity", None]]) if i % 6 == 1 else array_literal(RATES[: 1 + i % 7]),
+        "limits": array_literal([[i, None], [3, -4]] if i % 7 == 3 else [i, None, -i, 2147483647][: i % 5]),
+        "rates": array_literal([["1.5", "NaN"], ["Infinity", None]] if i % 6 == 1 else RATES[: 1 + i % 7]),
         "grid": array_literal([["a", None], ["b c", "d"]]) if i % 2 else array_literal([["x"]]),
         "profile": ('{"k": %d, "amt": 12345678901234567890.123456789, "nested": {"z": [1, 2.50, null, true]}, '
                     '"s": "t\\n\\"x\\"", "ü": "✓"}' % i) if i % 10 else None,
@@ -150,8 +156,9 @@ def typed(i: int, xml_ok: bool) -> dict:
         "flags": format(i % 256, "08b"),
         "mask": format(i, "b") if i % 5 else "",
         "remarks": f'<note n="{i}">x &amp; y</note>' if xml_ok and i % 2 else None,
-        "opened_at": ("infinity", "-infinity", None)[i % 3] if i % 4 == 0 else f"2024-03-{1 + i % 28:02d} 10:11:12.123456+00",
-        "review_on": ("infinity", "-infinity")[i % 2] if i % 4 == 1 else f"2024-05-{1 + i % 28:02d}",
+        "opened_at": (("infinity", "-infinity", None)[i % 3] if i % 4 == 0
+                      else f"2024-03-{1 + i % 28:02d} 10:11:12.123456+00"),
+        "review_on": ("infinity", "-infinity")[i // 4 % 2] if i % 4 == 1 else f"2024-05-{1 + i % 28:02d}",
         "score": FLOATS[i % len(FLOATS)],
         "weight": REALS[i % len(REALS)],
         "bio": f"holder {i}",
@@ -223,6 +230,7 @@ class Writer(threading.Thread):
         self.error: BaseException | None = None
         self.regular = [holder_id(i) for i in range(1, BULK_HOLDERS.start)]
         self.fresh: list[uuid.UUID] = []
+        self.typed_updates: list[tuple[uuid.UUID, int]] = []
         self.mine: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, Decimal]] = []
 
     def run(self) -> None:
@@ -264,11 +272,15 @@ class Writer(threading.Thread):
         conn.execute(MOVE, (amount, a))
         conn.execute(MOVE, (-amount, b))
         self.mine.append((ref, a, b, amount))
-        if n % 5 == 4:   # every typed column of a holder changes (never the TOASTed one)
-            conn.execute(UPDATE_TYPED, [*typed(20_000 + n, self.xml_ok).values(), rng.choice(self.regular)])
+        if n % 5 == 4:   # every typed column of a holder changes (never the TOASTed one), one holder after another
+            k = len(self.typed_updates)
+            variant = REPLAYED_SPECIALS[k] if k < len(REPLAYED_SPECIALS) else 1_000 + n
+            holder = self.regular[k % len(self.regular)]
+            conn.execute(UPDATE_TYPED, [*typed(variant, self.xml_ok).values(), holder])
+            self.typed_updates.append((holder, variant))
         if n % 7 == 6:   # a new holder with every type
             new = uuid.UUID(int=rng.getrandbits(128), version=4)
-            conn.execute(INSERT_HOLDER, [new, 0, *typed(30_000 + n, self.xml_ok).values()])
+            conn.execute(INSERT_HOLDER, [new, 0, *typed(2_000 + n, self.xml_ok).values()])
             self.fresh.append(new)
         if n % 11 == 10 and self.fresh:   # a holder without legs goes away
             conn.execute("DELETE FROM treasury.holders WHERE holder_id = %s", (self.fresh.pop(0),))
@@ -294,7 +306,8 @@ def bulk_close(url: str) -> tuple[int, int]:
         a, b = rng.sample(list(BULK_HOLDERS), 2)
         amount = Decimal(rng.randint(1, 10**6)) / 100
         vouchers.append(("BULK", v, ref, "2025-12-31", "2025-12-31 23:59:59+00", "year-end close"))
-        legs += [(ref, 1, holder_id(a), amount, "2025-12-31", None), (ref, 2, holder_id(b), -amount, "2025-12-31", None)]
+        legs += [(ref, 1, holder_id(a), amount, "2025-12-31", None),
+                 (ref, 2, holder_id(b), -amount, "2025-12-31", None)]
         position[a] += amount
         position[b] -= amount
     with psycopg.connect(url) as conn:
@@ -334,8 +347,10 @@ transaction_column = "voucher_ref"
 
 def write_config(path: Path, source: str, target: str, slot: str, tables: str = TABLES_TOML) -> Path:
     path.write_text(
-        f'[source]\nkind = "postgres"\nconninfo = "{source}"\n\n[target]\nkind = "postgres"\nconninfo = "{target}"\n\n'
-        f'[replay]\nslot_name = "{slot}"\npublication = "{slot}_pub"\noversized_policy = "split"\npoll_interval = 0.1\n\n'
+        f'[source]\nkind = "postgres"\nconninfo = "{source}"\n\n'
+        f'[target]\nkind = "postgres"\nconninfo = "{target}"\n\n'
+        f'[replay]\nslot_name = "{slot}"\npublication = "{slot}_pub"\npoll_interval = 0.1\n'
+        'oversized_policy = "split"\n\n'   # the policy for a source transaction over DSQL's 3,000 rows
         '[diff]\nsegment_rows = 500\nbucket_rows = 32\nfetch_threshold = 40\nlag_wait_seconds = 3\npoll_seconds = 0.05\n'
         f'currency = "CHF"\ndate_column = "value_date"\nreport_dir = "{path.parent / "reports"}"\n\n'
         '[checks]\nidempotency_column = "voucher_ref"\nallow_negative_balances = true\n' + tables)
@@ -458,8 +473,7 @@ def xml_supported(url: str) -> bool:
 
 
 def cli(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    return result
+    return CliRunner().invoke(app, list(args))
 
 
 def test_a_second_ledger_goes_through_every_stage_with_no_manual_step(source_db, target_db, slot, tmp_path):
@@ -536,6 +550,12 @@ def test_a_second_ledger_goes_through_every_stage_with_no_manual_step(source_db,
     final = replay_tick(cfg, duration=120, until_caught_up=True)
     assert final["status"] == "done" and final["caught_up"] and final["dead_letters_open"] == 0, final
     assert writer.commits >= first + LIVE_TXNS
+    assert [v for _, v in writer.typed_updates[:len(REPLAYED_SPECIALS)]] == list(REPLAYED_SPECIALS)
+    specials = [typed(i, xml_ok) for i in REPLAYED_SPECIALS]
+    for column in ("opened_at", "review_on"):
+        assert {"infinity", "-infinity"} <= {v[column] for v in specials}, column
+    for column in ("score", "weight"):
+        assert {"NaN", "Infinity", "-Infinity", "-0"} <= {v[column] for v in specials}, column
 
     # the over-limit transaction: applied in pieces, one recorded non-atomic window, nothing dead-lettered
     status = replay_status(cfg)
@@ -570,8 +590,112 @@ def test_a_second_ledger_goes_through_every_stage_with_no_manual_step(source_db,
 
     # the oracle: target == source, value by value
     counts = assert_target_equals_source(source_db, target_db)
-    assert counts[VOUCHERS] >= SEED_VOUCHERS + BULK_VOUCHERS + first
+    assert counts[HOLDERS] == SEED_HOLDERS + len(writer.fresh)
+    assert counts[VOUCHERS] == SEED_VOUCHERS + BULK_VOUCHERS + len(writer.mine)
     with psycopg.connect(target_db) as conn:
         assert conn.execute("SELECT count(*) FROM treasury.vouchers WHERE book = 'BULK'").fetchone() == (BULK_VOUCHERS,)
         assert conn.execute("SELECT count(*) FROM treasury.legs l JOIN treasury.vouchers v USING (voucher_ref) "
                             "WHERE v.book = 'BULK'").fetchone() == (2 * BULK_VOUCHERS,)
+
+    # --- one value of each converted (and special) type corrupted on the target -------------------------------
+    victims = corrupt_target(target_db)
+    assert sorted(victims.values()) == sorted(CORRUPT), victims
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        voucher = conn.execute("SELECT book, voucher_no FROM treasury.vouchers ORDER BY voucher_ref LIMIT 1").fetchone()
+        conn.execute("UPDATE treasury.vouchers SET memo = coalesce(memo, '') || ' (altered)' "
+                     "WHERE (book, voucher_no) = (%s, %s)", voucher)
+        leg = conn.execute("SELECT voucher_ref, leg_no FROM treasury.legs ORDER BY voucher_ref, leg_no "
+                           "LIMIT 1").fetchone()
+        conn.execute("UPDATE treasury.legs SET memo = 'altered' WHERE (voucher_ref, leg_no) = (%s, %s)", leg)
+    # The replay is stopped and the source moves on (a table outside the publication: the ledger is unchanged),
+    # so the watermark stays behind the source for the whole diff.
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA scratch")
+        conn.execute("CREATE TABLE scratch.marks (id int PRIMARY KEY, px numeric(12,4))")
+        conn.execute("INSERT INTO scratch.marks VALUES (1, 'NaN'), (2, 1.5)")
+
+    # a real `reconcile diff` process, as an operator runs it: red, each corruption named with its column
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE")}
+    red = subprocess.run([sys.executable, "-m", "reconcile", "diff", "--config", str(path)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert red.returncode == 1, (red.stdout, red.stderr)
+    assert red.stdout.startswith("diff RED: 26 persistent mismatches, 0 balance differences"), red.stdout
+    run_id = re.search(r"\(run ([0-9a-f-]{36}),", red.stdout).group(1)
+    with psycopg.connect(target_db) as conn:
+        found = conn.execute("SELECT table_name, kind, row_key, columns FROM reconcile.diff_findings "
+                             "WHERE run_id = %s", (run_id,)).fetchall()
+        waits = conn.execute("SELECT table_name, outcome, waited_seconds, reason FROM reconcile.diff_lag_waits "
+                             "WHERE run_id = %s ORDER BY started_at", (run_id,)).fetchall()
+    named = {(t, tuple(json.loads(k))): (kind, json.loads(c)) for t, kind, k, c in found}
+    assert named == {**{(HOLDERS, (key,)): ("changed", [column]) for key, column in victims.items()},
+                     (VOUCHERS, (voucher[0], voucher[1])): ("changed", ["memo"]),
+                     (LEGS, (str(leg[0]), leg[1])): ("changed", ["memo"])}
+
+    with open(tmp_path / "reports" / run_id / "findings.csv", newline="") as f:   # the report names them too
+        reported = {(r["table"], r["columns"]) for r in csv.DictReader(f)}
+    assert reported == {(HOLDERS, c) for c in CORRUPT} | {(VOUCHERS, "memo"), (LEGS, "memo")}
+
+    # the lag wait: once for the whole run (the first red table), the later red tables not waiting, and why
+    assert [w[1] for w in waits] == ["timed_out", "skipped", "skipped"], waits
+    assert [w[0] for w in waits] == [HOLDERS, VOUCHERS, LEGS]
+    assert all(w[2] == 0 for w in waits[1:])
+    assert f"no replay is reading slot '{slot}'" in waits[0][3]
+    assert "waiting up to 3 s for it (once for this diff run)" in red.stderr, red.stderr
+    assert red.stderr.count("not waiting for the replay") == 2, red.stderr
+    assert (f"Replay not advancing: waited {float(waits[0][2]):.1f} s for the watermark in all (the lag wait ended "
+            f"at {HOLDERS}: ") in red.stdout and "then compared statically; 2 later wait(s) skipped." in red.stdout
+
+    # NaN in a numeric column (not in an array) cannot be carried: an audit blocker, before any copy
+    blocked = write_config(tmp_path / "scratch.toml", source_db, target_db, slot,
+                           tables='\n[[tables]]\nname = "scratch.marks"\nkey = ["id"]\n')
+    audit = cli("audit", "--config", str(blocked), "--scan-data", "--full", "--no-workload", "--no-store",
+                "--format", "json")
+    assert audit.exit_code == 1, (audit.output, audit.exception)
+    (blocker,) = [f for f in json.loads(audit.stdout)["findings"] if f["severity"] == "blocker"]
+    assert (blocker["code"], blocker["object"]) == ("numeric_special", "scratch.marks.px"), blocker
+
+
+# Column -> (a condition picking a holder whose value the corruption really changes, the target's new value).
+CORRUPT = {
+    "tags": ("tags IS NOT NULL", "'[\"corrupt\"]'"),
+    "limits": ("limits IS NOT NULL", "'[-99]'"),
+    "rates": ("rates IS NOT NULL", "'[\"NaN\", 2]'"),
+    "grid": ("grid IS NOT NULL", "'[[\"a\"]]'"),
+    "profile": ("profile IS NOT NULL", "'{\"k\": -1}'"),
+    "tier": ("true", "CASE tier WHEN 'gold' THEN 'silver' ELSE 'gold' END"),
+    "handle": ("handle <> upper(handle)", "upper(handle)"),       # equal as citext on the source, not as stored
+    "credit_cap": ("credit_cap IS NOT NULL", "credit_cap + 1"),
+    "active": ("active <> 'empty'", "'empty'"),
+    "seats": ("seats IS NOT NULL", "'[1000,1001)'"),
+    "attrs": ("attrs IS NOT NULL", "'\"x\"=>\"y\"'"),
+    "fee": ("fee IS NOT NULL", "fee + 0.000001"),                 # below a cent: numeric(38,6) keeps it
+    "avatar": ("avatar IS NOT NULL", "'\\xdead'"),
+    "grace": ("grace::text = '1 mon'", "'30 days'"),              # equal for interval's =, not the same value
+    "last_ip": ("last_ip = '10.0.0.1'", "'10.0.0.1/32'"),          # the same address, not the same text form
+    "subnet": ("subnet IS NOT NULL", "'10.9.0.0/16'"),
+    "ext_ref": ("ext_ref IS NOT NULL", "gen_random_uuid()"),
+    "flags": ("flags <> '11111111'", "'11111111'"),
+    "mask": ("mask <> '0'", "'0'"),
+    "remarks": ("remarks IS NULL", "'<x/>'"),
+    "opened_at": ("opened_at = 'infinity'", "'-infinity'"),
+    "review_on": ("review_on = '-infinity'", "'infinity'"),
+    "score": ("score::text = '0'", "'-0'"),                        # -0 differs from 0
+    "weight": ("weight = 1.5", "'NaN'"),
+}
+
+
+def corrupt_target(target: str) -> dict[str, str]:
+    """One holder per column of CORRUPT, changed on the target; returns {holder_id: column}."""
+    victims: dict[str, str] = {}
+    with psycopg.connect(target, autocommit=True) as conn:
+        for column, (where, value) in CORRUPT.items():
+            row = conn.execute(f"SELECT holder_id, {column}::text FROM treasury.holders WHERE {where} "
+                               "AND NOT holder_id = ANY(%s::uuid[]) ORDER BY holder_id LIMIT 1",
+                               (list(victims),)).fetchone()
+            assert row is not None, f"no holder fits the corruption of {column}"
+            conn.execute(f"UPDATE treasury.holders SET {column} = {value} WHERE holder_id = %s", (row[0],))
+            after = conn.execute(f"SELECT {column}::text FROM treasury.holders WHERE holder_id = %s",
+                                 (row[0],)).fetchone()[0]
+            assert after != row[1], (column, row[1], after)
+            victims[str(row[0])] = column
+    return victims
