@@ -1,0 +1,140 @@
+"""Each stage has one error boundary that classifies through the SQLSTATE table (reconcile.occ) and keeps
+the cause, so Airflow retries only what can succeed and fails at once what cannot."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+from reconcile.backfill import copy_chunk, plan_chunks
+from reconcile.config import Config, PostgresEndpoint, TableSpec
+from reconcile.errors import ReconcileError, TerminalFailure, TransientFailure
+from reconcile.occ import error_boundary, stage_error
+
+ITEMS = TableSpec("app.items", ("id",))
+
+
+def run_sql(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for stmt in statements:
+            conn.execute(stmt)
+
+
+@contextmanager
+def role(url: str, *grants: str):
+    """A login role of the test's own on ``url``'s server (trust auth), with ``grants`` (``{r}`` is its name)."""
+    name = f"rc_{uuid.uuid4().hex[:10]}"
+    run_sql(url, f"CREATE ROLE {name} LOGIN", *(g.format(r=name) for g in grants))
+    try:
+        yield name
+    finally:
+        run_sql(url, f"DROP OWNED BY {name}", f"DROP ROLE {name}")
+
+
+# --- the classification itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc, retryable, sqlstate", [
+    (pg_errors.UndefinedColumn("column x does not exist"), False, "42703"),
+    (pg_errors.InsufficientPrivilege("permission denied for table items"), False, "42501"),
+    (pg_errors.SerializationFailure("conflict OC000"), True, "40001"),
+    (pg_errors.AdminShutdown("terminating connection"), True, "57P01"),
+    (pg_errors.TooManyConnections("too many"), True, "53300"),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), True, None),
+    (ConnectionResetError("reset by peer"), True, None),
+    (ValueError("a bug"), False, None),
+    (KeyError("a bug"), False, None),
+])
+def test_stage_error_classifies_by_sqlstate_and_keeps_fields(exc, retryable, sqlstate):
+    err = stage_error(exc, "the copy")
+    assert isinstance(err, TransientFailure if retryable else TerminalFailure)
+    assert err.retryable is retryable and err.sqlstate == sqlstate and err.step == "the copy"
+    assert err.message.startswith("the copy failed") and ("retry can succeed" in err.message) is retryable
+    again = pickle.loads(pickle.dumps(err))  # crosses processes (Airflow, the backfill's workers)
+    assert type(again) is type(err) and again.message == err.message and again.sqlstate == sqlstate
+
+
+def test_the_boundary_keeps_the_cause_passes_reconcile_errors_and_redacts():
+    cause = pg_errors.InsufficientPrivilege("permission denied for user app:hunter2")
+    with pytest.raises(TerminalFailure) as caught, error_boundary("replay", redact=lambda t: t.replace("hunter2", "***")):
+        raise cause
+    assert caught.value.__cause__ is cause and "hunter2" not in str(caught.value)
+    own = TransientFailure("x", "y")
+    with pytest.raises(TransientFailure) as caught, error_boundary("replay"):
+        raise own
+    assert caught.value is own
+    with pytest.raises(KeyboardInterrupt), error_boundary("replay"):
+        raise KeyboardInterrupt
+
+
+# --- Airflow: terminal fails at once, transient retries ----------------------------------------------------
+
+
+@pytest.fixture
+def dag_errors(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "dags"))
+    import reconcile_common
+
+    yield reconcile_common.reconcile_errors
+    sys.modules.pop("reconcile_common", None)
+
+
+@pytest.mark.parametrize("exc", [pg_errors.UndefinedTable("relation app.items does not exist"),
+                                 pg_errors.InsufficientPrivilege("permission denied"), ValueError("a bug"),
+                                 TerminalFailure("backfill of t chunk 1", "permission denied", "42501")])
+def test_the_dags_fail_a_non_retryable_error_without_retries(dag_errors, exc):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException) as caught, dag_errors():
+        raise exc
+    assert caught.value.__cause__ is exc
+
+
+@pytest.mark.parametrize("exc", [psycopg.OperationalError("server closed the connection unexpectedly"),
+                                 pg_errors.SerializationFailure("OC000"),
+                                 TransientFailure("backfill of t chunk 1", "connection lost")])
+def test_the_dags_let_a_transient_error_retry(dag_errors, exc):
+    with pytest.raises(type(exc)) as caught, dag_errors():
+        raise exc
+    assert caught.value is exc
+
+
+def test_the_dags_pass_airflow_signals_through(dag_errors):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException), dag_errors():
+        raise AirflowSkipException("nothing to do")
+
+
+# --- backfill ----------------------------------------------------------------------------------------------
+
+
+def test_a_chunk_failing_on_a_missing_privilege_is_terminal_not_retried(source_db, target_db):
+    """Before: copy_chunk raised ChunkFailed, a TransientError built from a string, for a 42501 that no
+    retry can get past, and Airflow retried it."""
+    run_sql(source_db, "CREATE SCHEMA app", "CREATE TABLE app.items (id bigint PRIMARY KEY, amount numeric(12,2))",
+            "INSERT INTO app.items SELECT g, g FROM generate_series(1, 50) g")
+    run_sql(target_db, "CREATE SCHEMA app", "CREATE TABLE app.items (id bigint PRIMARY KEY, amount numeric(12,2))")
+    dbname = psycopg.conninfo.conninfo_to_dict(target_db)["dbname"]
+    with role(target_db, f'GRANT CREATE ON DATABASE "{dbname}" TO {{r}}', "GRANT USAGE ON SCHEMA app TO {r}",
+              "GRANT SELECT ON app.items TO {r}", "GRANT USAGE ON SCHEMA dsql_guard TO {r}") as reader:
+        limited = psycopg.conninfo.make_conninfo(target_db, user=reader)
+        cfg = Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", limited),
+                     tables=(ITEMS,))
+        [ref] = plan_chunks(cfg)
+        with pytest.raises(TerminalFailure) as caught:
+            copy_chunk(cfg, ref["table"], ref["chunk_id"])
+        err = caught.value
+        assert err.sqlstate == "42501" and not err.retryable
+        assert isinstance(err.__cause__, pg_errors.InsufficientPrivilege)
+        assert "backfill of app.items chunk 0 failed with SQLSTATE 42501" in str(err)
+        with psycopg.connect(target_db) as conn:
+            status, error = conn.execute("SELECT status, last_error FROM reconcile.chunks").fetchone()
+        assert status == "failed" and "permission denied" in error  # marked failed: a rerun resumes it
