@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -24,9 +25,10 @@ from reconcile.backfill import (
     copy_chunk,
     plan_chunks,
 )
+from reconcile.backfill.progress import Progress
 from reconcile.budget import Budget
 from reconcile.cli.backfill_cmd import app as backfill_app
-from reconcile.config import Config, PostgresEndpoint, TableSpec
+from reconcile.config import BudgetSettings, Config, PostgresEndpoint, TableSpec
 from reconcile.connections import connect
 from reconcile.occ import RetryPolicy
 
@@ -282,12 +284,24 @@ def test_a_concurrent_writer_forces_40001_retries_and_the_copy_completes(source_
     assert fingerprint(source_db, "app.acct", "id") == fingerprint(target_db, "app.acct", "id")
 
 
+class StopAfterFirstBatch(Progress):
+    """Asks the run to stop once a batch has committed (an event, not a timer: a busy machine cannot race it)."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.stop = threading.Event()
+
+    def add(self, table: str, rows: int, rejected: int = 0) -> None:
+        super().add(table, rows, rejected)
+        self.stop.set()
+
+
 def test_a_stopped_run_resumes_after_its_last_checkpoint(source_db, target_db):
     items_pair(source_db, target_db, rows=6000)
     cfg = config(source_db, target_db, ITEMS)
-    bf = Backfill.from_config(cfg, BackfillSettings(chunk_rows=3000, workers=1, max_rows_per_second=6000))
-    timer = threading.Timer(0.5, bf.stop.set)  # stop mid-chunk, as Ctrl-C would
-    timer.start()
+    small = dataclasses.replace(cfg, budget=BudgetSettings(max_rows=600))  # batches of a few hundred rows
+    bf = Backfill.from_config(small, BackfillSettings(chunk_rows=3000, workers=1), progress=StopAfterFirstBatch())
+    bf.progress.stop = bf.stop  # stop mid-chunk, after its first committed batch, as Ctrl-C would
     with bf:
         stopped = bf.run()
     assert stopped.status == "interrupted" and 0 < stopped.rows < 6000
