@@ -63,6 +63,7 @@ __all__ = [
     "error_boundary",
     "retrying",
     "run_with_retry",
+    "scrubbed",
     "stage_error",
 ]
 
@@ -295,21 +296,41 @@ def stage_error(exc: BaseException, step: str, *, idempotent: bool = True, conn:
     return TerminalFailure(step, reason)
 
 
+def scrubbed(exc: BaseException, redact: Callable[[str], str] | None) -> BaseException:
+    """``exc`` fit to be kept as a cause: itself, or a copy of its type with the secrets removed.
+
+    A cause is printed with every traceback that logs the error; when ``redact`` changes its text (a
+    driver error quoting a password), a copy carrying the redacted text (and the traceback, not the
+    original's own causes) stands in for it.
+    """
+    if redact is None:
+        return exc
+    text = str(exc)
+    clean = redact(text)
+    if clean == text:
+        return exc
+    try:
+        copy = type(exc)(clean)
+    except Exception:  # a type that cannot be built from its message
+        copy = RuntimeError(f"{type(exc).__name__}: {clean}")
+    return copy.with_traceback(exc.__traceback__)
+
+
 @contextlib.contextmanager
 def error_boundary(step: str, *, idempotent: bool = True, conn: Any = None,
                    redact: Callable[[str], str] | None = None) -> Iterator[None]:
     """A stage's one error boundary: whatever escapes leaves as a classified reconcile error.
 
     ``with error_boundary("replay of slot s"): ...`` re-raises a reconcile error untouched and turns
-    any other exception into :func:`stage_error`'s answer, raised from it (``KeyboardInterrupt`` and
-    ``SystemExit`` pass through).
+    any other exception into :func:`stage_error`'s answer, raised from it (from its :func:`scrubbed`
+    form when it quotes a secret); ``KeyboardInterrupt`` and ``SystemExit`` pass through.
     """
     try:
         yield
     except ReconcileError:
         raise
     except Exception as exc:
-        raise stage_error(exc, step, idempotent=idempotent, conn=conn, redact=redact) from exc
+        raise stage_error(exc, step, idempotent=idempotent, conn=conn, redact=redact) from scrubbed(exc, redact)
 
 
 class Reconnector:

@@ -138,3 +138,58 @@ def test_a_chunk_failing_on_a_missing_privilege_is_terminal_not_retried(source_d
         with psycopg.connect(target_db) as conn:
             status, error = conn.execute("SELECT status, last_error FROM reconcile.chunks").fetchone()
         assert status == "failed" and "permission denied" in error  # marked failed: a rerun resumes it
+
+
+# --- replay ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slot_pair(source_db, target_db):
+    """app.items on both sides, a slot and a publication on the source (dropped at the end)."""
+    from reconcile.replay import init_replay
+    from reconcile.replay.settings import ReplaySettings
+
+    ddl = "CREATE TABLE app.items (id int PRIMARY KEY, amount numeric(12,2))"
+    run_sql(source_db, "CREATE SCHEMA app", ddl)
+    run_sql(target_db, "CREATE SCHEMA app", ddl)
+    slot = "e_" + psycopg.conninfo.conninfo_to_dict(source_db)["dbname"].lower()
+    cfg = Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", target_db),
+                 tables=(ITEMS,), stages={"replay": ReplaySettings(slot_name=slot, require_backfill=False)})
+    init_replay(cfg)
+    yield cfg
+    run_sql(source_db, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                       "WHERE database = current_database()")
+
+
+def test_a_replay_source_error_a_retry_cannot_fix_is_terminal(slot_pair, source_db):
+    """Before: every database error of a run became ReplayInterrupted (transient), whatever its SQLSTATE, so
+    a source user without the REPLICATION privilege (42501) was retried by Airflow forever."""
+    import dataclasses
+
+    from reconcile.replay import run_replay
+
+    run_sql(source_db, "INSERT INTO app.items VALUES (1, 1.00)")
+    with role(source_db) as plain:
+        cfg = dataclasses.replace(slot_pair, source=PostgresEndpoint(
+            "source", psycopg.conninfo.make_conninfo(source_db, user=plain)))
+        with pytest.raises(TerminalFailure) as caught:
+            run_replay(cfg)
+    assert caught.value.sqlstate == "42501" and isinstance(caught.value.__cause__, pg_errors.InsufficientPrivilege)
+    assert "a retry would fail the same way" in str(caught.value)
+
+
+def test_a_message_that_cannot_be_decoded_stops_replay_with_a_terminal_reconcile_error(slot_pair, source_db, target_db):
+    """Before: DecodeError was a plain ValueError that escaped the run unclassified (Airflow retried it)."""
+    from reconcile.replay import run_replay
+    from reconcile.replay.pgoutput import DecodeError
+
+    run_sql(source_db, "ALTER TABLE app.items RENAME COLUMN id TO item_id", "INSERT INTO app.items VALUES (1, 1.00)")
+    with pytest.raises(DecodeError) as caught:
+        run_replay(slot_pair)
+    err = caught.value
+    assert isinstance(err, ReconcileError) and not err.retryable and err.exit_code == 2
+    assert "app.items has no column(s) id of its configured key" in str(err) and "keep the slot" in str(err)
+    with psycopg.connect(target_db) as conn:
+        assert conn.execute("SELECT count(*) FROM app.items").fetchone() == (0,)
+        (status,) = conn.execute("SELECT status FROM reconcile.runs WHERE kind = 'replay'").fetchone()
+    assert status == "error"

@@ -30,6 +30,7 @@ from reconcile.replay import (
     run_replay,
     skip_dead_letter,
 )
+from reconcile.errors import TerminalFailure
 from reconcile.replay.errors import ReadOutOfOrder
 from reconcile.replay.runner import split_read
 from reconcile.replay.source import SourceTxn
@@ -344,7 +345,8 @@ def test_transactions_committing_in_another_order_than_they_began_are_applied_on
         with Replayer.from_config(cfg, fault=fault) as r:
             try:
                 return r.run(until_caught_up=True)
-            except RuntimeError:  # died at the fault: the next run takes over
+            except TerminalFailure as died:  # died at the fault: the next run takes over
+                assert isinstance(died.__cause__, RuntimeError)
                 return None
 
     def dies_once(point):

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+from reconcile.replay.errors import ReplayError
+
 
 class _Unchanged:
     """The marker of an unchanged TOASTed value (a singleton, falsy-safe, JSON as a string)."""
@@ -55,8 +57,11 @@ Value = Union[str, None, _Unchanged]
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
 
-class DecodeError(ValueError):
-    """A message does not follow the pgoutput format (or uses a protocol feature we did not ask for)."""
+class DecodeError(ReplayError, ValueError):
+    """A message does not follow the pgoutput format (or uses a protocol feature we did not ask for).
+
+    Terminal: the slot hands out the same bytes again on a retry.
+    """
 
 
 def lsn_to_int(lsn: str | None) -> int:

@@ -38,8 +38,11 @@ it expects (DSQL's OCC makes the loser fail with 40001, then :class:`WatermarkMo
 
 Bookkeeping: a run first closes ``running`` rows of this slot left by killed runs as ``abandoned``
 (:meth:`ReplayControl.abandon_stale_runs`). Messages stored on the run row, logged or raised go
-through :func:`reconcile.config.redact` with the endpoints' secrets; a database error escaping a run
-is raised as :class:`~reconcile.replay.errors.ReplayInterrupted` carrying only the redacted sentence.
+through :func:`reconcile.config.redact` with the endpoints' secrets. :meth:`Replayer.run` is the
+stage's error boundary: any error that is not a reconcile error leaves classified by
+:func:`reconcile.occ.stage_error` (a dropped connection as :class:`~reconcile.errors.TransientFailure`,
+a 42xxx error or a bug as :class:`~reconcile.errors.TerminalFailure`, with its SQLSTATE), raised from
+the original (its secrets removed, :func:`reconcile.occ.scrubbed`).
 ``log`` at DEBUG prints every read (flush position, messages, commit LSN range, watermark, skipped,
 to apply) and every slot advance.
 
@@ -73,7 +76,16 @@ from reconcile.budget import Batcher, Budget, budget_from
 from reconcile.config import Config, TableSpec, redact
 from reconcile.control import migrate
 from reconcile.errors import LimitExceeded
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from, run_with_retry
+from reconcile.occ import (
+    DEFAULT_POLICY,
+    Reconnector,
+    RetryCounters,
+    RetryPolicy,
+    policy_from,
+    run_with_retry,
+    scrubbed,
+    stage_error,
+)
 from reconcile.replay import pgoutput as po
 from reconcile.replay.apply import (
     ApplyRefused,
@@ -90,7 +102,7 @@ from reconcile.replay.apply import (
     write_watermark,
 )
 from reconcile.errors import ReconcileError
-from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder, ReplayInterrupted
+from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder
 from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
@@ -366,6 +378,7 @@ class Replayer:
                         "follow": follow},
                "budget": dataclasses.asdict(self.budget)}
         unexpected: BaseException | None = None
+        original: BaseException | None = None
         try:
             migrate(self._target.get(), dialect=self.dialect, policy=self.policy, counters=self.counters)  # type: ignore[arg-type]
             result.run_id = run_id or runs.start_run(doc, kind=RUN_KIND)
@@ -395,15 +408,12 @@ class Replayer:
             log.error("%s", result.message)
         except KeyboardInterrupt:
             result.status, result.message = "done", "interrupted (Ctrl-C) between rounds; rerun to go on"
-        except BaseException as exc:  # recorded on the run row (secrets removed), then raised
-            text = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
-            result.status, result.message, unexpected = "error", self._redact(" ".join(text.split())), exc
-            if isinstance(exc, psycopg.Error):
-                # The driver's text may quote connection details: the caller gets the redacted sentence.
-                unexpected = ReplayInterrupted(
-                    f"Replay run {result.run_id or '(not started)'} failed on a database error "
-                    f"({self._redact(_primary(exc))}); what it committed is kept (exactly once): fix the cause if "
-                    "it persists and rerun `reconcile replay run`.")
+        except BaseException as exc:  # the stage's error boundary: recorded on the run row (secrets removed), raised
+            unexpected = original = exc
+            if isinstance(exc, Exception):  # classified by SQLSTATE (occ); KeyboardInterrupt, SystemExit as they are
+                unexpected = stage_error(exc, f"Replay run {result.run_id or '(not started)'}", redact=self._redact)
+            text = str(unexpected) if isinstance(unexpected, ReconcileError) else f"{type(exc).__name__}: {exc}"
+            result.status, result.message = "error", self._redact(" ".join(text.split()))
         result.duration_seconds = round(time.monotonic() - t0, 3)
         self._finish(result)
         if result.run_id is not None:
@@ -412,8 +422,8 @@ class Replayer:
             except Exception as exc:  # the summary (or the original error) still reaches the caller
                 log.warning("could not record the end of replay run %s: %s", result.run_id, self._redact(str(exc)))
         if unexpected is not None:
-            if isinstance(unexpected, ReplayInterrupted):
-                raise unexpected from None
+            if unexpected is not original:
+                raise unexpected from scrubbed(original, self._redact)
             raise unexpected
         return result
 
@@ -455,7 +465,13 @@ class Replayer:
         s = self.settings
         flush = self.reader.flush_lsn()
         rows = self.reader.peek(s.peek_changes)
-        txns, partial = self.assembler.assemble(rows)
+        try:
+            txns, partial = self.assembler.assemble(rows)
+        except po.DecodeError as exc:
+            raise po.DecodeError(
+                f"Replay stopped before applying or advancing: a message of slot {s.slot_name} could not be decoded "
+                f"({exc}); nothing was skipped: keep the slot, check that its tables and [[tables]] keys match, and "
+                "report it with the source's version if they do.") from exc
         limited = partial or len(rows) >= s.peek_changes
         skip_end, todo = split_read(txns, self.wm.last_commit_lsn)
         if left is not None and len(todo) > left:
