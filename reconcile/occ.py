@@ -61,6 +61,7 @@ __all__ = [
     "RetryPolicy",
     "classify",
     "error_boundary",
+    "retry_step",
     "retrying",
     "run_with_retry",
     "scrubbed",
@@ -331,6 +332,29 @@ def error_boundary(step: str, *, idempotent: bool = True, conn: Any = None,
         raise
     except Exception as exc:
         raise stage_error(exc, step, idempotent=idempotent, conn=conn, redact=redact) from scrubbed(exc, redact)
+
+
+def retry_step(fn: Callable[[], R], *, policy: RetryPolicy = DEFAULT_POLICY, label: str = "step",
+               sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> R:
+    """Run a whole read-only or idempotent step again while it fails with a transient error.
+
+    For steps that do not run in one target transaction (a diff of a table reads both sides over
+    many statements), so :func:`run_with_retry` cannot own them: ``fn`` is called again from the
+    start, with the same capped, jittered backoff, while it raises a
+    :class:`~reconcile.errors.TransientError`; the last one is raised once ``policy.max_attempts``
+    are used up (so an orchestrator can retry later). Anything else is raised at once.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except ReconcileError as exc:
+            if not exc.retryable or attempt >= policy.max_attempts:
+                raise
+            delay = policy.delay(attempt - 1, rng)
+            log.warning("%s failed (%s); retry %d/%d in %.3f s", label, exc, attempt, policy.max_attempts - 1, delay)
+            sleep(delay)
 
 
 class Reconnector:

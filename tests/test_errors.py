@@ -193,3 +193,65 @@ def test_a_message_that_cannot_be_decoded_stops_replay_with_a_terminal_reconcile
         assert conn.execute("SELECT count(*) FROM app.items").fetchone() == (0,)
         (status,) = conn.execute("SELECT status FROM reconcile.runs WHERE kind = 'replay'").fetchone()
     assert status == "error"
+
+
+# --- diff ----------------------------------------------------------------------------------------------------
+
+
+def diff_config(source_db: str, target_db: str, *, attempts: int = 3) -> Config:
+    from reconcile.config import RetrySettings
+    from reconcile.diff.settings import DiffSettings
+
+    ddl = "CREATE TABLE app.items (id int PRIMARY KEY, amount numeric(12,2))"
+    for url in (source_db, target_db):
+        run_sql(url, "CREATE SCHEMA app", ddl, "INSERT INTO app.items SELECT g, g FROM generate_series(1, 500) g")
+    return Config(source=PostgresEndpoint("source", source_db), target=PostgresEndpoint("target", target_db),
+                  tables=(ITEMS,), retry=RetrySettings(max_attempts=attempts, base_delay=0.01, max_delay=0.05),
+                  stages={"diff": DiffSettings(segment_rows=100, bucket_rows=20, workers=1, balances=False)})
+
+
+def drops_the_source_connection(monkeypatch, times: int) -> list[int]:
+    """The first ``times`` table comparisons lose their source connection (the server ends the session) right
+    before they read: a real dropped connection, as a failover or an idle timeout does it."""
+    from reconcile.diff import hashdiff
+
+    real, killed = hashdiff.candidates, []
+
+    def candidates(pair, shape, settings):
+        if len(killed) < times:
+            pid = pair.source.conn().info.backend_pid
+            with psycopg.connect(pair.source.factory().info.dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        return real(pair, shape, settings)
+
+    monkeypatch.setattr(hashdiff, "candidates", candidates)
+    return killed
+
+
+def test_a_dropped_connection_during_a_table_diff_is_retried_not_stored_as_an_error(
+        source_db, target_db, tmp_path, monkeypatch):
+    """Before: the diff stored the dropped connection as the table's ``status: error`` and returned normally,
+    so one blip turned the hourly run red and nothing retried it."""
+    from reconcile.diff import run_diff
+
+    cfg = diff_config(source_db, target_db)
+    killed = drops_the_source_connection(monkeypatch, times=1)
+    result = run_diff(cfg, report_dir=tmp_path)
+    assert len(killed) == 1
+    assert result.verdict == "green" and result.summary["status"] == "green" and result.summary["errors"] == {}
+
+
+def test_a_connection_that_keeps_dropping_raises_a_transient_error_for_the_orchestrator(
+        source_db, target_db, tmp_path, monkeypatch):
+    from reconcile.diff import diff_table, start_diff
+
+    cfg = diff_config(source_db, target_db, attempts=2)
+    killed = drops_the_source_connection(monkeypatch, times=10)
+    run_id = start_diff(cfg)
+    with pytest.raises(TransientFailure) as caught:
+        diff_table(cfg, run_id, "app.items")
+    assert len(killed) == 2 and "diff of app.items failed" in str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+    with psycopg.connect(target_db) as conn:  # nothing stored: finish_diff would say "not compared"
+        assert conn.execute("SELECT count(*) FROM reconcile.diff_results").fetchone() == (0,)
