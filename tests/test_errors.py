@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import traceback
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +63,16 @@ def test_stage_error_classifies_by_sqlstate_and_keeps_fields(exc, retryable, sql
 
 
 def test_the_boundary_keeps_the_cause_passes_reconcile_errors_and_redacts():
-    cause = pg_errors.InsufficientPrivilege("permission denied for user app:hunter2")
-    with pytest.raises(TerminalFailure) as caught, error_boundary("replay", redact=lambda t: t.replace("hunter2", "***")):
+    secret = uuid.uuid4().hex  # made at run time: a traceback also prints the source lines
+    cause = pg_errors.InsufficientPrivilege(f"permission denied for user app:{secret}")
+    with pytest.raises(TerminalFailure) as caught, error_boundary("replay", redact=lambda t: t.replace(secret, "***")):
         raise cause
-    assert caught.value.__cause__ is cause and "hunter2" not in str(caught.value)
+    kept = caught.value.__cause__  # the cause's type, SQLSTATE and traceback, its secret removed
+    assert type(kept) is type(cause) and kept.sqlstate == "42501" and kept.__traceback__ is not None
+    assert secret not in "".join(traceback.format_exception(caught.value)) and "***" in str(caught.value)
+    with pytest.raises(TerminalFailure) as caught, error_boundary("replay"):
+        raise cause
+    assert caught.value.__cause__ is cause  # nothing to remove: the cause itself
     own = TransientFailure("x", "y")
     with pytest.raises(TransientFailure) as caught, error_boundary("replay"):
         raise own
@@ -255,3 +262,77 @@ def test_a_connection_that_keeps_dropping_raises_a_transient_error_for_the_orche
     assert isinstance(caught.value.__cause__, psycopg.OperationalError)
     with psycopg.connect(target_db) as conn:  # nothing stored: finish_diff would say "not compared"
         assert conn.execute("SELECT count(*) FROM reconcile.diff_results").fetchone() == (0,)
+
+
+# --- no built-in exception on a user-reachable path ------------------------------------------------------------
+
+# Built-in exceptions left in reconcile/: each guards an invariant of the code itself (a caller's bug), never a
+# value a user typed or a server sent. A new one needs a reason to be here; else raise a ReconcileError.
+INTERNAL_INVARIANTS = {
+    ("reconcile/audit/checks.py", "_column_finding"),  # finding codes are constants of the audit
+    ("reconcile/audit/findings.py", "Finding.__post_init__"),  # levels are constants of the audit
+    ("reconcile/backfill/copy.py", "write_rows"),  # the method was validated by BackfillSettings
+    ("reconcile/backfill/copy.py", "ChunkCopier._write"),  # unreachable
+    ("reconcile/backfill/pacing.py", "BatchSizer.__init__"),  # built from validated settings
+    ("reconcile/budget.py", "Batcher.add"),  # costs are computed, never negative
+    ("reconcile/checks/spec.py", "Check.__post_init__"),  # checks are defined in code
+    ("reconcile/config.py", "Config.stage"),  # section names are constants (config.py: the loader's own task)
+    ("reconcile/config.py", "_coerce_env"),  # caught right below, becomes InvalidSetting
+    ("reconcile/connections.py", "_plan"),  # endpoints come from the loader
+    ("reconcile/control/migrations.py", "Migration.__post_init__"),  # migrations are defined in code
+    ("reconcile/control/migrations.py", "_check_dialect"),
+    ("reconcile/control/migrations.py", "register"),
+    ("reconcile/control/migrations.py", "_ordered"),
+    ("reconcile/diff/hashdiff.py", "Segment.__post_init__"),  # segments are planned by the diff
+    ("reconcile/diff/sqlgen.py", "hash_layout"),
+    ("reconcile/diff/sqlgen.py", "hashes_query"),
+    ("reconcile/occ.py", "RetryPolicy.__post_init__"),  # built from validated [retry] settings
+    ("reconcile/occ.py", "_source"),  # what the caller passes in code
+    ("reconcile/occ.py", "_check_ready"),  # a connection misused by the calling code
+    ("reconcile/schema/apply.py", "_exists"),  # statement kinds are constants of the planner
+    ("reconcile/schema/plan.py", "build_plan.cite"),  # the planner cites only what the audit reported
+}
+BUILTIN_ERRORS = {"ValueError", "KeyError", "RuntimeError", "AssertionError", "TypeError", "Exception", "LookupError",
+                  "IndexError"}
+
+
+def builtin_raises() -> set[tuple[str, str]]:
+    import ast
+
+    root = Path(__file__).parents[1]
+    found: set[tuple[str, str]] = set()
+
+    def visit(node, path: str, scope: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = scope + [child.name] if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                else scope
+            if isinstance(child, ast.Raise) and child.exc is not None:
+                name = child.exc.func if isinstance(child.exc, ast.Call) else child.exc
+                if isinstance(name, ast.Name) and name.id in BUILTIN_ERRORS:
+                    found.add((path, ".".join(scope)))
+            visit(child, path, inner)
+
+    for file in sorted((root / "reconcile").rglob("*.py")):
+        visit(ast.parse(file.read_text()), str(file.relative_to(root)), [])
+    return found
+
+
+def test_built_in_exceptions_are_raised_only_for_internal_invariants():
+    assert builtin_raises() - INTERNAL_INVARIANTS == set()
+
+
+def test_values_a_user_gives_fail_with_a_reconcile_error_that_still_is_a_value_or_key_error():
+    from reconcile.audit.run import AuditOptions
+    from reconcile.budget import Budget, split_table_name
+    from reconcile.errors import InvalidArgument, NotFound
+    from reconcile.schema.dialect import get_dialect
+    from reconcile.schema.plan import SchemaPlan
+
+    for make in (lambda: split_table_name("ledger."), lambda: get_dialect("mysql"), lambda: Budget(fraction=2),
+                 lambda: AuditOptions(scan="everything")):
+        with pytest.raises(InvalidArgument) as caught:
+            make()
+        assert isinstance(caught.value, ValueError) and caught.value.exit_code == 2 and "; " in str(caught.value)
+    with pytest.raises(NotFound, match="the plan has no table app.x; it plans no table") as caught:
+        SchemaPlan(dialect="postgres", source_fingerprint="", statements=()).table("app.x")
+    assert isinstance(caught.value, KeyError)
