@@ -336,3 +336,27 @@ def test_values_a_user_gives_fail_with_a_reconcile_error_that_still_is_a_value_o
     with pytest.raises(NotFound, match="the plan has no table app.x; it plans no table") as caught:
         SchemaPlan(dialect="postgres", source_fingerprint="", statements=()).table("app.x")
     assert isinstance(caught.value, KeyError)
+
+
+def test_the_cli_prints_an_unclassified_database_error_as_one_sentence(monkeypatch, capsys):
+    import typer
+
+    from reconcile.cli._common import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def read() -> None:
+        raise pg_errors.UndefinedTable("relation reconcile.runs does not exist")
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(sys, "argv", ["reconcile", "read"])
+    with pytest.raises(SystemExit) as caught:
+        run_app(app)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in err
+    assert err.strip() == ("error: the command failed with SQLSTATE 42P01: relation reconcile.runs does not exist; "
+                           "a retry would fail the same way: fix the cause, then rerun.")
