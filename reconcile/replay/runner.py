@@ -17,7 +17,9 @@ One *round* (:meth:`Replayer._round`):
 4. advance the slot to the end of the last applied commit, only after its target commit;
 5. when the peek was not cut short by its limit, every transaction that committed before ``L`` is now
    applied: ``L`` is written as ``replay_state.caught_up_lsn`` (in the round's last apply transaction,
-   or alone when there was nothing to apply), and the run counts as *caught up*.
+   or alone when there was nothing to apply), the slot advances to ``L`` even when none of that WAL
+   touched a replicated table (a quiet ledger on a busy cluster retains nothing for replay), and the
+   run counts as *caught up*.
 
 What cannot be replayed stops the run with status ``stopped`` and an open dead letter holding the
 whole transaction (:mod:`reconcile.replay.state`), before anything after it is applied:
@@ -288,6 +290,8 @@ class Replayer:
         self.reader: SlotReader | None = None
         self.assembler = Assembler(self.tables, fault)
         self.wm = Watermark()
+        self._slot_at = 0
+        """The slot's confirmed position as this replayer last set (or read) it."""
         self._prepared = False
 
     @classmethod
@@ -330,7 +334,7 @@ class Replayer:
         migrate(self._target.get(), dialect=self.dialect, policy=self.policy, counters=self.counters)  # type: ignore[arg-type]
         self._source = prepare_session(self._source_factory())
         self.reader = SlotReader(self._source, slot_name=s.slot_name, publication=s.publication)
-        self.reader.confirmed()  # SlotMissing when init never ran
+        self._slot_at = self.reader.confirmed()  # SlotMissing when init never ran
         if s.require_backfill:
             problems = backfill_problems(Control(self._target, budget=self.budget, policy=self.policy,
                                                  counters=self.counters), self.tables, s.slot_name)
@@ -490,17 +494,24 @@ class Replayer:
             # What committed on the target before the dead letter may be released on the source.
             self._advance(max(skip_end, self._advanced_to))
             raise
-        self._advance(max(skip_end, self._advanced_to))
+        done = max(skip_end, self._advanced_to)
         if limited:
+            self._advance(done)
             return False
         if flush > self.wm.caught_up_lsn:
             self._tx(lambda c: write_caught_up(c, s.slot_name, flush), "caught-up mark")
             self.wm = dataclasses.replace(self.wm, caught_up_lsn=flush)
+        # Caught up: a peek its limit did not cut decodes every WAL record that starts before the server's
+        # flush position at that time (at least ``flush``), so every transaction committing before ``flush``
+        # was in this read and is applied now. The slot may move to ``flush`` even when none of that WAL was
+        # ours (other tables, other databases): it is not retained for replay any longer. A transaction of
+        # ours still open commits after ``flush``, and the slot sends every commit at or after its position.
+        self._advance(max(done, flush))
         return True
 
     def _advance(self, end: int) -> None:
-        """Move the slot past what the target has committed (called only after the commit)."""
-        if not end:
+        """Move the slot past what the target has committed (called only after the commit); never backwards."""
+        if end <= self._slot_at:
             return
         assert self.reader is not None
         if self.fault is not None:
@@ -508,6 +519,7 @@ class Replayer:
         log.debug("advance slot %s to %s (watermark %s)", self.settings.slot_name, po.int_to_lsn(end),
                   po.int_to_lsn(self.wm.last_commit_lsn))
         self.reader.advance(end)
+        self._slot_at = end
         if self.fault is not None:
             self.fault("advanced")
 
