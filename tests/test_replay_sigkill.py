@@ -27,6 +27,7 @@ import psycopg
 from reconcile.config import TableSpec
 from reconcile.replay import init_replay
 from tests.test_replay import drop_slots, make_config  # noqa: F401 (drop_slots is a fixture)
+from tests.waiting import wait_for
 
 ACCOUNTS = 20
 TABLES = (TableSpec("app.acct", ("id",)), TableSpec("app.marks", ("txn_no",)))
@@ -89,13 +90,6 @@ def marks_on_target(target_db: str) -> int:
 def slot_free(source_db: str, slot: str) -> bool:
     with psycopg.connect(source_db) as conn:
         return not conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]
-
-
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout  # a bound against a hang, not a speed claim
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.01)
 
 
 def replay(config: str) -> subprocess.Popen:
