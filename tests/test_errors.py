@@ -18,6 +18,7 @@ from reconcile.backfill import copy_chunk, plan_chunks
 from reconcile.config import Config, PostgresEndpoint, TableSpec
 from reconcile.errors import ReconcileError, TerminalFailure, TransientFailure
 from reconcile.occ import error_boundary, stage_error
+from tests.airflow_support import airflow_env  # noqa: F401 (a fixture)
 
 ITEMS = TableSpec("app.items", ("id",))
 
@@ -85,7 +86,7 @@ def test_the_boundary_keeps_the_cause_passes_reconcile_errors_and_redacts():
 
 
 @pytest.fixture
-def dag_errors(monkeypatch):
+def dag_errors(airflow_env, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "dags"))
     import reconcile_common
 
