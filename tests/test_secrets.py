@@ -117,17 +117,22 @@ def test_the_demo_pipeline_writes_no_secret_anywhere(local_stack, password_role,
 
     monkeypatch.setattr(demo, "demo_stages", stages)
     everything = Everything()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(everything)
-    root.setLevel(logging.DEBUG)
+    # Every logger at DEBUG while the demo runs (a CLI run earlier in the session may have raised some levels).
+    loggers = [logging.getLogger(), logging.getLogger("reconcile"), logging.getLogger("psycopg"),
+               *(lg for name, lg in logging.root.manager.loggerDict.items()
+                 if isinstance(lg, logging.Logger) and name.startswith(("reconcile.", "psycopg.")))]
+    levels = [lg.level for lg in loggers]
+    loggers[0].addHandler(everything)
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
     echoed: list[str] = []
     try:
         result = demo.run_demo(data_dir=data_dir, transactions=300, accounts=40, tps=20, airflow=False,
                                echo=echoed.append, live=False)
     finally:
-        root.removeHandler(everything)
-        root.setLevel(old_level)
+        loggers[0].removeHandler(everything)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     assert result.verdict == "green", echoed
     out = capfd.readouterr()
 
@@ -143,7 +148,8 @@ def test_the_demo_pipeline_writes_no_secret_anywhere(local_stack, password_role,
         "control tables": control_tables_as_text(target_url),
         **{f"file {p.relative_to(demo_root)}": p.read_bytes().decode("utf-8", "replace") for p in files},
     }
-    assert len(everything.lines) > 100 and "reconcile.replay" in outputs["log records"]  # the logs were captured
+    logged = outputs["log records"]  # the logs were captured, DEBUG included
+    assert "DEBUG reconcile.replay" in logged and "INFO reconcile.backfill" in logged, logged[-2000:]
     found = {where: leaks(text, secrets) for where, text in outputs.items() if leaks(text, secrets)}
     assert found == {}, f"secrets written to: {sorted(found)}"
     # What a reader of the settings sees instead: where the secret comes from, never its value.
