@@ -21,7 +21,7 @@ from reconcile.errors import ReconcileError
 from reconcile.replay import pgoutput as po
 from reconcile.replay.source import Assembler
 
-PROPS = settings(max_examples=400, deadline=2000, derandomize=True,
+PROPS = settings(max_examples=400, deadline=10_000, derandomize=True,  # 10 s: a hang, never a slow machine
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # --- a protocol-1 encoder (the inverse of po.decode) ----------------------------------------------------------
