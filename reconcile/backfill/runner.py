@@ -33,7 +33,16 @@ from reconcile.budget import Budget, budget_from
 from reconcile.config import Config, TableSpec, redact
 from reconcile.control import migrate
 from reconcile.errors import ConfigError, TransientFailure
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, error_boundary, policy_from, stage_error
+from reconcile.occ import (
+    DEFAULT_POLICY,
+    Reconnector,
+    RetryCounters,
+    RetryPolicy,
+    error_boundary,
+    policy_from,
+    scrubbed,
+    stage_error,
+)
 from reconcile.schema.dialect import dialect_for
 
 log = logging.getLogger("reconcile.backfill")
@@ -388,7 +397,7 @@ class Backfill:
             cause = self._causes.pop((table, chunk_id), None)
             if cause is None:  # pragma: no cover - _failed always records the cause
                 raise TransientFailure(step, errors[0] if errors else "no cause recorded")
-            raise stage_error(cause, step, redact=self._redact) from cause
+            raise stage_error(cause, step, redact=self._redact) from scrubbed(cause, self._redact)
         return result
 
     def _redact(self, text: str) -> str:
