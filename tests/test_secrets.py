@@ -156,6 +156,7 @@ def test_the_demo_pipeline_writes_no_secret_anywhere(local_stack, password_role,
     assert re.search(r"password_env\W+RC_TEST_SOURCE_PASSWORD", outputs["control tables"])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Airflow's own
 def test_a_dag_run_with_a_password_in_its_connection_stores_and_logs_no_secret(
         password_role, dagbag, pipeline_config, source_db, target_db, monkeypatch, capfd):
     """The shadow replay DAG (the cheapest DAG that connects to both sides) with the source password in
