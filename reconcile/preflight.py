@@ -36,7 +36,7 @@ from typing import Any, Literal
 import psycopg
 
 from reconcile.config import ROLE_COLUMNS, Config, TableSpec
-from reconcile.errors import ConfigError
+from reconcile.errors import ConfigError, InvalidArgument
 from reconcile.keyrule import KeyFacts, key_problem, read_key_facts, verify_key, violation_message
 
 __all__ = ["STAGES", "ConfigMismatch", "Mismatch", "Preflight", "require", "run_preflight"]
@@ -176,7 +176,7 @@ def run_preflight(config: Config, stage: str = "config", *, source: psycopg.Conn
         source, target: open autocommit connections to use (default: connect from the config).
     """
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+        raise InvalidArgument(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
     rule = STAGES[stage]
     from reconcile.connections import connect
 

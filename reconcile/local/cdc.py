@@ -60,7 +60,7 @@ from typing import Any
 
 import psycopg
 
-from reconcile.errors import LocalStackError
+from reconcile.errors import InvalidArgument, LocalStackError
 from reconcile.reverse.records import crc32c
 
 log = logging.getLogger("reconcile.local.cdc")
@@ -100,9 +100,9 @@ class Chaos:
 
     def __post_init__(self) -> None:
         if not 0 <= self.duplicate_rate <= 1 or not 0 <= self.defer_rate < 1:
-            raise ValueError("duplicate_rate must be in [0, 1] and defer_rate in [0, 1)")
+            raise InvalidArgument("duplicate_rate must be in [0, 1] and defer_rate in [0, 1)")
         if self.fragment_bytes < 64:
-            raise ValueError("fragment_bytes must be at least 64")
+            raise InvalidArgument("fragment_bytes must be at least 64")
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from reconcile.control.migrations import ident
 from reconcile.control.writer import ControlWriter
-from reconcile.errors import ReconcileError
+from reconcile.errors import InvalidArgument, ReconcileError
 
 RUN_KIND = "reverse_replay"
 PART_CHARS = 256 * 1024
@@ -105,7 +105,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (dead_letter_id)
 
     def resolve(self, dead_letter_id: str, *, resolution: str, by: str | None, reason: str) -> ReverseDeadLetter:
         if resolution != "skip":
-            raise ValueError(f"unknown resolution {resolution!r}; valid: skip")
+            raise InvalidArgument(f"unknown resolution {resolution!r}; valid: skip")
         try:
             key = uuid.UUID(str(dead_letter_id))
         except ValueError:
