@@ -436,10 +436,11 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
             "settings": run["settings"]}, "balances": balances}
-        report.write_all(folder, context)
-        if settings.s3_uri:
-            summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
+        pages = report.RunReport(config, control, folder, context, s3_uri=settings.s3_uri)
+        summary.update(pages.summary_fields())  # faults / unexplained counts, page links, replay lag, s3_uri
+        # Closed before the pages are written: the gate evaluation and the history on them count this run.
         store.finish_run(control, run_id, status, summary, policy_from(config))
+        pages.write()
     return DiffResult(run_id, verdict, str(folder), summary)
 
 

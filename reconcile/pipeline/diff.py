@@ -164,6 +164,12 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None) -
     s3 = result.get("report_s3") or result.get("s3_uri")
     log.info("diff run %s: verdict %s; report: %s%s", run_id, result.get("verdict"), where,
              f" (uploaded to {s3})" if s3 else "")
+    att = result.get("attribution") or {}
+    if att:
+        log.info("diff run %s: %s fault(s), %s unexplained difference(s) (%s of %s balance differences explained); "
+                 "run page: %s; history: %s", run_id, att.get("faults"), att.get("unexplained"),
+                 att.get("explained_balance_differences"), att.get("balance_differences"), result.get("report_page"),
+                 result.get("history_page"))
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
     from reconcile.report.notes import notes

@@ -54,6 +54,8 @@ from typing import Any
 
 __all__ = ["Attribution", "Fault", "Link", "Roles", "Unexplained", "attribute"]
 
+PER_SIDE = ("balance_vs_entries", "trial_balance", "unbalanced_txn")
+"""Balance kinds computed on each side separately (their key starts with the side)."""
 BALANCE_TABLE = "balances"
 """``table`` of balance findings (:data:`reconcile.diff.balances.TABLE`)."""
 ZERO = Decimal(0)
@@ -81,7 +83,15 @@ class Roles:
 
 
 def _key(value: Any) -> str:
-    """A value as a comparable key (row values and balance keys are both JSON-able renderings)."""
+    """A value as a comparable key (row values and balance keys are both JSON-able renderings).
+
+    >>> _key("7") != _key(7), _key([1, "a"])
+    (True, '[1, "a"]')
+    """
+    if isinstance(value, str):
+        return "s:" + value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "i:" + str(value)
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
@@ -141,7 +151,7 @@ class Posting:
         return self.sign * self.amount if self.amount is not None and self.amount > 0 else ZERO
 
 
-@dataclass
+@dataclass(eq=False)
 class Link:
     """A balance difference a fault explains (``jointly``: the other faults it takes to sum exactly)."""
 
@@ -149,7 +159,7 @@ class Link:
     jointly: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class Fault:
     """A row finding with the balance differences it explains."""
 
@@ -177,7 +187,7 @@ class Fault:
                              for link in self.explains]}
 
 
-@dataclass
+@dataclass(eq=False)
 class Unexplained:
     """A balance difference (or a group of them with one cause) that no row finding accounts for."""
 
@@ -254,12 +264,15 @@ class _Builder:
         self.roles, self.layout = roles, roles.layout
         self.faults: list[Fault] = []
         self.views: dict[str, list[dict]] = defaultdict(list)
+        self.view_accounts: dict[str, Any] = {}
         self.balance: list[dict] = []
         for f in findings:
             if f["table"] == BALANCE_TABLE:
                 self.balance.append(f)
             elif self._is_view(f):
-                self.views[_key((f.get("target") or f.get("source") or {}).get(self.layout.account_id))].append(f)
+                account = (f.get("target") or f.get("source") or {}).get(self.layout.account_id)
+                self.views[_key(account)].append(f)
+                self.view_accounts[_key(account)] = account
             else:
                 self.faults.append(self._fault(f))
         self.faults.sort(key=lambda x: (-_abs(x.amount), x.finding["table"], x.finding["kind"], _key(x.finding["key"])))
@@ -267,6 +280,7 @@ class _Builder:
             fault.id = f"F{i}"
         self.groups: dict[tuple, Unexplained] = {}
         self.explained = 0
+        self.index()
 
     # -- faults ---------------------------------------------------------------------------------------
 
@@ -296,21 +310,39 @@ class _Builder:
                 fault.txn = _key(row[self.roles.transaction_column])
         return fault
 
-    def _sum(self, pick) -> tuple[Decimal, list[Fault]]:
-        """Sum of ``pick(fault)`` over faults, and the faults with a nonzero part."""
-        total, who = ZERO, []
+    def index(self) -> None:
+        """Postings and stored-balance moves by account, currency, transaction and day (sums in O(matches))."""
+        self.by_account: dict[str, list[tuple[Fault, Posting]]] = defaultdict(list)
+        self.by_currency: dict[str | None, list[tuple[Fault, Posting]]] = defaultdict(list)
+        self.by_txn: dict[tuple[str | None, str | None], list[tuple[Fault, Posting]]] = defaultdict(list)
+        self.by_day: dict[tuple[str | None, str | None], list[tuple[Fault, Posting]]] = defaultdict(list)
+        self.stored: dict[str, list[Fault]] = defaultdict(list)
         for fault in self.faults:
-            part = pick(fault)
-            if part:
-                total += part
-                who.append(fault)
-        return total, who
+            for p in fault.postings:
+                self.by_account[p.account].append((fault, p))
+                self.by_currency[p.currency].append((fault, p))
+                self.by_txn[(p.txn, p.currency)].append((fault, p))
+                self.by_day[(p.day, p.currency)].append((fault, p))
+            if fault.stored is not None:
+                self.stored[fault.stored[0]].append(fault)
+
+    @staticmethod
+    def _sum(pairs: list[tuple[Fault, Posting]], part) -> tuple[Decimal, list[Fault]]:
+        """Sum of ``part(posting)`` over ``pairs``, and the faults whose parts do not cancel out to zero."""
+        per: dict[int, Decimal] = {}
+        owner: dict[int, Fault] = {}
+        for fault, p in pairs:
+            per[id(fault)] = per.get(id(fault), ZERO) + part(p)
+            owner[id(fault)] = fault
+        who = [owner[k] for k, v in per.items() if v]
+        return sum(per.values(), ZERO), who
 
     def entries_on(self, account: str) -> tuple[Decimal, list[Fault]]:
-        return self._sum(lambda f: sum((p.signed for p in f.postings if p.account == account), ZERO))
+        return self._sum(self.by_account.get(account, []), lambda p: p.signed)
 
     def stored_on(self, account: str) -> tuple[Decimal, list[Fault]]:
-        return self._sum(lambda f: f.stored[2] if f.stored is not None and f.stored[0] == account else ZERO)
+        faults = [f for f in self.stored.get(account, []) if f.stored[2]]
+        return sum((f.stored[2] for f in faults), ZERO), faults
 
     # -- outcomes -------------------------------------------------------------------------------------
 
@@ -352,13 +384,16 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
     for f in b.balance:
         by_kind[f["kind"]].append(f)
 
+    source_side = {(f["kind"], _key(f["key"][1:])): f for f in b.balance
+                   if f["kind"] in PER_SIDE and f["key"] and f["key"][0] == "source"}
+
     def side_value(kind: str, key_tail: list, own: dict) -> Decimal:
         """A target figure minus the source's own figure for the same key (0 when the source has none)."""
-        src = next((f for f in by_kind[kind] if f["key"][0] == "source" and _key(f["key"][1:]) == _key(key_tail)), None)
+        src = source_side.get((kind, _key(key_tail)))
         return (_dec(own.get("money_delta")) or ZERO) - ((_dec(src.get("money_delta")) or ZERO) if src else ZERO)
 
     def has_source(kind: str, key_tail: list) -> bool:
-        return any(f["key"][0] == "source" and _key(f["key"][1:]) == _key(key_tail) for f in by_kind[kind])
+        return (kind, _key(key_tail)) in source_side
 
     # Accounts: balance_mismatch, then balance_vs_entries.
     settled: dict[str, bool] = {}       # account -> its stored-balance difference is 0 or explained
@@ -402,7 +437,7 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
         b.unexplained("account", [account], "target", f, None if target_group else value - e, e_who)
 
     # Currency, transaction and day figures.
-    def per_currency(kind: str, match) -> None:
+    def per_currency(kind: str, postings) -> None:
         for f in by_kind[kind]:
             side, tail = f["key"][0], f["key"][1:]
             subject_key = tail
@@ -410,7 +445,7 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
                 b.unexplained(kind, subject_key, "source", f, _dec(f.get("money_delta")))
                 continue
             value = side_value(kind, tail, f)
-            total, who = b._sum(lambda fault: sum((p.signed for p in fault.postings if match(p, tail)), ZERO))
+            total, who = b._sum(postings(tail), lambda p: p.signed)
             if who and value == total:
                 b.explain(f, who)
             elif not who and value == 0 and has_source(kind, tail):
@@ -418,17 +453,17 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
             else:
                 b.unexplained(kind, subject_key, "target", f, value - total, who, lead=True)
 
-    per_currency("trial_balance", lambda p, tail: p.currency == tail[0])
-    per_currency("unbalanced_txn", lambda p, tail: p.txn == _key(tail[0]) and p.currency == tail[1])
+    per_currency("trial_balance", lambda tail: b.by_currency.get(tail[0], []))
+    per_currency("unbalanced_txn", lambda tail: b.by_txn.get((_key(tail[0]), tail[1]), []))
 
     for f in by_kind["daily_total"]:
         day, currency = f["key"][0], f["key"][1]
         src, tgt = f.get("source") or {}, f.get("target") or {}
         d_count = int(tgt.get("entries") or 0) - int(src.get("entries") or 0)
         d_volume = _dec(f.get("money_delta")) or ZERO
-        here = lambda p: p.day == day and p.currency == currency  # noqa: E731
-        count, c_who = b._sum(lambda fault: sum(p.sign for p in fault.postings if here(p)))
-        volume, v_who = b._sum(lambda fault: sum((p.volume for p in fault.postings if here(p)), ZERO))
+        here = b.by_day.get((day, currency), [])
+        count, c_who = b._sum(here, lambda p: Decimal(p.sign))
+        volume, v_who = b._sum(here, lambda p: p.volume)
         who = c_who + [x for x in v_who if x not in c_who]
         if who and count == d_count and volume == d_volume:
             b.explain(f, who)
@@ -438,14 +473,12 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
     for f in by_kind["currency_total"]:
         currency = f["key"][0]
         moved = _dec(f.get("money_delta")) or ZERO
-        mine = [m for m in mismatch.values() if m.get("currency") == currency]
-        if mine and sum((_dec(m.get("money_delta")) or ZERO for m in mine), ZERO) == moved:
-            open_accounts = [a for a, m in mismatch.items() if m in mine and not settled.get(a, True)]
+        mine = {a: m for a, m in mismatch.items() if m.get("currency") == currency}
+        if mine and sum((_dec(m.get("money_delta")) or ZERO for m in mine.values()), ZERO) == moved:
+            open_accounts = [a for a in mine if not settled.get(a, True)]
             if not open_accounts:
-                who = []
-                for fault in b.faults:
-                    if any(link.finding in mine for link in fault.explains) and fault not in who:
-                        who.append(fault)
+                ids = {id(m) for m in mine.values()}
+                who = [fault for fault in b.faults if any(id(link.finding) in ids for link in fault.explains)]
                 b.explain(f, who)
                 continue
             first = max(open_accounts, key=lambda a: _abs(_dec(mismatch[a].get("money_delta"))))
@@ -458,7 +491,7 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
         lay = b.layout
         delta = sum(((_dec((r.get("target") or {}).get(lay.balance)) or ZERO)
                      - (_dec((r.get("source") or {}).get(lay.balance)) or ZERO) for r in rows), ZERO)
-        g = b.group("account", [json.loads(acct)], "target", rows[0].get("currency"))
+        g = b.group("account", [b.view_accounts[acct]], "target", rows[0].get("currency"))
         g.rows.extend(rows)
         if g.amount is None:
             g.amount = delta
@@ -473,9 +506,9 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
             fault.related = [x.id for x in same if x is not fault]
 
     groups = sorted(b.groups.values(), key=lambda g: (g.side != "target", -_abs(g.amount), g.subject, _key(g.key)))
+    by_id = {fault.id: fault for fault in b.faults}
     for i, g in enumerate(groups, start=1):
         g.id = f"U{i}"
         for fault_id in g.partly:
-            b_fault = next(x for x in b.faults if x.id == fault_id)
-            b_fault.partly.append(g.id)
+            by_id[fault_id].partly.append(g.id)
     return Attribution(b.faults, groups, len(b.balance), b.explained, complete)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["amount", "around_difference", "count", "key_pairs", "plain", "signed", "utc", "when"]
+__all__ = ["amount", "around_difference", "count", "key_pairs", "plain", "signed", "stamp", "utc", "when"]
 
 LONG = 120
 """Values longer than this (characters) are shown around their first difference, the rest folded."""
@@ -87,6 +88,7 @@ def plain(value: Any, *, limit: int = 80) -> str:
     if value is None:
         return "NULL"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    text = stamp(text) or text
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -103,11 +105,13 @@ def key_pairs(names: list[str] | tuple[str, ...] | None, values: list[Any]) -> s
     return ", ".join(f"{n}={plain(v, limit=60)}" for n, v in zip(names, values))
 
 
-def utc(value: Any, *, seconds: bool = True) -> str:
+def utc(value: Any, *, seconds: bool = True, exact: bool = False) -> str:
     """A timestamp in UTC with the zone stated (``2026-12-04 17:16:18 UTC``); naive ones are taken as UTC.
 
-    >>> utc("2026-12-04T18:16:18.745+01:00"), utc(None)
-    ('2026-12-04 17:16:18 UTC', '–')
+    ``exact`` keeps the fraction of a second (a value in a row, where it matters).
+
+    >>> utc("2026-12-04T18:16:18.745+01:00"), utc("2024-02-01T04:31:03.544865+00:00", exact=True), utc(None)
+    ('2026-12-04 17:16:18 UTC', '2024-02-01 04:31:03.544865 UTC', '–')
     """
     if value is None or value == "":
         return "–"
@@ -120,18 +124,44 @@ def utc(value: Any, *, seconds: bool = True) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     moment = moment.astimezone(dt.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+    if not seconds:
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if exact and moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + " UTC"
+
+
+_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def stamp(text: str) -> str | None:
+    """An ISO timestamp as written in a row, readable: in UTC with the zone stated (exact to the microsecond),
+    a timestamp without a zone said to have none; None when ``text`` is not a timestamp.
+
+    >>> stamp("2024-02-01T05:31:03.5+01:00"), stamp("2025-03-01T10:00:00"), stamp("hello")
+    ('2024-02-01 04:31:03.500000 UTC', '2025-03-01 10:00:00 (no time zone)', None)
+    """
+    if not isinstance(text, str) or not _STAMP.match(text):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return moment.isoformat(sep=" ") + " (no time zone)"
+    return utc(moment, exact=True)
 
 
 def when(value: Any) -> str:
     """A date as written, a timestamp through :func:`utc`.
 
     >>> when("2025-03-01"), when("2024-02-01T04:31:03.544865+00:00")
-    ('2025-03-01', '2024-02-01 04:31:03 UTC')
+    ('2025-03-01', '2024-02-01 04:31:03.544865 UTC')
     """
     if isinstance(value, str) and len(value) <= 10:
         return value
-    return utc(value)
+    return stamp(value) or utc(value) if isinstance(value, str) else utc(value, exact=True)
 
 
 def _text(value: Any) -> str:

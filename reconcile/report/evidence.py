@@ -28,7 +28,7 @@ from psycopg import sql
 
 from reconcile.control import ident
 
-__all__ = ["coverage", "expectations", "gate", "replay"]
+__all__ = ["coverage", "expectations", "gate", "replay", "run_link"]
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +252,41 @@ def coverage(summary: dict[str, Any], results: list[dict[str, Any]]) -> dict[str
             "rows_source": sum(t["rows_source"] or 0 for t in tables),
             "balances": summary.get("balances") or {}, "full": summary.get("full_reconciliation") is not False,
             "partial_reasons": summary.get("partial_reasons") or []}
+
+
+# -- the run page a gate decision rests on --------------------------------------------------------------
+
+
+def run_link(conn: psycopg.Connection, evaluation: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The diff run an evaluation rests on (its ``latest_diff_clean`` evidence names it; else the latest
+    finished diff run) with its verdict, faults / unexplained counts and the links to its page and the history.
+
+    Returns ``{"run_id", "verdict", "finished_at", "faults", "unexplained", "explained", "balance_differences",
+    "report_page", "history_page"}``, or None when no finished diff run is stored.
+    """
+    run_id = None
+    for c in (evaluation or {}).get("criteria") or []:
+        if c.get("name") == "latest_diff_clean":
+            run_id = (c.get("evidence") or {}).get("run_id")
+    try:
+        if run_id:
+            row = conn.execute(sql.SQL("SELECT run_id::text, status, finished_at, summary FROM {} WHERE run_id = %s "
+                                       "AND kind = 'diff'").format(ident("runs")), (run_id,)).fetchone()
+        else:
+            row = conn.execute(sql.SQL("SELECT run_id::text, status, finished_at, summary FROM {} WHERE kind = 'diff' "
+                                       "AND status <> 'running' ORDER BY started_at DESC LIMIT 1").format(
+                ident("runs"))).fetchone()
+    except psycopg.Error as exc:
+        log.warning("report: could not read the diff run for the approval (%s)", type(exc).__name__)
+        return None
+    if row is None:
+        return None
+    summary = _json(row[3]) or {}
+    att = summary.get("attribution") or {}
+    page = summary.get("report_page") or (f"{summary['report_dir']}/report.html" if summary.get("report_dir") else None)
+    return {"run_id": row[0], "verdict": summary.get("verdict") or row[1], "finished_at": row[2],
+            "faults": att.get("faults"), "unexplained": att.get("unexplained"),
+            "explained": att.get("explained_balance_differences"),
+            "balance_differences": summary.get("balance_differences"),
+            "persistent_mismatches": summary.get("persistent_mismatches"),
+            "report_page": page, "history_page": summary.get("history_page")}

@@ -46,6 +46,7 @@ def write_all(folder: str | Path, context: dict[str, Any]) -> list[Path]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    context = {**context, "attribution": attribution_of(context)}   # once for every page
     doc = dict(context["summary"])
     doc["details"] = {"results": context.get("results", []), "findings": context.get("findings", []),
                       "run": context.get("run", {}), "attribution": attribution_of(context).to_dict()}

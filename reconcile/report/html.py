@@ -57,6 +57,13 @@ class Labels:
         self.account = lay.account_id if lay is not None else "account"
         self.txn = lay.entry_txn if lay is not None and lay.entry_txn else "transaction"
         self.day = lay.date_column if lay is not None and lay.date_column else "day"
+        self.money: dict[str, str] = {}
+        """table -> its money column (shown as an amount with its currency)."""
+        if lay is not None:
+            self.money[lay.entries] = lay.amount
+            if lay.balance:
+                self.money[lay.accounts] = lay.balance
+        self.currency = lay.currency if lay is not None else None
 
 
 def _money(value: Any, currency: str | None) -> dict[str, str] | None:
@@ -97,6 +104,14 @@ def balance_line(f: dict[str, Any], names: Labels) -> dict[str, Any]:
     return {"label": BALANCE_KIND.get(kind, kind), "text": text, "money": _money(f.get("money_delta"), cur)}
 
 
+def balance_key(f: dict[str, Any], names: Labels) -> str:
+    """A balance finding's key as ``col=value`` pairs (``side=target, account_id=2551``)."""
+    cols = {"balance_mismatch": [names.account], "balance_vs_entries": ["side", names.account],
+            "trial_balance": ["side", "currency"], "unbalanced_txn": ["side", names.txn, "currency"],
+            "currency_total": ["currency"], "daily_total": ["day", "currency"]}.get(f["kind"])
+    return cells.key_pairs(cols, f["key"])
+
+
 def _seen_text(seen: dict[str, Any] | None, run_id: str) -> str | None:
     if not seen:
         return None
@@ -105,12 +120,24 @@ def _seen_text(seen: dict[str, Any] | None, run_id: str) -> str | None:
     return f"seen in {seen['runs']} runs since {cells.utc(seen['first_at'], seconds=False)}"
 
 
-def _row_cells(f: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+def _row_cells(f: dict[str, Any], names: Labels) -> tuple[list[dict[str, Any]], int]:
+    """The changed columns of a row finding, readable: the money column as amounts, timestamps in UTC, long
+    values around their first difference."""
     if f["kind"] != "changed":
         return [], 0
     cols = list(f.get("columns") or [])
     s, t = f.get("source") or {}, f.get("target") or {}
-    out = [{"column": c, **cells.around_difference(s.get(c), t.get(c))} for c in cols[:MAX_CELLS]]
+    money = names.money.get(f["table"])
+    out = []
+    for c in cols[:MAX_CELLS]:
+        a, b = s.get(c), t.get(c)
+        if c == money:
+            cur = f.get("currency") or names.currency
+            a, b = cells.amount(a, cur), cells.amount(b, cur)
+        else:
+            a = cells.stamp(a) or a if isinstance(a, str) else a
+            b = cells.stamp(b) or b if isinstance(b, str) else b
+        out.append({"column": c, **cells.around_difference(a, b)})
     return out, max(0, len(cols) - MAX_CELLS)
 
 
@@ -138,7 +165,7 @@ def _row_facts(f: dict[str, Any], names: Labels) -> list[str]:
 
 def fault_view(fault: Fault, names: Labels, seen: dict[str, dict], run_id: str) -> dict[str, Any]:
     f = fault.finding
-    cell_list, more = _row_cells(f)
+    cell_list, more = _row_cells(f, names)
     if fault.amount is None:
         none = f"moves no money ({f['table']} has no amount or balance column); no balance difference"
     elif fault.amount == 0:
@@ -202,9 +229,9 @@ def finding_row(f: dict[str, Any], names: Labels) -> dict[str, Any]:
     """One finding for the detail table: readable cells, exact money."""
     if f["table"] == "balances":
         line = balance_line(f, names)
-        return {"table": "balances", "kind": line["label"], "key": cells.plain(f["key"]), "cells": [],
+        return {"table": "balances", "kind": line["label"], "key": balance_key(f, names), "cells": [],
                 "text": line["text"], "money": line["money"]}
-    cell_list, more = _row_cells(f)
+    cell_list, more = _row_cells(f, names)
     text = "; ".join(_row_facts(f, names)) if f["kind"] != "changed" else (f"and {more} more column(s)" if more else "")
     return {"table": f["table"], "kind": ROW_KIND.get(f["kind"], f["kind"]),
             "key": cells.key_pairs(names.keys.get(f["table"]), f["key"]), "cells": cell_list, "text": text,

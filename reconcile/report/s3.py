@@ -31,14 +31,22 @@ def upload_folder(folder: str | Path, uri: str, *, client=None) -> str:
     Raises:
         ReportError: the upload failed (the message names the bucket and the fix, never a secret).
     """
+    return upload_files([p for p in sorted(Path(folder).iterdir()) if p.is_file()], uri, client=client)
+
+
+def upload_files(paths: list[Path], uri: str, *, client=None) -> str:
+    """Upload ``paths`` (by their names) under ``uri``; returns ``uri`` normalised (as :func:`upload_folder`).
+
+    Raises:
+        ReportError: the upload failed (the message names the bucket and the fix, never a secret).
+    """
     bucket, prefix = parse_uri(uri)
     if client is None:
         import boto3
         client = boto3.client("s3")
     try:
-        for path in sorted(Path(folder).iterdir()):
-            if not path.is_file():
-                continue
+        for path in paths:
+            path = Path(path)
             key = f"{prefix}/{path.name}" if prefix else path.name
             ctype = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": ctype})
