@@ -70,7 +70,7 @@ def _money(value: Any, currency: str | None) -> dict[str, str] | None:
     if value is None or value == "":
         return None
     d = cells._decimal(value)
-    cls = "" if d is None or d == 0 else ("neg" if d < 0 else "pos")
+    cls = "neg" if d is not None and d < 0 else ""   # negative in red, as on a statement; never green: a difference is not good news
     return {"text": cells.signed(value, currency), "cls": cls}
 
 
@@ -298,8 +298,12 @@ def expectations_view(exp: dict[str, Any] | None) -> dict[str, Any]:
         title += f" ({exp['not_applicable']:,} not applicable to this ledger)"
     which = ("the expectations run of this reconciliation" if exp.get("linked")
              else "the latest expectations run (not part of this diff run)")
+    def sample(r: Any) -> str:
+        if isinstance(r, dict):
+            return ", ".join(f"{k}={cells.plain(v, limit=60)}" for k, v in r.items())
+        return cells.plain(r, limit=160)
     failures = [{**f, "observed": cells.plain(f.get("observed"), limit=120),
-                 "rows": [cells.plain(r, limit=160) for r in f.get("rows") or []]} for f in exp.get("failures") or []]
+                 "rows": [sample(r) for r in f.get("rows") or []]} for f in exp.get("failures") or []]
     return {"title": title, "failures": failures, "data_docs": exp.get("data_docs"), "error": exp.get("error"),
             "note": f"From {which}: run {exp['run_id']}, {exp.get('status')}, finished {cells.utc(exp.get('finished_at'))}."}
 
