@@ -153,10 +153,21 @@ class Posting:
 
 @dataclass(eq=False)
 class Link:
-    """A balance difference a fault explains (``jointly``: the other faults it takes to sum exactly)."""
+    """A balance difference a fault explains, and ``by``: every fault it takes to sum exactly (this one
+    included; one list shared by all of them, so a figure many faults explain costs one list, not a square)."""
 
     finding: dict[str, Any]
-    jointly: list[str] = field(default_factory=list)
+    by: list[str] = field(default_factory=list)
+
+    def jointly(self, fault_id: str, limit: int | None = None) -> list[str]:
+        """The other faults it takes (at most ``limit``)."""
+        out = []
+        for other in self.by:
+            if other != fault_id:
+                out.append(other)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
 
 @dataclass(eq=False)
@@ -179,12 +190,15 @@ class Fault:
     txn: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "table": self.finding["table"], "kind": self.finding["kind"],
-                "key": self.finding["key"], "amount": None if self.amount is None else str(self.amount),
-                "currency": self.currency, "related": self.related, "partly": self.partly,
-                "explains": [{"kind": link.finding["kind"], "key": link.finding["key"],
-                              "money_delta": link.finding.get("money_delta"), "jointly": link.jointly}
-                             for link in self.explains]}
+        out = {"id": self.id, "table": self.finding["table"], "kind": self.finding["kind"], "key": self.finding["key"],
+               "amount": None if self.amount is None else str(self.amount), "currency": self.currency,
+               "explains": [{"kind": link.finding["kind"], "key": link.finding["key"],
+                             **({"with": len(link.by) - 1} if len(link.by) > 1 else {})} for link in self.explains]}
+        if self.related:
+            out["related"] = self.related
+        if self.partly:
+            out["partly"] = self.partly
+        return out
 
 
 @dataclass(eq=False)
@@ -211,8 +225,7 @@ class Unexplained:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "subject": self.subject, "key": self.key, "side": self.side,
                 "amount": None if self.amount is None else str(self.amount), "currency": self.currency,
-                "findings": [{"kind": f["kind"], "key": f["key"], "money_delta": f.get("money_delta")}
-                             for f in self.findings],
+                "findings": [{"kind": f["kind"], "key": f["key"]} for f in self.findings],
                 "rows": [{"table": f["table"], "kind": f["kind"], "key": f["key"]} for f in self.rows],
                 "partly": self.partly}
 
@@ -236,8 +249,18 @@ class Attribution:
                 "complete": self.complete}
 
     def to_dict(self) -> dict[str, Any]:
+        """Counts, every fault (``explains``: the balance findings, ``with``: how many other faults it takes),
+        every unexplained difference, and ``explained_detail``: each explained balance finding with all the
+        faults that explain it together (``by``)."""
+        explained, done = [], set()
+        for fault in self.faults:
+            for link in fault.explains:
+                if id(link) not in done:
+                    done.add(id(link))
+                    explained.append({"kind": link.finding["kind"], "key": link.finding["key"],
+                                      "table": link.finding["table"], "by": link.by})
         return {**self.counts(), "faults_detail": [f.to_dict() for f in self.faults],
-                "unexplained_detail": [u.to_dict() for u in self.unexplained]}
+                "unexplained_detail": [u.to_dict() for u in self.unexplained], "explained_detail": explained}
 
     def fault(self, fault_id: str) -> Fault:
         return next(f for f in self.faults if f.id == fault_id)
@@ -347,9 +370,9 @@ class _Builder:
     # -- outcomes -------------------------------------------------------------------------------------
 
     def explain(self, finding: dict, who: list[Fault]) -> None:
-        ids = [f.id for f in who]
+        link = Link(finding, [f.id for f in who])   # one link, shared by every fault it takes
         for fault in who:
-            fault.explains.append(Link(finding, [i for i in ids if i != fault.id]))
+            fault.explains.append(link)
         self.explained += 1
 
     def group(self, subject: str, key: list, side: str, currency: str | None) -> Unexplained:
@@ -409,8 +432,9 @@ def attribute(findings: list[dict[str, Any]], roles: Roles, *, complete: bool = 
             b.explain(f, who)
             settled[acct] = True
             for view in b.views.pop(acct, []):
+                link = Link(view, [x.id for x in who])
                 for fault in who:
-                    fault.explains.append(Link(view, [x.id for x in who if x is not fault]))
+                    fault.explains.append(link)
         else:
             settled[acct] = False
             g = b.unexplained("account", [f["key"][0]], "target", f, moved - e - s, who, lead=True)

@@ -91,7 +91,8 @@ def _latest_lists(context: dict[str, Any], seen: dict[str, dict]) -> dict[str, A
             "faults_none": "No row differs in the latest run." if not s["persistent_mismatches"] else "None stored.",
             "unexplained_none": "Every balance difference of the latest run is explained by a fault."
             if s.get("balance_differences") else "No balance difference in the latest run.",
-            "more": f"{hidden:,} more on the latest run page" if hidden else None}
+            "more": f"{hidden:,} more on the latest run page" if hidden else None,
+            "attribution_note": None if att.complete else "not every finding of the latest run is stored; see its page."}
 
 
 def _seen_row(f: dict[str, Any], names: Any) -> dict[str, Any]:

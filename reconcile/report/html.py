@@ -30,7 +30,7 @@ __all__ = ["AMBER", "GREEN", "RED", "findings_pages", "render_findings_page", "r
 GREEN, RED, AMBER = "#1a7f37", "#cf222e", "#9a6700"
 SHOWN = 20
 """Faults / unexplained differences shown open on the run page (the rest folded)."""
-LISTED = 500
+LISTED = 200
 """Faults / unexplained differences on the run page at most (all of them in summary.json)."""
 DETAIL_INLINE = 100
 """Findings with column-level detail on the run page."""
@@ -176,7 +176,8 @@ def fault_view(fault: Fault, names: Labels, seen: dict[str, dict], run_id: str) 
             "chip": ROW_CHIP.get(f["kind"], ""), "key": cells.key_pairs(names.keys.get(f["table"]), f["key"]),
             "money": _money(None if fault.amount is None else str(fault.amount), fault.currency),
             "facts": _row_facts(f, names), "cells": cell_list, "more_cells": more,
-            "explains": [{**balance_line(link.finding, names), "jointly": link.jointly} for link in fault.explains],
+            "explains": [{**balance_line(link.finding, names), "jointly": link.jointly(fault.id, limit=7),
+                          "jointly_total": len(link.by) - 1} for link in fault.explains],
             "partly": fault.partly, "related": fault.related, "no_balance": none,
             "seen": _seen_text(seen.get(finding_id(f["table"], f["kind"], f["key"])), run_id)}
 
@@ -497,8 +498,8 @@ def run_view(context: dict[str, Any]) -> dict[str, Any]:
         "unexplained_none": ("Every balance difference is explained by a fault." if s.get("balance_differences")
                              else "No balance difference."),
         "attribution_note": None if att.complete else
-        ("Not every finding of this run is stored ([diff] max_findings): a difference shown as unexplained may be "
-         "explained by a row finding beyond the limit."),
+        ("not every finding of this run is stored ([diff] max_findings per table): a difference shown as "
+         "unexplained may be explained by a row finding beyond the limit."),
         "gate": gate_view(gate or None), "expectations": expectations_view(exp),
         "replay": replay_view(rep or None, context.get("lag_limit")), "coverage": cov,
         "currencies": _currencies(balances),

@@ -22,6 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
+from reconcile.control import ident
 from reconcile.report import evidence, history
 from reconcile.report.attribution import Attribution, Roles, attribute
 
@@ -39,6 +42,14 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # a reader (or a concurrent run) never sees half a page
 
 
+def _all_findings(conn: Any, run_id: str, loaded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from reconcile.diff.store import load_findings
+
+    (stored,) = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE run_id = %s").format(ident("diff_findings")),
+                             (run_id,)).fetchone()
+    return loaded if stored <= len(loaded) else load_findings(conn, run_id)
+
+
 class RunReport:
     """The report of one diff run (see the module docstring)."""
 
@@ -51,7 +62,8 @@ class RunReport:
         summary = context["summary"]
         self.run_id = summary["run_id"]
         self.roles = Roles.of(config)
-        findings = context.get("findings") or []
+        # Every stored finding takes part (the context's list may be cut at [diff] max_findings for the pages).
+        findings = _all_findings(conn, self.run_id, context.get("findings") or [])
         self.attribution: Attribution = attribute(
             findings, self.roles, complete=_stored_all(summary, findings, context.get("balances")))
         gates = getattr(config, "gates", None)

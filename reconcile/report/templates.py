@@ -17,8 +17,12 @@ __all__ = ["render"]
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("reconcile.report", "templates"), autoescape=True,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    from reconcile.report.html import LISTED
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reconcile.report", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.globals["listed"] = LISTED   # faults / differences F<n>, U<n> up to this number have an anchor on the run page
+    return env
 
 
 def render(name: str, **values: Any) -> str:

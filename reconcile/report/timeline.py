@@ -95,6 +95,8 @@ def shapes(runs: list[dict[str, Any]], streak: dict[str, Any] | None, *, href=la
                 rect(cx(i) - bar / 2, y + h - full, bar, full, COLOURS["mismatch"])
             else:
                 part = full * fig["explained"] / v if v else 0
+                if fig["explained"] < v:      # a few unexplained among thousands stay visible
+                    part = min(part, full - 3)
                 rect(cx(i) - bar / 2, y + h - full, bar, full - part, COLOURS["unexplained"])
                 rect(cx(i) - bar / 2, y + h - part, bar, part, COLOURS["explained"])
             if len(figures) <= 30:
