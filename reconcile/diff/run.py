@@ -23,7 +23,11 @@ over the tables in separate tasks, and any step can be killed and run again:
     checks this ledger has no column for to the reason;
   * ``lag_waits``: ``{waits, passed, timed_out, skipped, waited_seconds, timed_out_at, reason}``, the
     run's waits for the replay watermark (``reconcile.diff_lag_waits``; at most ``lag_wait_seconds``
-    in all for a replay that does not advance).
+    in all for a replay that does not advance);
+  * from the report (:class:`reconcile.report.RunReport`): ``attribution`` ``{faults, unexplained,
+    explained_balance_differences, balance_differences, complete}``, ``report_page`` and
+    ``history_page`` (paths, or S3 URIs with ``[diff] s3_uri``), ``replay`` ``{lag_seconds_p99, max_p99,
+    dead_letters_open}``, ``expectations`` (the check run the page shows) and ``s3_uri``.
 """
 
 from __future__ import annotations
