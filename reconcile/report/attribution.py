@@ -262,9 +262,6 @@ class Attribution:
         return {**self.counts(), "faults_detail": [f.to_dict() for f in self.faults],
                 "unexplained_detail": [u.to_dict() for u in self.unexplained], "explained_detail": explained}
 
-    def fault(self, fault_id: str) -> Fault:
-        return next(f for f in self.faults if f.id == fault_id)
-
 
 def _postings(row: dict[str, Any] | None, sign: int, layout: Any) -> list[Posting]:
     if row is None:

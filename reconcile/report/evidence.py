@@ -117,7 +117,9 @@ def expectations(conn: psycopg.Connection, run_id: str, folder: Path) -> dict[st
     mine = Path(folder).name
 
     def linked(row: tuple) -> bool:
-        where = (_json(row[4]) or {}).get("report_dir") if isinstance(_json(row[4]), dict) else None
+        """The DAG's checks step writes its Data Docs into ``<report_dir>/<diff run>/checks``."""
+        settings = _json(row[4])
+        where = settings.get("report_dir") if isinstance(settings, dict) else None
         return bool(where) and Path(where).parent.name == mine
     row = next((r for r in runs if linked(r)), runs[0])
     summary = _json(row[5]) or {}

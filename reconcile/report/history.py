@@ -60,7 +60,6 @@ def findings_seen(conn: psycopg.Connection, runs: list[dict[str, Any]], latest: 
     ids = [r["run_id"] for r in runs]
     if latest not in ids:
         ids.append(latest)
-    started = {r["run_id"]: r["started_at"] for r in runs}
     by_time = {r["started_at"]: r["run_id"] for r in runs}
     window = sql.SQL(", ").join(sql.Placeholder() * len(ids))
     base = sql.SQL(
@@ -87,5 +86,4 @@ def findings_seen(conn: psycopg.Connection, runs: list[dict[str, Any]], latest: 
     resolved = [seen(r) for r in conn.execute(
         base.format(findings=ident("diff_findings"), runs=ident("runs"), window=window, which=not_latest)
         + sql.SQL(" ORDER BY max(r.started_at) DESC, f.finding_id LIMIT %s"), [*ids, latest, RESOLVED]).fetchall()]
-    del started
     return {"open": opened, "resolved": resolved, "resolved_total": int(resolved_total)}

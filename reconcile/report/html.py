@@ -378,7 +378,8 @@ def _currencies(balances: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _stored_all(s: dict[str, Any], findings: list[dict[str, Any]], balances: dict[str, Any] | None) -> bool:
+def every_finding_stored(s: dict[str, Any], findings: list[dict[str, Any]], balances: dict[str, Any] | None) -> bool:
+    """Whether ``findings`` hold every row and balance difference the summary counts (none cut by a limit)."""
     rows = sum(t["missing"] + t["extra"] + t["changed"] for t in (s.get("tables") or {}).values())
     stored_rows = sum(1 for f in findings if f["table"] != "balances")
     stored_bal = len(findings) - stored_rows
@@ -391,7 +392,7 @@ def attribution_of(context: dict[str, Any]) -> Attribution:
         return context["attribution"]
     findings = context.get("findings") or []
     return attribute(findings, context.get("roles") or Roles(None),
-                     complete=_stored_all(context["summary"], findings, context.get("balances")))
+                     complete=every_finding_stored(context["summary"], findings, context.get("balances")))
 
 
 def _headline(s: dict[str, Any], att: Attribution) -> tuple[str, str, str]:

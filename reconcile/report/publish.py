@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from reconcile.control import ident
@@ -55,7 +56,7 @@ class RunReport:
 
     def __init__(self, config: Any, conn: Any, folder: str | Path, context: dict[str, Any], *,
                  s3_uri: str | None = None) -> None:
-        from reconcile.report.html import _stored_all
+        from reconcile.report.html import every_finding_stored
 
         self.config, self.conn, self.folder, self.context = config, conn, Path(folder), context
         self.s3_root = s3_uri.rstrip("/") if s3_uri else None
@@ -65,7 +66,7 @@ class RunReport:
         # Every stored finding takes part (the context's list may be cut at [diff] max_findings for the pages).
         findings = _all_findings(conn, self.run_id, context.get("findings") or [])
         self.attribution: Attribution = attribute(
-            findings, self.roles, complete=_stored_all(summary, findings, context.get("balances")))
+            findings, self.roles, complete=every_finding_stored(summary, findings, context.get("balances")))
         gates = getattr(config, "gates", None)
         window = float(getattr(gates, "replay_window_hours", 24.0) or 24.0)
         slot = ((context.get("run") or {}).get("settings") or {}).get("slot_name")
@@ -109,7 +110,7 @@ class RunReport:
         try:
             runs = history.recent_runs(conn)
             seen = history.findings_seen(conn, runs, self.run_id)
-        except Exception as exc:  # psycopg.Error: the history is an extra; the run page must still be written
+        except psycopg.Error as exc:  # the history is an extra: the run page must still be written
             log.warning("report: the run history could not be read (%s); writing the run page without it",
                         type(exc).__name__)
             runs, seen = [], {"open": {}, "resolved": [], "resolved_total": 0}
