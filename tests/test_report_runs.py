@@ -26,7 +26,7 @@ from psycopg import sql
 from reconcile.checks.settings import CheckSettings
 from reconcile.config import Config
 from reconcile.diff import run_diff
-from reconcile.diff.inject import EXTRA_TXN_ID, plant_discrepancies
+from reconcile.diff.inject import plant_discrepancies
 from reconcile.gates.settings import GateSettings
 from reconcile.pipeline.diff import checks_step, diff_balances_step, diff_finish, diff_one_table, diff_start
 from reconcile.pipeline.gates import gate_evaluate
