@@ -22,7 +22,8 @@ SMALL = ["--transactions", "2000", "--accounts", "200", "--tps", "40"]
 
 
 def _latest_summary(root: Path) -> dict:
-    reports = sorted((root / "demo" / "reports").iterdir(), key=lambda p: p.stat().st_mtime)
+    reports = sorted((p for p in (root / "demo" / "reports").iterdir() if p.is_dir()),   # index.html lives beside
+                     key=lambda p: p.stat().st_mtime)
     return json.loads((reports[-1] / "summary.json").read_text())
 
 

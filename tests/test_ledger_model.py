@@ -270,6 +270,8 @@ def test_a_ledger_unlike_the_demo_is_green_and_a_planted_fault_is_found(gl, tmp_
         red = run_diff(cfg, report_dir=tmp_path)
         assert red.verdict == "red"
         assert (red.summary["tables"]["gl.lines"]["changed"], red.summary["persistent_mismatches"]) == (1, 1)
+        assert red.summary["attribution"] == {"faults": 1, "unexplained": 0, "explained_balance_differences": 4,
+                                              "balance_differences": 4, "complete": True}   # no currency column
         found = _findings(target, red.run_id)
         v, a = str(voucher), str(acct)
         assert found == {

@@ -273,6 +273,7 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
                     key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
                     if key in outcomes:
                         _fill(outcomes[key], r, secrets)
+        _sample_unexpected_rows(outcomes.values(), datasources, result_rows, secrets)
     finally:
         for ds in datasources.values():
             try:
@@ -300,6 +301,37 @@ def _fill(outcome: Outcome, r, secrets: Sequence[str | None]) -> None:
                     "partial_unexpected_list": result.get("partial_unexpected_list", [])}
     outcome.observed = _jsonable(observed)
     outcome.result = _jsonable(result)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sample_unexpected_rows(outcomes, datasources: dict, limit: int, secrets: Sequence[str | None]) -> None:
+    """Keep up to ``limit`` of the rows a failed ``UnexpectedRowsExpectation`` found, as ``result["sample_rows"]``.
+
+    GX's SUMMARY result format keeps only their count for this expectation (COMPLETE would keep every
+    unexpected value of every column expectation), so the same read-only query runs once more, with a LIMIT,
+    for the failed ones only. Best effort: a sample that cannot be read is left out, never a failure.
+    """
+    from sqlalchemy import text
+
+    for o in outcomes:
+        query = o.check.kwargs.get("unexpected_rows_query")
+        if (o.success or o.exception or limit <= 0 or o.check.expectation != "UnexpectedRowsExpectation"
+                or not query or not o.check.table or o.side not in datasources):
+            continue
+        batch = ".".join(_quote(part) for part in o.check.table.split(".", 1))
+        try:
+            engine = datasources[o.side].get_execution_engine().engine
+            with engine.connect() as conn:
+                rows = conn.execute(text(f"SELECT * FROM ({query.replace('{batch}', batch)}) AS unexpected "  # noqa: S608
+                                         f"LIMIT {int(limit)}")).mappings().all()
+        except Exception as exc:  # the sample is an extra: the expectation's result stands without it
+            log.debug("sample rows of %s/%s on %s: %s", o.check.suite, o.check.name, o.side,
+                      one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets))
+            continue
+        o.result = {**(o.result or {}), "sample_rows": [_jsonable(dict(r)) for r in rows]}
 
 
 def _exception_message(info: dict) -> str | None:

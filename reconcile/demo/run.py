@@ -256,6 +256,10 @@ def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None])
     for key in ("persistent_mismatches", "balance_differences", "in_flight"):
         if key in rec:
             echo(f"  {key.replace('_', ' '):<24}{rec[key]}")
+    att = rec.get("attribution") or {}
+    if att.get("balance_differences") or att.get("faults"):
+        echo(f"  {'faults':<24}{att['faults']} (row findings, each with the balance differences it explains)")
+        echo(f"  {'unexplained':<24}{att['unexplained']} (balance differences no row finding explains: look first)")
     checks = rec.get("checks") or {}
     if checks:
         na = f" ({checks['not_applicable']} not applicable)" if checks.get("not_applicable") else ""
@@ -269,6 +273,8 @@ def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None])
     if result.injected:
         echo("  planted: " + "; ".join(p.get("description", p.get("kind", "?")) for p in result.injected))
     if result.report_dir:
-        echo(f"Report: {Path(result.report_dir) / 'report.html'}")
+        echo(f"Report: {rec.get('report_page') or Path(result.report_dir) / 'report.html'}")
+    if rec.get("history_page"):
+        echo(f"History: {rec['history_page']}")
     echo(f"Settings: {config_path}  (e.g. `reconcile gate status --config {config_path}`)")
     echo("The stack stays up: `reconcile local status`, `reconcile local down`.")

@@ -23,7 +23,11 @@ over the tables in separate tasks, and any step can be killed and run again:
     checks this ledger has no column for to the reason;
   * ``lag_waits``: ``{waits, passed, timed_out, skipped, waited_seconds, timed_out_at, reason}``, the
     run's waits for the replay watermark (``reconcile.diff_lag_waits``; at most ``lag_wait_seconds``
-    in all for a replay that does not advance).
+    in all for a replay that does not advance);
+  * from the report (:class:`reconcile.report.RunReport`): ``attribution`` ``{faults, unexplained,
+    explained_balance_differences, balance_differences, complete}``, ``report_page`` and
+    ``history_page`` (paths, or S3 URIs with ``[diff] s3_uri``), ``replay`` ``{lag_seconds_p99, max_p99,
+    dead_letters_open}``, ``expectations`` (the check run the page shows) and ``s3_uri``.
 """
 
 from __future__ import annotations
@@ -468,10 +472,11 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
             "settings": run["settings"]}, "balances": balances}
-        report.write_all(folder, context)
-        if settings.s3_uri:
-            summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
+        pages = report.RunReport(config, control, folder, context, s3_uri=settings.s3_uri)
+        summary.update(pages.summary_fields())  # faults / unexplained counts, page links, replay lag, s3_uri
+        # Closed before the pages are written: the gate evaluation and the history on them count this run.
         store.finish_run(control, run_id, status, summary, policy_from(config))
+        pages.write()
     return DiffResult(run_id, verdict, str(folder), summary)
 
 

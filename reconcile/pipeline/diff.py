@@ -207,6 +207,12 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
         log.error("diff run %s: verdict %s, and %s; report: %s", run_id, result.get("verdict"), problem, report)
     else:
         log.info("diff run %s: verdict %s; report: %s", run_id, result.get("verdict"), report)
+    att = result.get("attribution") or {}
+    if att:
+        log.info("diff run %s: %s fault(s), %s unexplained difference(s) (%s of %s balance differences explained); "
+                 "run page: %s; history: %s", run_id, att.get("faults"), att.get("unexplained"),
+                 att.get("explained_balance_differences"), att.get("balance_differences"), result.get("report_page"),
+                 result.get("history_page"))
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
     from reconcile.report.notes import notes

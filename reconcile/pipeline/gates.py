@@ -57,8 +57,26 @@ def _check_gate(gate: str) -> tuple[str, str]:
     return GATE_TARGET[gate]
 
 
-def approval_body(evaluation: Mapping[str, Any], *, override_reason: str | None = None) -> str:
-    """The evidence summary a person reads before approving (Markdown)."""
+def _report_lines(report: Mapping[str, Any] | None) -> list[str]:
+    """The reconciliation run the decision rests on: its faults / unexplained counts and its page."""
+    if not report:
+        return []
+    counts = ""
+    if report.get("faults") is not None:
+        counts = (f": **{report['faults']} fault(s)**, **{report['unexplained']} unexplained difference(s)**"
+                  f" ({report.get('explained')} of {report.get('balance_differences')} balance differences explained"
+                  " by a fault)")
+    lines = ["", f"Reconciliation run `{report['run_id']}` is **{str(report.get('verdict')).upper()}**{counts}."]
+    if report.get("report_page"):
+        lines.append(f"Run page: `{report['report_page']}`"
+                     + (f" · history: `{report['history_page']}`" if report.get("history_page") else ""))
+    return lines
+
+
+def approval_body(evaluation: Mapping[str, Any], *, override_reason: str | None = None,
+                  report: Mapping[str, Any] | None = None) -> str:
+    """The evidence summary a person reads before approving (Markdown); ``report``: the diff run it rests on
+    (:func:`reconcile.report.evidence.run_link`), linked with its faults and unexplained differences."""
     gate = evaluation["gate"]
     frm, to = GATE_TARGET[gate]
     verdict = "**all criteria pass**" if evaluation["passed"] else \
@@ -69,6 +87,7 @@ def approval_body(evaluation: Mapping[str, Any], *, override_reason: str | None 
     for c in evaluation["criteria"]:
         detail = str(c.get("message") or "").replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | {detail} |")
+    lines += _report_lines(report)
     lines += ["", f"Evidence hash `{evaluation['evidence_hash']}` (evaluation run `{evaluation.get('run_id')}`)."]
     if override_reason:
         lines += ["", f"Approving **overrides** the failing criteria, recorded with the reason: {override_reason}"]
@@ -102,8 +121,22 @@ def gate_evaluate(config: Config, gate: str, *, actor: str | None = None,
     if not ev.passed and not override_reason:
         raise CutoverNotReady(f"The {gate} gate's criteria fail ({', '.join(ev.failing)}); fix them and run the "
                               "cutover again, or trigger it with override_reason set to why it may go ahead anyway.")
-    return {**doc, "from": frm, "to": to, "summary": ev.summary(),
-            "body": approval_body(doc, override_reason=override_reason)}
+    report = _report_link(config, doc)
+    if report:
+        log.info("diff run %s: %s, %s fault(s), %s unexplained difference(s); run page: %s", report["run_id"],
+                 report.get("verdict"), report.get("faults"), report.get("unexplained"), report.get("report_page"))
+    return {**doc, "from": frm, "to": to, "summary": ev.summary(), "report": report,
+            "body": approval_body(doc, override_reason=override_reason, report=report)}
+
+
+def _report_link(config: Config, evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
+    from reconcile.connections import connect
+    from reconcile.gates.evidence import jsonable
+    from reconcile.report.evidence import run_link
+
+    with connect(config.target) as conn:
+        link = run_link(conn, dict(evaluation))
+    return jsonable(link) if link else None
 
 
 def responder(response: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from reconcile.report.html import render_html
+from reconcile.report.html import attribution_of, findings_pages, render_findings_page, render_html
 from reconcile.report.markdown import render_markdown
 
 FILES = ("summary.json", "report.html", "summary.md", "findings.csv")
@@ -36,16 +36,20 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_all(folder: str | Path, context: dict[str, Any]) -> list[Path]:
-    """Write the four report files into ``folder`` (created); returns their paths.
+    """Write the report files into ``folder`` (created); returns their paths (the four files, then the
+    ``findings-<n>.html`` pages a run with many findings gets).
 
     ``context``: ``summary`` (the contract's summary), ``results`` (per-table rows), ``findings``
-    (stored findings, largest money difference first), ``run`` (id, times, settings), ``balances``.
+    (stored findings, largest money difference first), ``run`` (id, times, settings), ``balances``;
+    optionally ``roles`` and ``attribution`` (:mod:`reconcile.report.attribution`) and ``evidence``
+    (expectations, replay, gate, finding history: :mod:`reconcile.report.publish`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    context = {**context, "attribution": attribution_of(context)}   # once for every page
     doc = dict(context["summary"])
     doc["details"] = {"results": context.get("results", []), "findings": context.get("findings", []),
-                      "run": context.get("run", {})}
+                      "run": context.get("run", {}), "attribution": attribution_of(context).to_dict()}
     _write(folder / "summary.json", json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
     _write(folder / "report.html", render_html(context))
     _write(folder / "summary.md", render_markdown(context))
@@ -53,4 +57,10 @@ def write_all(folder: str | Path, context: dict[str, Any]) -> list[Path]:
     buf = io.StringIO()
     render_csv(context.get("findings", []), buf)
     _write(folder / "findings.csv", buf.getvalue())
-    return [folder / name for name in FILES]
+    pages = findings_pages(len(context.get("findings", [])))
+    for i, page in enumerate(pages, start=1):
+        _write(folder / page["href"], render_findings_page(context, i))
+    for old in folder.glob("findings-*.html"):  # a re-run with fewer findings leaves no stale page
+        if old.name not in {p["href"] for p in pages}:
+            old.unlink()
+    return [folder / name for name in FILES] + [folder / p["href"] for p in pages]

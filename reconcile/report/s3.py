@@ -32,16 +32,26 @@ def upload_folder(folder: str | Path, uri: str, *, client=None, recursive: bool 
     Raises:
         ReportError: the upload failed (the message names the bucket and the fix, never a secret).
     """
+    base = Path(folder)
+    paths = [p for p in sorted(base.rglob("*") if recursive else base.iterdir()) if p.is_file()]
+    return upload_files(paths, uri, client=client, base=base)
+
+
+def upload_files(paths: list[Path], uri: str, *, client=None, base: str | Path | None = None) -> str:
+    """Upload ``paths`` under ``uri`` (by their names, or by their paths relative to ``base``); returns ``uri``
+    normalised (as :func:`upload_folder`).
+
+    Raises:
+        ReportError: the upload failed (the message names the bucket and the fix, never a secret).
+    """
     bucket, prefix = parse_uri(uri)
     if client is None:
         import boto3
         client = boto3.client("s3")
     try:
-        base = Path(folder)
-        for path in sorted(base.rglob("*") if recursive else base.iterdir()):
-            if not path.is_file():
-                continue
-            name = path.relative_to(base).as_posix()
+        for path in paths:
+            path = Path(path)
+            name = path.relative_to(base).as_posix() if base is not None else path.name
             key = f"{prefix}/{name}" if prefix else name
             ctype = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": ctype})
