@@ -411,8 +411,8 @@ def _refusal(cls: type, section: str, spec: FieldSpec, value: Any, error: dict[s
         return InvalidSetting(section, spec.name, f"must be a finite number, got {show(value)}", default_fix, origin)
     if etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         number = float(value) if isinstance(value, str) else value  # environment text, parsed already
-        return InvalidSetting(section, spec.name, f"{range_problem(spec, number)}, got {number_text(number)}",
-                              default_fix, origin)
+        shown = value.strip() if isinstance(value, str) else number_text(value)
+        return InvalidSetting(section, spec.name, f"{range_problem(spec, number)}, got {shown}", default_fix, origin)
     if kind == "choice" or etype == "literal_error":
         return InvalidSetting(section, spec.name,
                               f"must be one of {', '.join(map(str, spec.choices))}, got {show(value)}",
