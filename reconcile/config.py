@@ -57,6 +57,7 @@ __all__ = [
     "RetrySettings",
     "TableSpec",
     "load_config",
+    "conninfo_secrets",
     "mask_conninfo",
     "one_line",
     "redact",
@@ -118,8 +119,13 @@ _ALL_ROLE_COLUMNS = ("balance_column", "amount_column", "currency_column", "acco
 _SECRET_KEY = re.compile(r"pass(?:word|wd)?|pwd|token|secret|credential|api_?key", re.IGNORECASE)
 _NOT_SECRET_KEYS = frozenset({"password_env", "token_expires_in"})
 # libpq stops the URI userinfo at the first '@' or '/', so a password cannot hold either.
-_URI_PASSWORD = re.compile(r"(://[^:@/\s]*:)([^@/]*)(@)")
-_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^:@/\s]*:)([^@/]+)(@)")
+# key=value (conninfo) or key=value& (URL query) whose key names a secret: password, sslpassword, any
+# *token*, *secret*, *credential*, *api_key* (libpq's secret-bearing keys and whatever a driver error quotes).
+_SECRET_WORD = r"[A-Za-z_]*(?:pass(?:word|wd)|pwd|token|secret|credential|api_?key)[A-Za-z_]*"
+_KV_PASSWORD = re.compile(rf"(\b{_SECRET_WORD}\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+_CONNINFO_SECRET_KEYS = ("password", "sslpassword")
+"""libpq connection keys whose value is a secret."""
 # Pieces of a presigned DSQL IAM token that must never be shown.
 _AWS_SIGNED = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)([^&\s\"']+)")
 
@@ -135,10 +141,28 @@ def mask_conninfo(text: str) -> str:
     'postgresql://app:***@db/ledger'
     >>> mask_conninfo("host=db password='a b' dbname=ledger")
     'host=db password=*** dbname=ledger'
+    >>> mask_conninfo("postgresql://app@db/ledger?sslkey=/k.pem&sslpassword=s3cret&sslmode=require")
+    'postgresql://app@db/ledger?sslkey=/k.pem&sslpassword=***&sslmode=require'
     """
     text = _URI_PASSWORD.sub(r"\1***\3", text)
     text = _KV_PASSWORD.sub(r"\1***", text)
     return _AWS_SIGNED.sub(r"\1***", text)
+
+
+def conninfo_secrets(conninfo: str) -> list[str]:
+    """The secret values a libpq conninfo string or URL carries (``password``, ``sslpassword``), for :func:`redact`.
+
+    >>> conninfo_secrets("host=db sslpassword=k3y password=pw dbname=x")
+    ['pw', 'k3y']
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(conninfo) if conninfo else {}
+    except psycopg.Error:
+        return []
+    return [str(params[k]) for k in _CONNINFO_SECRET_KEYS if params.get(k)]
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -192,6 +216,7 @@ def _check_optional_str(section: str, key: str, value: str | None) -> None:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PASSWORD_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DSQL_HOST = re.compile(
     r"(?P<id>[a-z0-9]+)\.dsql(?:-[a-z0-9-]+)?\.(?P<region>[a-z]{2}(?:-[a-z0-9]+)+)\.on\.aws")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+")
@@ -240,11 +265,16 @@ class PostgresEndpoint:
                                  "give a libpq string such as host=db.example.com dbname=ledger")
         params = _parse_conninfo(self.side, self.conninfo)
         if self.password_env is not None:
-            if not _ENV_NAME.fullmatch(self.password_env):
+            # A name is upper-case by convention (or names a variable that is set); anything else may be the
+            # password itself, typed in the wrong place: it is never echoed.
+            if not (_PASSWORD_ENV_NAME.fullmatch(self.password_env)
+                    or (_ENV_NAME.fullmatch(self.password_env) and self.password_env in os.environ)):
                 raise InvalidSetting(
                     self.side, "password_env",
-                    f"must be the name of an environment variable, got {_show(self.password_env)}",
-                    "write the variable's name (letters, digits, _), not its value")
+                    "must be the name of an environment variable (upper-case letters, digits and _), "
+                    "which looks like a value instead (not shown)",
+                    "write the variable's name, e.g. password_env = \"LEDGER_PGPASSWORD\", and export the "
+                    "password in it")
             if params.get("password"):
                 raise InvalidSetting(self.side, "conninfo",
                                      "carries a password and password_env is also set",
@@ -623,6 +653,8 @@ class Config:
         """The secret values this config can reach (the source and target passwords), for :func:`redact`."""
         out: list[str] = []
         for endpoint in (self.source, self.target):
+            if isinstance(endpoint, PostgresEndpoint):
+                out += conninfo_secrets(endpoint.conninfo)
             if isinstance(endpoint, PostgresEndpoint) and endpoint.password_env:
                 try:
                     value = endpoint.password()
@@ -951,7 +983,7 @@ class _Loader:
                 raise ConfigError(f"{side}.{key} is missing for kind '{kind_value}'; looked for "
                                   f"{' and '.join(tried)} — set one of them")
         if kind_value == "postgres" and self.values[side]["conninfo"][1] == self.in_file:
-            conninfo = merged["conninfo"]
+            conninfo = self.raw[side]["conninfo"]  # as written: a ${VAR} may bring a password from the environment
             if isinstance(conninfo, str) and _conninfo_has_password(conninfo):
                 raise ConfigError(f"{side}.conninfo {self.in_file} contains a password; {SECRET_FIX}")
         if kind_value == "dsql" and isinstance(merged.get("sslrootcert"), str) \
@@ -991,4 +1023,12 @@ class _Loader:
 
 
 def _conninfo_has_password(conninfo: str) -> bool:
-    return mask_conninfo(conninfo) != conninfo
+    """Whether the file's own text of a conninfo holds a secret; what a ``${VAR}`` brings is the environment's.
+
+    >>> _conninfo_has_password("host=db password=hunter2"), _conninfo_has_password("postgresql://u:${PW}@db/x")
+    (True, False)
+    >>> _conninfo_has_password("${DB_URL}"), _conninfo_has_password("host=db sslpassword=k3y")
+    (False, True)
+    """
+    literal = _VAR_REF.sub("", conninfo.replace("$${", ""))
+    return bool(conninfo_secrets(literal)) or mask_conninfo(literal) != literal
