@@ -123,3 +123,81 @@ def test_run_settings_never_hold_a_conninfo_secret(source_db, target_db):
     with psycopg.connect(target_db) as conn:
         stored = conn.execute("SELECT settings::text FROM reconcile.runs WHERE run_id = %s", (run_id,)).fetchone()[0]
     assert "sslpassword=***" in stored and SECRET not in stored
+
+
+# -- garbage on the command line: exit 2, one sentence, never a traceback ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ledger_env(local_stack):
+    """A small demo ledger on the source, its schema and rows on the target; the CLI's environment for it."""
+    import uuid
+
+    from reconcile.backfill import run_backfill
+    from reconcile.config import DEMO_TABLES
+    from reconcile.schema import apply_plan, plan_from_source
+    from reconcile.workload import seed
+
+    urls = {}
+    for side in ("source", "target"):
+        name = f"h{side[0]}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(local_stack[side], autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template1')
+        urls[side] = psycopg.conninfo.make_conninfo(local_stack[side], dbname=name)
+    with psycopg.connect(urls["source"], autocommit=True) as conn:
+        seed(conn, accounts=10, transactions=30)
+        plan = plan_from_source(conn, tables=list(DEMO_TABLES), dialect="postgres")
+    with psycopg.connect(urls["target"], autocommit=True) as conn:
+        apply_plan(conn, plan, phase="pre-load")
+    cfg = Config(source=PostgresEndpoint("source", urls["source"]), target=PostgresEndpoint("target", urls["target"]))
+    run_backfill(cfg)
+    yield {"RECONCILE__SOURCE__KIND": "postgres", "RECONCILE__SOURCE__CONNINFO": urls["source"],
+           "RECONCILE__TARGET__KIND": "postgres", "RECONCILE__TARGET__CONNINFO": urls["target"]}
+    for side, url in urls.items():
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(local_stack[side], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+GARBAGE = [
+    ["backfill", "--table", "ledger.entries", "--from-key", "1; drop table ledger.entries"],
+    ["backfill", "--table", "ledger.entries", "--to-key", "'); select pg_sleep(1000); --"],
+    ["backfill", "--table", "ledger.entries", "--from-key", "[1, 2]"],
+    ["backfill", "--table", "ledger.entries", "--from-key", '["x",'],
+    ["backfill", "--table", "ledger.entries", "--from-key", "99999999999999999999999"],
+    ["backfill", "--table", "nope.nope"],
+    ["backfill", "--table", "ledger.my table"],
+    ["backfill", "--write-method", "fast"],
+    ["backfill", "--slot-name", " "],
+    ["backfill", "rejects", "--table", "nope.nope"],
+    ["backfill", "status", "--table", "'; drop"],
+    ["diff", "show", "nope"],
+    ["diff", "show", "00000000-0000-0000-0000-000000000000"],
+    ["diff", "--table", "nope.nope"],
+    ["check", "--side", "sideways"],
+    ["check", "--suite", "bogus"],
+    ["check", "ack", "bogus", "x", "--by", "me", "--reason", "r"],
+    ["check", "ack", "reject", "nope", "--by", "me", "--reason", "r"],
+    ["replay", "dead-letters", "show", "nope"],
+    ["replay", "dead-letters", "retry", "nope"],
+    ["replay", "dead-letters", "skip", "nope", "--reason", "r"],
+    ["gate", "approve", "sideways", "--by", "me", "--reason", "r"],
+    ["gate", "evaluate", "sideways"],
+    ["gate", "acknowledge", "no-such-finding", "--by", "me", "--reason", "r"],
+    ["schema", "plan", "--dialect", "oracle"],
+    ["schema", "apply", "--phase", "someday"],
+    ["audit", "--format", "xml"],
+    ["workload", "run", "--write-to", "mars", "--duration", "1"],
+    ["reverse", "dead-letters", "skip", "nope", "--reason", "r"],
+    ["config", "check", "--config", "/nonexistent/reconcile.toml"],
+    ["config", "check", "--config", "/"],
+    ["local", "url", "sideways"],
+    ["local", "guards", "maybe"],
+]
+
+
+@pytest.mark.parametrize("args", GARBAGE, ids=[" ".join(a) for a in GARBAGE])
+def test_garbage_arguments_exit_2_without_a_traceback(ledger_env, args):
+    code, output = _outcome(args, ledger_env)
+    assert "Traceback" not in output, output
+    assert code == 2, output

@@ -181,6 +181,8 @@ def rejects_cmd(
     """List the rows the target refused during backfills, with their key and reason."""
     from reconcile.backfill.keys import show_key
 
+    if table is not None:
+        table = load(config).table(table).name  # an unknown name is refused, not listed as "no rejects"
     conn, control = _control(config)
     with conn:
         if _no_control_schema(conn):
@@ -212,9 +214,11 @@ def status_cmd(
     """Chunks done, running, pending and failed per table, rows copied and rejected."""
     import dataclasses
 
+    cfg = load(config)
+    names = [cfg.table(t).name for t in table] if table else None  # an unknown name is refused
     conn, control = _control(config)
     with conn:
-        statuses = [] if _no_control_schema(conn) else control.status(table or None)
+        statuses = [] if _no_control_schema(conn) else control.status(names)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
         return
