@@ -189,6 +189,9 @@ GARBAGE = [
     ["audit", "--format", "xml"],
     ["workload", "run", "--write-to", "mars", "--duration", "1"],
     ["reverse", "dead-letters", "skip", "nope", "--reason", "r"],
+    ["check", "--report-dir", "/proc/no-such-folder", "--suite", "freshness"],
+    ["check", "--report-dir", "/dev/null", "--suite", "freshness"],
+    ["diff", "--report-dir", "/dev/null/x"],
     ["config", "check", "--config", "/nonexistent/reconcile.toml"],
     ["config", "check", "--config", "/"],
     ["local", "url", "sideways"],
@@ -201,3 +204,21 @@ def test_garbage_arguments_exit_2_without_a_traceback(ledger_env, args):
     code, output = _outcome(args, ledger_env)
     assert "Traceback" not in output, output
     assert code == 2, output
+
+
+def test_check_report_dir_relative_to_the_working_directory(ledger_env, tmp_path):
+    """`check --report-dir relative/path` writes the Data Docs under the working directory (GX wants it absolute)."""
+    code, output = _outcome(["check", "--report-dir", "relative/path", "--suite", "freshness", "--side", "target"],
+                            ledger_env)
+    assert code in (0, 1) and "Traceback" not in output, output
+    index = tmp_path / "relative/path/data_docs/index.html"
+    assert index.is_file() and f"data docs: {index}" in output
+
+
+def test_a_report_dir_that_is_a_file_is_one_sentence(ledger_env, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    config = tmp_path / "reconcile.toml"
+    config.write_text('[diff]\nreport_dir = "afile"\n')
+    code, output = _outcome(["diff", "--config", str(config)], ledger_env)
+    assert code == 2 and "Traceback" not in output
+    assert "cannot be created (Not a directory)" in output

@@ -73,6 +73,22 @@ class Number:
         return number
 
 
+def report_folder(value: Any) -> Path:
+    """A typer ``parser`` for a report folder option: absolute (relative to the working directory), created,
+    writable; else a usage error (exit 2) naming the folder and why, before any work starts."""
+    import os
+
+    path = Path(str(value)).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"{value} cannot be a report folder ({exc.strerror}); give a folder you can "
+                                 "write (it is created when missing)") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{value} is not writable; give a folder you can write")
+    return path
+
+
 def run_app(app: typer.Typer) -> None:
     """Run a typer app as a console script: a ReconcileError becomes one line on stderr and its exit code."""
     from reconcile.errors import ReconcileError

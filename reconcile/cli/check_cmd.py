@@ -16,14 +16,14 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, load, preflight, report_folder, run_app
 
 app = typer.Typer(help="Run the invariant expectations (Great Expectations) on source and target.",
                   invoke_without_command=True)
 
 SIDE_OPTION = typer.Option(None, "--side", "-s", envvar="RECONCILE_CHECK_SIDE",
                            help="source or target (default: both).")
-REPORT_OPTION = typer.Option(None, "--report-dir", "-r", envvar="RECONCILE_CHECK_REPORT_DIR",
+REPORT_OPTION = typer.Option(None, "--report-dir", "-r", envvar="RECONCILE_CHECK_REPORT_DIR", parser=report_folder,
                              help="Folder for the GX Data Docs (written to <folder>/data_docs).")
 SUITE_OPTION = typer.Option(None, "--suite", envvar="RECONCILE_CHECK_SUITES",
                             help="Suite kind to run (ledger, generated, parity, freshness); repeat for several. "

@@ -14,14 +14,14 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, Number, load, preflight, run_app
+from ._common import CONFIG_OPTION, Number, load, preflight, report_folder, run_app
 
 app = typer.Typer(help="Compare source and target: entry-level diffs, balance diffs and reports.",
                   invoke_without_command=True)
 
 TABLE_OPTION = typer.Option(None, "--table", "-t", envvar="RECONCILE_DIFF_TABLES",
                             help="Table to compare (schema.table); repeat for several. Default: every configured table.")
-REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR",
+REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR", parser=report_folder,
                                  help="Parent folder of the run's report folder (default: diff.report_dir in the config).")
 LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WAIT",
                                parser=Number(setting="reconcile.diff.settings:DiffSettings.lag_wait_seconds"),

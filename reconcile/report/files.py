@@ -41,8 +41,14 @@ def write_all(folder: str | Path, context: dict[str, Any]) -> list[Path]:
     ``context``: ``summary`` (the contract's summary), ``results`` (per-table rows), ``findings``
     (stored findings, largest money difference first), ``run`` (id, times, settings), ``balances``.
     """
+    from reconcile.diff.errors import ReportError
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"the report folder {folder} cannot be created ({exc.strerror}); set [diff] report_dir "
+                          "(or --report-dir) to a folder you can write") from None
     doc = dict(context["summary"])
     doc["details"] = {"results": context.get("results", []), "findings": context.get("findings", []),
                       "run": context.get("run", {})}
