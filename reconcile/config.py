@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from urllib.parse import quote
 
+from reconcile.db.names import NameError_, canonical, split_name
 from reconcile.errors import ConfigError
 from reconcile.settings_schema import Bounds, Fix, check_fields, from_env, specs, validate
 from reconcile.settings_schema import show as _show
@@ -220,7 +221,6 @@ _PASSWORD_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DSQL_HOST = re.compile(
     r"(?P<id>[a-z0-9]+)\.dsql(?:-[a-z0-9-]+)?\.(?P<region>[a-z]{2}(?:-[a-z0-9]+)+)\.on\.aws")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+")
-_TABLE_NAME = re.compile(r"[^.\s\"]+\.[^.\s\"]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,9 +496,14 @@ class TableSpec:
 
     def __post_init__(self) -> None:
         _must_be("name", self.name, str, 'write it in quotes, e.g. name = "ledger.accounts"')
-        if not _TABLE_NAME.fullmatch(self.name):
-            raise InvalidSetting("tables", "name", f"must be schema.table, got {_show(self.name)}",
-                                 'qualify it with its schema, e.g. name = "ledger.accounts"')
+        try:
+            object.__setattr__(self, "name", canonical(self.name))
+        except NameError_ as exc:
+            fix = ('qualify it with its schema, e.g. name = "ledger.accounts"' if exc.problem == "is not schema.table"
+                   else "write a part that holds a space, a dot or a double quote in double quotes (a quote inside "
+                        "doubled), e.g. name = 'ledger.\"my table\"'")
+            raise InvalidSetting("tables", "name", f"must be schema.table, got {_show(self.name)}, which "
+                                 f"{exc.problem}", fix) from None
         _must_be("key", self.key, (list, tuple), 'write a list of column names, e.g. key = ["account_id"]', str)
         key = tuple(self.key)
         if not key or not all(c.strip() for c in key):
@@ -545,11 +550,13 @@ class TableSpec:
 
     @property
     def schema(self) -> str:
-        return self.name.split(".", 1)[0]
+        """The schema, unquoted (``"my schema"."t"`` -> ``my schema``)."""
+        return split_name(self.name)[0]
 
     @property
     def table(self) -> str:
-        return self.name.split(".", 1)[1]
+        """The table, unquoted."""
+        return split_name(self.name)[1]
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "key": list(self.key), "role": self.role}
@@ -675,11 +682,15 @@ class Config:
         return one_line(text, self.secrets(), limit=limit)
 
     def table(self, name: str) -> TableSpec:
-        """The table called ``name`` (schema.table).
+        """The table called ``name`` (schema.table, in any form :mod:`reconcile.db.names` reads).
 
         Raises:
             ConfigError: no such table is configured.
         """
+        try:
+            name = canonical(name)
+        except NameError_:
+            pass
         for table in self.tables:
             if table.name == name:
                 return table
