@@ -93,6 +93,19 @@ def test_code_refuses_what_the_file_refuses(section, cls, name):
             cls(**{name: bad})
 
 
+def test_every_default_is_within_its_range():
+    """A field added with a default outside the default rule (a negative, say) must declare its Bounds."""
+    for _, section, cls in _classes():
+        if section == "target":
+            continue
+        instance = cls()
+        for name, spec in specs(cls).items():
+            if spec.numeric:
+                value = getattr(instance, name)
+                assert math.isfinite(value) and (spec.ge is None or value >= spec.ge) and value <= spec.le, (section, name)
+    BackfillSettings()
+
+
 def test_issue_examples_are_refused(tmp_path):
     """The values issue 14 reports as accepted."""
     cases = {
