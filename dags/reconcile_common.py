@@ -8,7 +8,10 @@ functions, which only run inside tasks.
   ``reconcile_target`` over its endpoints (see ``reconcile/pipeline/config.py``).
 - :func:`reconcile_errors` turns a :class:`~reconcile.errors.TerminalError` (bad config, a failed
   check, a refused gate) into ``AirflowFailException`` so Airflow does not retry what cannot succeed;
-  transient errors (connections, OCC retries exhausted) propagate and use the task's retries.
+  transient errors (connections, OCC retries exhausted) propagate and use the task's retries. An
+  error that is no reconcile error is classified the way a stage's boundary does
+  (:func:`reconcile.occ.stage_error`: a 42xxx database error or a bug is terminal, a dropped
+  connection transient).
 """
 
 from __future__ import annotations
@@ -88,15 +91,20 @@ def task_config():
 
 @contextlib.contextmanager
 def reconcile_errors():
-    """Fail the task without retries on a terminal reconcile error; let transient ones retry."""
+    """Fail the task without retries on a terminal error; let transient ones retry."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from reconcile.errors import TerminalError
+    from reconcile.occ import stage_error
 
     try:
         yield
-    except TerminalError as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] == "airflow":
+            raise  # Airflow's own signals (skip, fail, reschedule) mean what they say
+        error = stage_error(exc, "the task")
+        if error.retryable:
+            raise
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from exc
 
 
 def terminal_errors(fn):

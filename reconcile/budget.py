@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 import psycopg
 from psycopg import sql
 
-from reconcile.errors import LimitExceeded, TerminalError
+from reconcile.errors import InvalidArgument, LimitExceeded, TerminalError
 
 T = TypeVar("T")
 
@@ -84,10 +84,11 @@ class Budget:
 
     def __post_init__(self) -> None:
         if not (0 < self.fraction <= 1):
-            raise ValueError(f"budget fraction must be in (0, 1], got {self.fraction!r}")
+            raise InvalidArgument(f"budget fraction must be in (0, 1], got {self.fraction!r}; use e.g. 0.5")
         if self.max_rows < 1 or self.max_bytes < 1:
-            raise ValueError(
-                f"budget limits must be positive, got max_rows={self.max_rows!r}, max_bytes={self.max_bytes!r}"
+            raise InvalidArgument(
+                f"budget limits must be positive, got max_rows={self.max_rows!r}, max_bytes={self.max_bytes!r}; "
+                "use DSQL's 3000 rows and 10485760 bytes or less"
             )
 
     @property
@@ -310,7 +311,7 @@ def split_table_name(name: str) -> tuple[str, str]:
     except NameError_ as exc:
         if exc.problem == "is not schema.table" and name and '"' not in name and not name.isspace():
             return "public", name
-        raise ValueError(f"table name {name!r} {exc.problem}; give it as schema.table") from None
+        raise InvalidArgument(f"table name {name!r} {exc.problem}; give it as schema.table") from None
 
 
 def qualified(name: str) -> sql.Identifier:

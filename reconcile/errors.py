@@ -13,6 +13,8 @@ class ReconcileError(Exception):
     """Root of every error raised on purpose by reconcile."""
 
     exit_code = 2
+    retryable = False
+    """Whether running the same work again may succeed (True only for :class:`TransientError`)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -27,6 +29,8 @@ class ReconcileError(Exception):
 
 class TransientError(ReconcileError):
     """Retrying the same work later may succeed."""
+
+    retryable = True
 
 
 class TerminalError(ReconcileError):
@@ -70,3 +74,44 @@ class RetriesExhausted(TransientError):
 
 class MigrationFailed(TerminalError):
     """A control-schema migration step could not be applied."""
+
+
+class StepFailed(ReconcileError):
+    """A step of a stage failed on an error it did not raise on purpose (a driver error, a bug).
+
+    Built by a stage's error boundary (:func:`reconcile.occ.stage_error`) from the error it caught,
+    which stays its ``__cause__``. Never raised as such: :class:`TransientFailure` or
+    :class:`TerminalFailure` says whether a retry can help.
+    """
+
+    advice = "see the cause"
+
+    def __init__(self, step: str, reason: str, sqlstate: str | None = None) -> None:
+        self.step = step
+        self.reason = reason
+        self.sqlstate = sqlstate
+        code = f" with SQLSTATE {sqlstate}" if sqlstate else ""
+        super().__init__(f"{step} failed{code}: {reason}; {self.advice}.")
+
+    def __reduce__(self):
+        return (self.__class__, (self.step, self.reason, self.sqlstate))
+
+
+class TransientFailure(StepFailed, TransientError):
+    """The step failed in a way a retry of the same work can get past (a dropped connection, throttling)."""
+
+    advice = "a retry can succeed (Airflow retries the task), and what committed is kept"
+
+
+class TerminalFailure(StepFailed, TerminalError):
+    """The step failed in a way a retry would repeat (a missing privilege or object, bad data, a bug)."""
+
+    advice = "a retry would fail the same way: fix the cause, then rerun"
+
+
+class InvalidArgument(TerminalError, ValueError):
+    """A value handed to the library or the CLI is out of its domain (the message names the valid ones)."""
+
+
+class NotFound(TerminalError, KeyError):
+    """A named thing (a table, a column, a run) does not exist where it was looked up."""

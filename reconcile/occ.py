@@ -27,6 +27,7 @@ criterion).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
@@ -34,14 +35,21 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, Union
 
 import psycopg
 from psycopg import pq
 
-from reconcile.errors import ConnectionFailed, LimitExceeded, RetriesExhausted
+from reconcile.errors import (
+    ConnectionFailed,
+    LimitExceeded,
+    ReconcileError,
+    RetriesExhausted,
+    TerminalFailure,
+    TransientFailure,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -52,8 +60,12 @@ __all__ = [
     "RetryCounters",
     "RetryPolicy",
     "classify",
+    "error_boundary",
+    "retry_step",
     "retrying",
     "run_with_retry",
+    "scrubbed",
+    "stage_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,6 +255,106 @@ def classify(exc: BaseException, *, idempotent: bool = True, conn: Any = None) -
     if state is None and conn is not None and getattr(conn, "closed", False):
         return Failure(Kind.CONNECTION, None, retryable=True)
     return Failure(Kind.FATAL, state)
+
+
+def stage_error(exc: BaseException, step: str, *, idempotent: bool = True, conn: Any = None,
+                redact: Callable[[str], str] | None = None) -> ReconcileError:
+    """The :class:`~reconcile.errors.ReconcileError` ``exc`` stands for at a stage's error boundary.
+
+    Raise the result ``from exc``, so the cause stays attached. A reconcile error is returned as it
+    is (it was classified where it was raised). A database error is classified by :func:`classify`,
+    the one SQLSTATE table: what a retry can get past (a dropped connection, throttling, an OCC
+    conflict) becomes :class:`~reconcile.errors.TransientFailure`, the rest (a 42xxx error, a
+    missing privilege, a limit) :class:`~reconcile.errors.TerminalFailure`, both carrying the
+    SQLSTATE. A network error of the OS is transient; anything else is a bug or input the code did
+    not expect, which a retry repeats: terminal.
+
+    Args:
+        exc: what the step raised.
+        step: names the step in the message ("backfill of ledger.entries chunk 3").
+        idempotent: whether the step's work may run twice (see :func:`classify`).
+        conn: the connection the step used, to tell a dropped connection from a usage error.
+        redact: removes secrets from the driver's text (e.g. :func:`reconcile.config.redact` bound
+            to the config's secrets); the driver's primary message is used, never its full text.
+
+    >>> stage_error(psycopg.errors.UndefinedTable("relation x does not exist"), "the copy").__class__.__name__
+    'TerminalFailure'
+    >>> stage_error(psycopg.OperationalError("server closed the connection unexpectedly"), "the copy").retryable
+    True
+    """
+    if isinstance(exc, ReconcileError):
+        return exc
+    clean = redact or (lambda text: text)
+    if isinstance(exc, psycopg.Error):
+        failure = classify(exc, idempotent=idempotent, conn=conn)
+        retryable = failure.retryable or failure.kind is Kind.AUTH_EXPIRED
+        cls = TransientFailure if retryable else TerminalFailure
+        return cls(step, " ".join(clean(_primary_message(exc)).split()), failure.sqlstate)
+    text = " ".join(clean(str(exc)).split())
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return TransientFailure(step, reason)
+    return TerminalFailure(step, reason)
+
+
+def scrubbed(exc: BaseException, redact: Callable[[str], str] | None) -> BaseException:
+    """``exc`` fit to be kept as a cause: itself, or a copy of its type with the secrets removed.
+
+    A cause is printed with every traceback that logs the error; when ``redact`` changes its text (a
+    driver error quoting a password), a copy carrying the redacted text (and the traceback, not the
+    original's own causes) stands in for it.
+    """
+    if redact is None:
+        return exc
+    text = str(exc)
+    clean = redact(text)
+    if clean == text:
+        return exc
+    try:
+        copy = type(exc)(clean)
+    except Exception:  # a type that cannot be built from its message
+        copy = RuntimeError(f"{type(exc).__name__}: {clean}")
+    return copy.with_traceback(exc.__traceback__)
+
+
+@contextlib.contextmanager
+def error_boundary(step: str, *, idempotent: bool = True, conn: Any = None,
+                   redact: Callable[[str], str] | None = None) -> Iterator[None]:
+    """A stage's one error boundary: whatever escapes leaves as a classified reconcile error.
+
+    ``with error_boundary("replay of slot s"): ...`` re-raises a reconcile error untouched and turns
+    any other exception into :func:`stage_error`'s answer, raised from it (from its :func:`scrubbed`
+    form when it quotes a secret); ``KeyboardInterrupt`` and ``SystemExit`` pass through.
+    """
+    try:
+        yield
+    except ReconcileError:
+        raise
+    except Exception as exc:
+        raise stage_error(exc, step, idempotent=idempotent, conn=conn, redact=redact) from scrubbed(exc, redact)
+
+
+def retry_step(fn: Callable[[], R], *, policy: RetryPolicy = DEFAULT_POLICY, label: str = "step",
+               sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> R:
+    """Run a whole read-only or idempotent step again while it fails with a transient error.
+
+    For steps that do not run in one target transaction (a diff of a table reads both sides over
+    many statements), so :func:`run_with_retry` cannot own them: ``fn`` is called again from the
+    start, with the same capped, jittered backoff, while it raises a
+    :class:`~reconcile.errors.TransientError`; the last one is raised once ``policy.max_attempts``
+    are used up (so an orchestrator can retry later). Anything else is raised at once.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except ReconcileError as exc:
+            if not exc.retryable or attempt >= policy.max_attempts:
+                raise
+            delay = policy.delay(attempt - 1, rng)
+            log.warning("%s failed (%s); retry %d/%d in %.3f s", label, exc, attempt, policy.max_attempts - 1, delay)
+            sleep(delay)
 
 
 class Reconnector:

@@ -21,8 +21,8 @@ What each stage checks (``STAGES``):
   finding). Other stages stay on catalog queries.
 
 A role column set to None or ``""`` is not configured (e.g. no currency on a single-currency ledger)
-and is not checked. A ``[diff]``/``[checks]`` role column left at its default that the ledger does not
-have is a warning (the stage skips what needs it); set explicitly, it is an error.
+and is not checked. The ``[diff]``/``[checks]`` role columns are unset by default (no column name is
+assumed); once set, a column the ledger does not have is an error like any other.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -310,8 +310,6 @@ def _check_stage_columns(found: Preflight, config: Config, facts: dict[str, KeyF
         column = getattr(settings, key, None)
         if not column:
             continue
-        defaults = {f.name: f.default for f in fields(settings)}
-        is_default = defaults.get(key) == column
         where = f"{section}.{key}"
         for spec in config.tables_with_role(role):  # type: ignore[arg-type]
             f = facts.get(spec.name)
@@ -320,10 +318,8 @@ def _check_stage_columns(found: Preflight, config: Config, facts: dict[str, KeyF
             if column not in f.columns:
                 fix = (f'set {key} to the {role} table\'s column holding the {what}{_close(column, f.columns)}, '
                        f'or {key} = "" if the ledger has none')
-                note = " (the default)" if is_default else ""
-                severity = "warning" if is_default else "error"
                 found.mismatches.append(Mismatch(where, side, f"{spec.name} has no column {column} on the {side} "
-                                                              f"({where}{note}); {fix}", severity))
+                                                              f"({where}); {fix}"))
                 continue
             type_sql, category, _ = f.columns[column]
             if not _kind_ok(categories, category):

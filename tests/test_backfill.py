@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -24,11 +25,13 @@ from reconcile.backfill import (
     copy_chunk,
     plan_chunks,
 )
+from reconcile.backfill.progress import Progress
 from reconcile.budget import Budget
 from reconcile.cli.backfill_cmd import app as backfill_app
-from reconcile.config import Config, PostgresEndpoint, TableSpec
+from reconcile.config import BudgetSettings, Config, PostgresEndpoint, TableSpec
 from reconcile.connections import connect
 from reconcile.occ import RetryPolicy
+from tests.waiting import wait_for
 
 FAST_RETRY = RetryPolicy(max_attempts=20, base_delay=0.005, max_delay=0.05)
 
@@ -237,6 +240,13 @@ def test_cli_run_status_and_rejects(source_db, target_db, tmp_path):
 # --- concurrency, crashes, takeover ------------------------------------------------------------------
 
 
+def lock_waiters(url: str) -> int:
+    """Sessions of ``url``'s database waiting for a row lock right now."""
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock'").fetchone()[0]
+
+
 def test_a_concurrent_writer_forces_40001_retries_and_the_copy_completes(source_db, target_db):
     ddl(source_db, "CREATE SCHEMA app", "CREATE TABLE app.acct (id int PRIMARY KEY, v text NOT NULL, n int NOT NULL)",
         "INSERT INTO app.acct SELECT g, 'fresh ' || g, g FROM generate_series(1, 4000) g")
@@ -257,7 +267,10 @@ def test_a_concurrent_writer_forces_40001_retries_and_the_copy_completes(source_
                     with conn.transaction():
                         conn.execute("UPDATE app.acct SET n = n WHERE id >= %s AND id < %s", (lo, lo + 600))
                         holding.set()
-                        time.sleep(0.5 if first else 0.02)
+                        if first:  # hold until the backfill's first batch waits on these rows: it must conflict
+                            wait_for(lambda: lock_waiters(target_db) > 0, "the backfill to wait on held rows")
+                        else:
+                            time.sleep(0.02)  # a short hold: a window for more conflicts, not a synchronisation
                 except errors.SerializationFailure:
                     writer_conflicts.append(lo)
                 first = False
@@ -271,7 +284,7 @@ def test_a_concurrent_writer_forces_40001_retries_and_the_copy_completes(source_
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        assert holding.wait(10)  # rows 1..600 are held: the first batch must wait, then conflict
+        assert holding.wait(120)  # rows 1..600 are held: the first batch must wait, then conflict
         with bf:
             summary = bf.run()
     finally:
@@ -282,12 +295,24 @@ def test_a_concurrent_writer_forces_40001_retries_and_the_copy_completes(source_
     assert fingerprint(source_db, "app.acct", "id") == fingerprint(target_db, "app.acct", "id")
 
 
+class StopAfterFirstBatch(Progress):
+    """Asks the run to stop once a batch has committed (an event, not a timer: a busy machine cannot race it)."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.stop = threading.Event()
+
+    def add(self, table: str, rows: int, rejected: int = 0) -> None:
+        super().add(table, rows, rejected)
+        self.stop.set()
+
+
 def test_a_stopped_run_resumes_after_its_last_checkpoint(source_db, target_db):
     items_pair(source_db, target_db, rows=6000)
     cfg = config(source_db, target_db, ITEMS)
-    bf = Backfill.from_config(cfg, BackfillSettings(chunk_rows=3000, workers=1, max_rows_per_second=6000))
-    timer = threading.Timer(0.5, bf.stop.set)  # stop mid-chunk, as Ctrl-C would
-    timer.start()
+    small = dataclasses.replace(cfg, budget=BudgetSettings(max_rows=600))  # batches of a few hundred rows
+    bf = Backfill.from_config(small, BackfillSettings(chunk_rows=3000, workers=1), progress=StopAfterFirstBatch())
+    bf.progress.stop = bf.stop  # stop mid-chunk, after its first committed batch, as Ctrl-C would
     with bf:
         stopped = bf.run()
     assert stopped.status == "interrupted" and 0 < stopped.rows < 6000

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from decimal import Decimal
 
 import psycopg
@@ -15,6 +14,7 @@ from reconcile.cli.diff_cmd import app as diff_app
 from reconcile.config import Config, PostgresEndpoint, TableSpec
 from reconcile.diff import diff_table, finish_diff, run_diff, start_diff
 from reconcile.diff import sqlgen
+from reconcile.diff import lag
 from reconcile.diff.lag import lsn_int
 from reconcile.diff.settings import DiffSettings
 
@@ -141,7 +141,7 @@ def _set_watermark(target: str, lsn: str) -> None:
             params=(lsn, lsn))
 
 
-def test_lag_aware_in_flight_vs_persistent(source_db, target_db):
+def test_lag_aware_in_flight_vs_persistent(source_db, target_db, monkeypatch):
     items_pair(source_db, target_db, rows=500)
     cfg = config(source_db, target_db, ITEMS)
     run_id = start_diff(cfg)                                    # migrates the control schema
@@ -151,10 +151,17 @@ def test_lag_aware_in_flight_vs_persistent(source_db, target_db):
             "UPDATE app.items SET amount = 99 WHERE id = 7")
     run_sql(target_db, "UPDATE app.items SET note = 'corrupted' WHERE id = 11")
 
-    done = threading.Event()
+    done, waiting = threading.Event(), threading.Event()
+    real_wait = lag.Waiter.wait
 
-    def replay() -> None:                                        # the replayer catches up a moment later
-        time.sleep(0.8)
+    def wait(self, lsn: int) -> bool:                             # the diff has read its candidates
+        waiting.set()
+        return real_wait(self, lsn)
+
+    monkeypatch.setattr(lag.Waiter, "wait", wait)
+
+    def replay() -> None:                                        # the replayer catches up once the diff waits
+        assert waiting.wait(120)
         run_sql(target_db, "INSERT INTO app.items VALUES (900, 'late', 2, '2024-02-01Z', NULL, NULL)",
                 "UPDATE app.items SET amount = 99 WHERE id = 7")
         while not done.is_set():                                 # then keeps reporting "caught up"

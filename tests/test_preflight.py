@@ -28,13 +28,15 @@ def ledger(source_db, target_db):
     return source_db, target_db
 
 
-# The demo ledger under a config with one mistake of each kind.
+# The demo ledger under a config with one mistake of each kind (every role column named: none is assumed).
 MISTAKES = """
 [[tables]]
 name = "ledger.accounts"
 key = ["account_id"]
 role = "accounts"
+account_column = "account_id"
 balance_column = "balanse"
+currency_column = "currency"
 
 [[tables]]
 name = "ledger.journl"
@@ -44,7 +46,10 @@ key = ["txn_id"]
 name = "ledger.entries"
 key = ["entry_no"]
 role = "entries"
+account_column = "account_id"
 amount_column = "currency"
+currency_column = "currency"
+transaction_column = "txn_id"
 
 [checks]
 negative_balance_exempt_column = "category"
@@ -85,8 +90,9 @@ def test_a_fitting_config_is_valid_and_unset_role_columns_are_not_errors(ledger,
 
     from reconcile.preflight import run_preflight
 
-    # A ledger without a currency column, configured as such (None or ""), is not a mismatch; a [diff] column
-    # left at its default that the ledger lacks is a warning, not a refusal.
+    # A ledger without a currency column, configured as such (None or ""), is not a mismatch; the [diff] and
+    # [checks] role columns are unset by default, so nothing is assumed of a ledger that lacks posted_at; once
+    # set, a column the ledger lacks is an error naming the setting.
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute("ALTER TABLE ledger.entries RENAME COLUMN posted_at TO booked_at")
     cfg = Config(source=PostgresEndpoint("source", source), target=PostgresEndpoint("target", target))
@@ -101,10 +107,13 @@ def test_a_fitting_config_is_valid_and_unset_role_columns_are_not_errors(ledger,
             conn.execute("ALTER TABLE ledger.entries DROP COLUMN IF EXISTS currency CASCADE")
             conn.execute("ALTER TABLE ledger.accounts DROP COLUMN IF EXISTS currency CASCADE")
         found = run_preflight(dataclasses.replace(cfg, tables=tuple(tables)), "config")
-        assert found.ok, found.errors
-        assert [w.setting for w in found.warnings] == ["diff.date_column"]
-        assert "ledger.entries has no column posted_at on the source (diff.date_column (the default))" in \
-            found.warnings[0].text
+        assert found.ok and found.warnings == [], (found.errors, found.warnings)
+        dated = dataclasses.replace(cfg, tables=tuple(tables), stages={
+            **cfg.stages, "diff": dataclasses.replace(cfg.stage("diff"), date_column="posted_at")})
+        found = run_preflight(dated, "config")
+        assert [(m.setting, m.severity) for m in found.mismatches] == [("diff.date_column", "error")]
+        assert found.errors[0].text.startswith("ledger.entries has no column posted_at on the source "
+                                               "(diff.date_column); set date_column to the entries table's column")
 
 
 def test_the_target_is_checked_once_the_schema_is_applied(ledger, tmp_path):
@@ -138,7 +147,8 @@ def test_every_stage_refuses_a_mismatch_with_one_sentence(ledger, tmp_path):
     from reconcile.preflight import ConfigMismatch
 
     source, target = ledger
-    body = '[[tables]]\nname = "ledger.entries"\nkey = ["entry_id"]\nrole = "entries"\namount_column = "amt"\n'
+    body = ('[[tables]]\nname = "ledger.entries"\nkey = ["entry_id"]\nrole = "entries"\namount_column = "amt"\n'
+            'account_column = "account_id"\ncurrency_column = "currency"\ntransaction_column = "txn_id"\n')
     path = write_config(tmp_path / "reconcile.toml", source, target, body)
     sentence = ("ledger.entries has no column amt on the source (tables[0].amount_column, the entries table's signed "
                 "amount); name the column holding the signed amount")

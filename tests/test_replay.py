@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import psycopg
 import pytest
@@ -30,11 +29,14 @@ from reconcile.replay import (
     run_replay,
     skip_dead_letter,
 )
+from reconcile.errors import TerminalFailure
 from reconcile.replay.errors import ReadOutOfOrder
 from reconcile.replay.runner import split_read
+from reconcile.replay.pgoutput import lsn_to_int
 from reconcile.replay.source import SourceTxn
 from reconcile.schema import apply_plan, plan_from_source
 from reconcile.workload import run_workload, seed
+from tests.waiting import wait_for
 
 ITEMS = TableSpec("app.items", ("id",))
 
@@ -139,18 +141,19 @@ def test_backfill_and_replay_under_live_writes_converge(source_db, target_db, dr
     plan = ledger_pair(source_db, target_db)
     cfg = make_config(source_db, target_db)
     init_replay(cfg)  # slot first, then backfill
+    journal_at_slot = journal_rows(source_db)
     stop = threading.Event()
     load = threading.Thread(target=run_workload, args=(source_db,),
                             kwargs=dict(tps=150, duration=None, workers=3, hot_fraction=0.6, stop_event=stop))
     load.start()
     try:
-        time.sleep(0.5)
         with pytest.raises(BackfillIncomplete, match="ledger.accounts was never backfilled"):
             run_replay(cfg)
         backfill = run_backfill(cfg, BackfillSettings(replay=True, chunk_rows=80, workers=2,
                                                          slot_name=cfg.replay.slot_name))
         assert backfill.status == "done"
-        time.sleep(1.0)
+        # Live writes committed after the backfill began are waiting in the slot (a condition, not a sleep).
+        wait_for(lambda: journal_rows(source_db) >= journal_at_slot + 20, "20 live transactions in the slot")
         during = run_replay(cfg, duration=1.5)
         assert during.status == "done" and during.txns_applied > 0
     finally:
@@ -171,6 +174,11 @@ def test_backfill_and_replay_under_live_writes_converge(source_db, target_db, dr
                 "lag_seconds_p99", "lag_bytes", "dead_letters_open", "caught_up", "last_commit_lsn"):
         assert key in summary, key
     assert caught_up_lsn is not None and last is not None
+
+
+def journal_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM ledger.journal").fetchone()[0]
 
 
 def test_replay_refuses_to_start_while_the_backfill_left_rows_refused(source_db, target_db, drop_slots):
@@ -210,27 +218,55 @@ def target_tree_ids(target_db: str) -> set[int]:
         return {r[0] for r in conn.execute("SELECT id FROM app.tree")}
 
 
-def test_a_concurrent_reader_never_sees_half_a_journal_transaction(source_db, target_db, drop_slots):
+# The ledger's invariants, as a query listing what breaks them; the source keeps them at every commit (one
+# business transaction = one source transaction), so a reader of the target must find them at every snapshot.
+LEDGER_BROKEN = """
+SELECT 'unbalanced' AS what, coalesce(j.txn_id, e.txn_id)::text AS which
+  FROM ledger.journal j FULL JOIN (SELECT txn_id, currency, sum(amount) AS total, count(*) AS n FROM ledger.entries
+                                    GROUP BY txn_id, currency) e ON e.txn_id = j.txn_id
+ WHERE j.txn_id IS NULL OR e.txn_id IS NULL OR e.total <> 0
+UNION ALL
+SELECT 'balance <> sum(entries)', a.account_id::text
+  FROM ledger.accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger.entries GROUP BY account_id) s
+       ON s.account_id = a.account_id
+ WHERE a.balance <> coalesce(s.total, 0)
+LIMIT 5"""
+
+
+def test_a_concurrent_reader_sees_the_ledger_invariants_at_every_snapshot(source_db, target_db, drop_slots):
+    """A reader of the target, while the replay applies the live workload in many small target transactions,
+    checks at every snapshot what the source guarantees at every commit: each journal transaction is there
+    with entries summing to zero (per currency), and each account's balance is the sum of its entries. A
+    half-applied source transaction, or a group edge that split one, breaks one of them."""
     ledger_pair(source_db, target_db, accounts=40, transactions=100)
     # Room for about two business transactions (5 rows each) per target transaction: many group edges.
-    cfg = make_config(source_db, target_db, max_rows=26, peek_changes=37)
+    cfg = make_config(source_db, target_db, max_rows=26, peek_changes=37, poll_interval=0.05)
+    slot = cfg.replay.slot_name
     init_replay(cfg)
     run_backfill(cfg, BackfillSettings(replay=True, slot_name=cfg.replay.slot_name))
+    with psycopg.connect(target_db) as conn:
+        assert conn.execute(LEDGER_BROKEN).fetchall() == []  # the backfilled start is whole
     stop_load, stop_replay, stop_reader = threading.Event(), threading.Event(), threading.Event()
-    seen = {"reads": 0, "bad": [], "journal_max": 0}
+    seen: dict = {"reads": 0, "broken": [], "journal_max": 0, "error": None}
 
     def reader() -> None:
-        with psycopg.connect(target_db, autocommit=True) as conn:
-            while not stop_reader.is_set():
-                with conn.transaction():  # REPEATABLE READ: one snapshot for both queries
-                    bad = conn.execute("""
-SELECT j.txn_id FROM ledger.journal j LEFT JOIN ledger.entries e ON e.txn_id = j.txn_id
-GROUP BY j.txn_id HAVING count(e.entry_id) <> 2 OR coalesce(sum(e.amount), 1) <> 0""").fetchall()
-                    (top,) = conn.execute("SELECT max(txn_id) FROM ledger.journal").fetchone()
-                seen["reads"] += 1
-                seen["journal_max"] = max(seen["journal_max"], top or 0)
-                if bad:
-                    seen["bad"].append(bad[:5])
+        try:
+            with psycopg.connect(target_db, autocommit=True) as conn:
+                conn.execute("SET default_transaction_isolation = 'repeatable read'")
+                while not stop_reader.is_set():
+                    with conn.transaction():  # one snapshot for both queries
+                        broken = conn.execute(LEDGER_BROKEN).fetchall()
+                        (top,) = conn.execute("SELECT max(txn_id) FROM ledger.journal").fetchone()
+                    seen["reads"] += 1
+                    seen["journal_max"] = max(seen["journal_max"], top or 0)
+                    if broken:
+                        seen["broken"].append(broken)
+        except BaseException as exc:  # reported by the main thread
+            seen["error"] = exc
+
+    def applied() -> int:
+        with psycopg.connect(target_db) as conn:
+            return read_watermark(conn, slot).applied_txns
 
     results = []
     threads = [threading.Thread(target=run_workload, args=(source_db,),
@@ -239,20 +275,33 @@ GROUP BY j.txn_id HAVING count(e.entry_id) <> 2 OR coalesce(sum(e.amount), 1) <>
                threading.Thread(target=reader)]
     for t in threads:
         t.start()
-    time.sleep(4)
-    stop_load.set()
-    threads[0].join()
-    time.sleep(1.5)
-    stop_replay.set()
-    threads[1].join()
-    stop_reader.set()
-    threads[2].join()
-    final = run_replay(cfg, until_caught_up=True)
+    try:
+        # Enough replayed under the live load, and enough snapshots read meanwhile: conditions, not a clock.
+        wait_for(lambda: applied() >= 60 and seen["reads"] >= 30 or seen["error"] or not threads[1].is_alive(),
+                 "60 source transactions replayed while the reader read 30 snapshots")
+        stop_load.set()
+        threads[0].join()
+        with psycopg.connect(source_db) as conn:
+            end = lsn_to_int(conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+        wait_for(lambda: _caught_up_lsn(target_db, slot) >= end or not threads[1].is_alive(),
+                 "the replay to catch up with the stopped workload")
+    finally:
+        stop_load.set()
+        stop_replay.set()
+        threads[1].join()
+        stop_reader.set()
+        threads[2].join()
+    assert seen["error"] is None, seen["error"]
     assert results and results[0].status == "done" and results[0].target_commits > 20
-    assert results[0].txns_applied >= 2 * results[0].target_commits * 0.5  # grouping happened
-    assert seen["reads"] > 10 and seen["bad"] == []
+    assert results[0].txns_applied > results[0].target_commits  # some target commits held several source txns
+    assert seen["reads"] >= 30 and seen["broken"] == [], seen["broken"][:3]
     assert seen["journal_max"] > 100  # the reader did see replayed journal rows
-    assert final.status == "done" and ledger_fingerprints(source_db) == ledger_fingerprints(target_db)
+    assert ledger_fingerprints(source_db) == ledger_fingerprints(target_db)
+
+
+def _caught_up_lsn(target_db: str, slot: str) -> int:
+    with psycopg.connect(target_db) as conn:
+        return read_watermark(conn, slot).caught_up_lsn
 
 
 # --- what cannot be replayed --------------------------------------------------------------------------------
@@ -344,7 +393,8 @@ def test_transactions_committing_in_another_order_than_they_began_are_applied_on
         with Replayer.from_config(cfg, fault=fault) as r:
             try:
                 return r.run(until_caught_up=True)
-            except RuntimeError:  # died at the fault: the next run takes over
+            except TerminalFailure as died:  # died at the fault: the next run takes over
+                assert isinstance(died.__cause__, RuntimeError)
                 return None
 
     def dies_once(point):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reconcile.budget import Budget
 from reconcile.config import PostgresEndpoint, TableSpec
 from reconcile.connections import connect
+from reconcile.errors import TerminalFailure
 from reconcile.occ import RetryPolicy
 from reconcile.replay import Replayer, ReplaySettings, init_capture, read_watermark
 
@@ -163,8 +164,8 @@ def killed_and_restarted_replay_ends_equal_to_the_source_exactly_once(pair, kill
             with replayer(source_db, target_db, slot, peek, fault) as r:
                 try:
                     r.run(until_caught_up=True)
-                except Killed:
-                    pass
+                except TerminalFailure as died:  # the run's error boundary classifies what killed it
+                    assert isinstance(died.__cause__, Killed), died
             kills[point] += seen["fired"]
     with replayer(source_db, target_db, slot, peek) as r:
         final = r.run(until_caught_up=True)

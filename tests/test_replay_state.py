@@ -7,6 +7,7 @@ import dataclasses
 import json
 import socket
 import subprocess
+import traceback
 import sys
 
 import psycopg
@@ -15,7 +16,7 @@ import pytest
 from reconcile.config import PostgresEndpoint
 from reconcile.connections import connect
 from reconcile.replay import Replayer, ReplaySettings, init_replay, retry_dead_letter, run_replay
-from reconcile.replay.errors import ReplayInterrupted
+from reconcile.errors import TerminalFailure, TransientFailure
 from reconcile.replay.state import ReplayControl
 from tests.test_replay import ITEMS, drop_slots, items_pair, make_config, run_sql  # noqa: F401 (fixture)
 
@@ -48,8 +49,9 @@ def test_a_dead_letter_killed_between_its_parts_and_its_row_is_completed_by_the_
         return real_tx(self, fn, label)
 
     monkeypatch.setattr(ReplayControl, "_tx", dies_before_the_row)
-    with pytest.raises(Killed):
+    with pytest.raises(TerminalFailure) as died:  # the run's boundary classifies what killed it
         run_replay(cfg)
+    assert isinstance(died.value.__cause__, Killed)
     monkeypatch.setattr(ReplayControl, "_tx", real_tx)
     parts, letters = parts_and_letters(target_db)
     assert letters == [] and len(parts) == 1 and parts[0][1] >= 2  # parts without their row, for now
@@ -120,10 +122,13 @@ def test_errors_reach_the_runs_row_and_the_caller_without_secrets(source_db, tar
 
     replayer = Replayer(source=source, target=lambda: connect(PostgresEndpoint("target", target_db)), tables=[ITEMS],
                         settings=ReplaySettings(slot_name="nowhere", require_backfill=False), secrets=[secret])
-    with replayer, pytest.raises(ReplayInterrupted) as raised:
+    with replayer, pytest.raises(TransientFailure) as raised:
         replayer.run()
     assert secret not in str(raised.value) and "***" in str(raised.value)
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    # The cause is kept (its type, its traceback) but what a log prints of the whole chain holds no secret.
+    assert isinstance(raised.value.__cause__, psycopg.OperationalError) and raised.value.__suppress_context__
+    printed = "".join(traceback.format_exception(raised.value))
+    assert secret not in printed and "OperationalError" in printed
     with psycopg.connect(target_db) as conn:
         status, summary = conn.execute("SELECT status, summary FROM reconcile.runs WHERE kind = 'replay'").fetchone()
     assert status == "error" and secret not in summary and "***" in json.loads(summary)["message"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import psycopg
@@ -15,6 +14,7 @@ from reconcile.cli import workload_cmd
 from reconcile.errors import ReconcileError, TerminalError
 from reconcile.workload import SchemaExists, run_workload, seed
 from reconcile.workload.seed import generate
+from tests.waiting import wait_for
 
 SMALL = {"accounts": 300, "transactions": 2_000}
 TABLES = {"accounts": "account_id", "journal": "txn_id", "entries": "entry_id"}
@@ -198,17 +198,36 @@ def test_the_trigger_keeps_balances_for_new_postings(source_db):
 
 # --- the live workload -------------------------------------------------------------------------
 
+
+def _last_txn(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT coalesce(max(txn_id), 0) FROM ledger.journal").fetchone()[0]
+
+
+def _kinds_since(url: str, txn_id: int) -> set[str]:
+    """Kinds of the business transactions committed with a journal id above ``txn_id``."""
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute("SELECT DISTINCT kind FROM ledger.journal WHERE txn_id > %s", (txn_id,))}
+
+
 def test_workload_commits_real_transactions_and_keeps_the_invariants(source_db):
     with _conn(source_db) as conn:
         seed(conn, **SMALL)
-    journal_before = _count(source_db, "journal")
-    report = run_workload(source_db, tps=150, duration=2.0, workers=4, seed=1, hot_fraction=0.5)
+    journal_before, last = _count(source_db, "journal"), _last_txn(source_db)
+    stop, result = threading.Event(), {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", run_workload(
+        source_db, tps=150, duration=None, workers=4, seed=1, hot_fraction=0.5, stop_event=stop)))
+    worker.start()
+    # Until every kind of business transaction has committed, however slow the machine (its speed: bench/).
+    wait_for(lambda: _kinds_since(source_db, last) == {"transfer", "deposit", "withdrawal", "reversal"}
+             or not worker.is_alive(), "every kind of business transaction")
+    stop.set()
+    worker.join()
+    report = result["r"]
     print(f"\n{report.summary()}")
     assert report.errors == 0, report.error_samples
     assert set(report.committed) == {"transfer", "deposit", "withdrawal", "reversal"}
-    assert report.committed_total > 150
-    assert report.attempted_tps <= 150 * 1.1
-    assert report.attempted_tps >= 150 * 0.8
+    assert report.attempted_tps <= 150 * 1.1  # paced: never faster than asked (slower only on a busy machine)
     assert _count(source_db, "journal") == journal_before + report.committed_total
     assert_invariants(source_db)
 
@@ -220,10 +239,11 @@ def test_workload_stops_on_its_event_and_accepts_a_connection_factory(source_db)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("r", run_workload(
         lambda: _conn(source_db), tps=100, duration=None, workers=2, stop_event=stop)))
+    journal_before = _count(source_db, "journal")
     worker.start()
-    time.sleep(1.0)
+    wait_for(lambda: _count(source_db, "journal") > journal_before, "a committed business transaction")
     stop.set()
-    worker.join(5)
+    worker.join(120)  # a bound against a hang, not a speed claim
     assert not worker.is_alive()
     assert result["r"].committed_total > 0 and result["r"].errors == 0
     assert_invariants(source_db)
@@ -247,13 +267,12 @@ def test_cli_seed_and_run(source_db, monkeypatch):
     assert '"achieved_tps"' in out.output
 
 
-# --- timing ------------------------------------------------------------------------------------
+# --- full size ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_seed_100k_transactions_timing(source_db):
+def test_seed_100k_transactions(source_db):
     with _conn(source_db) as conn:
         report = seed(conn)
     print(f"\n{report.summary()} (generate {report.generate_s:.2f} s, load {report.load_s:.2f} s)")
-    assert report.journal_rows == 100_000 + 4
-    assert report.elapsed_s < 60
+    assert report.journal_rows == 100_000 + 4  # its speed (under 60 s): bench/workload.py
     assert_invariants(source_db)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 
 from reconcile.db.names import qualify
+from reconcile.errors import NotFound
 
 __all__ = [
     "C_COLLATIONS",
@@ -207,7 +208,8 @@ class Table:
         for c in self.columns:
             if c.name == name:
                 return c
-        raise KeyError(f"{self.qualified} has no column {name!r}")
+        raise NotFound(f"{self.qualified} has no column {name!r}; its columns are "
+                       f"{', '.join(c.name for c in self.columns)}")
 
     @property
     def primary_key(self) -> Constraint | None:
@@ -290,7 +292,8 @@ class Catalog:
         for t in self.tables:
             if t.qualified == qualified:
                 return t
-        raise KeyError(f"no table {qualified} in the audited schemas ({', '.join(self.schemas)})")
+        raise NotFound(f"no table {qualified} in the audited schemas ({', '.join(self.schemas)}); check the name "
+                       "(schema.table) or audit its schema too")
 
     def has_table(self, qualified: str) -> bool:
         return any(t.qualified == qualified for t in self.tables)

@@ -33,6 +33,7 @@ from reconcile.audit.scan import (
 from reconcile.audit.translate import IdStrategy
 from reconcile.audit.workload import workload_findings
 from reconcile.config import TableSpec, mask_conninfo
+from reconcile.errors import InvalidArgument
 
 __all__ = ["AuditOptions", "run_audit"]
 
@@ -71,9 +72,10 @@ class AuditOptions:
 
     def __post_init__(self) -> None:
         if self.scan not in (None, "sample", "full"):
-            raise ValueError(f"scan must be None, 'sample' or 'full', got {self.scan!r}")
+            raise InvalidArgument(f"scan must be None, 'sample' or 'full', got {self.scan!r}; pass one of those")
         if self.sample_rows < 1 or self.chunk_rows < 1:
-            raise ValueError("sample_rows and chunk_rows must be positive")
+            raise InvalidArgument(f"sample_rows and chunk_rows must be positive, got {self.sample_rows!r} and "
+                                  f"{self.chunk_rows!r}; pass whole numbers of 1 or more")
 
 
 def run_audit(conn: psycopg.Connection, *, tables: Sequence[TableSpec] | None = None,

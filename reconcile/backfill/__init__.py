@@ -41,7 +41,7 @@ rejects), :class:`BackfillSummary`.
 from .checkpoints import Chunk, Control, Plan, Reject, TableStatus
 from .config import WRITE_METHODS, BackfillSettings
 from .copy import ChunkResult
-from .errors import BadKey, ChunkFailed, ChunkLost, PlanMismatch, ReplayNotReady, TableNotReady
+from .errors import BadKey, ChunkLost, PlanMismatch, ReplayNotReady, TableNotReady
 from .keys import parse_key_arg
 from .progress import BackfillSummary, Progress
 from .replay import SlotInfo, assert_replay_ready
@@ -54,7 +54,6 @@ __all__ = [
     "BackfillSummary",
     "BadKey",
     "Chunk",
-    "ChunkFailed",
     "ChunkLost",
     "ChunkResult",
     "Control",

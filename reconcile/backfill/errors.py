@@ -33,7 +33,3 @@ class ChunkLost(TransientError):
 
     def __reduce__(self):
         return (self.__class__, (self.table, self.chunk_id))
-
-
-class ChunkFailed(TransientError):
-    """A chunk could not be copied (it is marked failed and resumes from its checkpoint on a retry)."""

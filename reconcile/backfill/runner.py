@@ -23,18 +23,27 @@ from reconcile.backfill.catalog import TableInfo, inspect_table
 from reconcile.backfill.checkpoints import DONE, Chunk, Control, Plan
 from reconcile.backfill.config import DEFAULT_SLOT, BackfillSettings
 from reconcile.backfill.copy import ChunkCopier, ChunkResult
-from reconcile.backfill.errors import ChunkFailed, ChunkLost, PlanMismatch, ReplayNotReady
+from reconcile.backfill.errors import ChunkLost, PlanMismatch, ReplayNotReady
 from reconcile.backfill.keys import show_key
 from reconcile.backfill.pacing import Throttle
 from reconcile.backfill.plan import plan_boundaries, select_range
 from reconcile.backfill.progress import BackfillSummary, Progress, TableSummary
 from reconcile.backfill.replay import SlotInfo, assert_replay_ready
 from reconcile.budget import Budget, budget_from
-from reconcile.config import Config, TableSpec
+from reconcile.config import Config, TableSpec, redact
 from reconcile.control import migrate
-from reconcile.errors import ConfigError
+from reconcile.errors import ConfigError, TransientFailure
 from reconcile.keyrule import require_unique_key
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from
+from reconcile.occ import (
+    DEFAULT_POLICY,
+    Reconnector,
+    RetryCounters,
+    RetryPolicy,
+    error_boundary,
+    policy_from,
+    scrubbed,
+    stage_error,
+)
 from reconcile.schema.dialect import dialect_for
 
 log = logging.getLogger("reconcile.backfill")
@@ -105,6 +114,10 @@ class Backfill:
         self._prepared = False
         self._infos: dict[str, TableInfo] = {}
         self._copiers: list[ChunkCopier] = []
+        self._causes: dict[tuple[str, int], BaseException] = {}
+        """What failed each chunk, by (table, chunk id): :meth:`copy_chunk` raises it, classified."""
+        self.secrets: tuple[str, ...] = ()
+        """Passwords and tokens kept out of messages (:func:`reconcile.config.redact`)."""
 
     @classmethod
     def from_config(cls, config: Config, settings: BackfillSettings | None = None, *,
@@ -116,10 +129,12 @@ class Backfill:
         settings = settings or BackfillSettings()
         if settings.slot_name is None:  # the slot replay reads: [replay] slot_name, never a built-in name
             settings = dataclasses.replace(settings, slot_name=config.replay.slot_name)
-        return cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
-                   tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
-                   dialect=dialect_for(config.target).name, progress=progress,
-                   migration_id=migration_of(config).id)
+        bf = cls(source=lambda: connect(config.source), target=lambda: connect(config.target),
+                 tables=config.tables, budget=budget_from(config), settings=settings, policy=policy_from(config),
+                 dialect=dialect_for(config.target).name, progress=progress,
+                 migration_id=migration_of(config).id)
+        bf.secrets = tuple(config.secrets())
+        return bf
 
     def close(self) -> None:
         for copier in self._copiers:
@@ -342,6 +357,7 @@ class Backfill:
         log.error("%s", message)
         with lock:
             errors.append(message)
+            self._causes[(info.name, chunk.chunk_id)] = exc
         self.progress.chunk_finished(info.name, failed=True)
         if claimed is not None:
             try:
@@ -368,7 +384,11 @@ class Backfill:
         Without ``run_id`` a run row is opened for this chunk alone and closed at the end.
 
         Raises:
-            ChunkFailed: the chunk failed (it is marked failed; a retry resumes from its checkpoint).
+            TransientFailure: the chunk failed in a way a retry can get past (a dropped connection, OCC
+                retries exhausted); it is marked failed and a retry resumes from its checkpoint.
+            TerminalFailure: the chunk failed in a way a retry repeats (a 42xxx error, a bug): a
+                person must act. Either carries the SQLSTATE; the original error is its ``__cause__``.
+            ReconcileError: a reconcile error the copy raised on purpose, as it was raised.
         """
         self.prepare()
         info = self.inspect(table)
@@ -390,8 +410,15 @@ class Backfill:
             self.control.finish_run(run_id, "done" if result.status != "failed" else "failed",
                                     dataclasses.asdict(result))
         if result.status == "failed":
-            raise ChunkFailed(errors[0] if errors else f"{table} chunk {chunk_id} failed")
+            step = f"backfill of {table} chunk {chunk_id}"
+            cause = self._causes.pop((table, chunk_id), None)
+            if cause is None:  # pragma: no cover - _failed always records the cause
+                raise TransientFailure(step, errors[0] if errors else "no cause recorded")
+            raise stage_error(cause, step, redact=self._redact) from scrubbed(cause, self._redact)
         return result
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.secrets)
 
 
 def _estimate(plan: Plan, chunk: Chunk) -> int:
@@ -411,17 +438,27 @@ def _settings_doc(s: BackfillSettings) -> dict[str, Any]:
 def run_backfill(config: Config, settings: BackfillSettings | None = None, *,
                  progress: Progress | None = None) -> BackfillSummary:
     """Run a whole backfill from a config (what ``reconcile backfill`` does)."""
-    with Backfill.from_config(config, settings, progress=progress) as bf:
+    with _boundary(config, "backfill"), Backfill.from_config(config, settings, progress=progress) as bf:
         return bf.run()
 
 
 def plan_chunks(config: Config, settings: BackfillSettings | None = None) -> list[dict[str, Any]]:
     """Plan the selected tables and list the chunks to copy, for ``copy_chunk.expand(...)``."""
-    with Backfill.from_config(config, settings) as bf:
+    with _boundary(config, "backfill plan"), Backfill.from_config(config, settings) as bf:
         return bf.plan()
 
 
 def copy_chunk(config: Config, table: str, chunk_id: int, settings: BackfillSettings | None = None) -> ChunkResult:
-    """Copy one chunk from a config: the independent unit an Airflow task maps over."""
-    with Backfill.from_config(config, settings) as bf:
+    """Copy one chunk from a config: the independent unit an Airflow task maps over.
+
+    Raises:
+        TransientFailure, TerminalFailure, ReconcileError: as :meth:`Backfill.copy_chunk`.
+    """
+    with _boundary(config, f"backfill of {table} chunk {chunk_id}"), Backfill.from_config(config, settings) as bf:
         return bf.copy_chunk(table, chunk_id)
+
+
+def _boundary(config: Config, step: str):
+    """The backfill's error boundary: every error leaves classified (see :func:`reconcile.occ.stage_error`)."""
+    secrets = config.secrets()
+    return error_boundary(step, redact=lambda text: redact(text, secrets))

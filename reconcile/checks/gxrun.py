@@ -10,6 +10,9 @@
   host becomes ``localhost`` with ``?host=<dir>`` (GX's URL check refuses an empty host).
 * SQLAlchemy's psycopg dialect looks hstore up in a SAVEPOINT on its first connection: refused by
   DSQL, so ``use_native_hstore=False`` (what the aurora-dsql dialect does).
+* Column types SQLAlchemy does not know (``xml``, an extension's type) are kept by their names
+  (:mod:`reconcile.checks.sqla_types`): GX compiles every column's type of a table before it runs any
+  expectation on it, and one unknown type used to fail them all.
 * ``create_temp_table=False``: GX's SQL path then only runs read-only SELECTs (DSQL has no temporary
   tables; the local stand-in's guards would refuse one).
 * Facts computed in Python (replay lag) run as a pandas batch.
@@ -133,7 +136,11 @@ def _add_datasource(context, name: str, endpoint: Endpoint, local_url: Callable[
 
         conninfo = stack.url(side, endpoint.data_dir)
     url = engine_url(endpoint, conninfo)
-    kwargs: dict[str, Any] = {"creator": _creator(endpoint, local_url), "pool_pre_ping": True}
+    from reconcile.checks.sqla_types import register
+
+    # plugins: a column type SQLAlchemy does not know (xml, an extension's type) must not fail its table's checks
+    kwargs: dict[str, Any] = {"creator": _creator(endpoint, local_url), "pool_pre_ping": True,
+                              "plugins": [register()]}
     if isinstance(endpoint, DsqlEndpoint):
         kwargs["pool_recycle"] = 3300  # under DSQL's 60-minute connection lifetime
         return context.data_sources.add_sql(name, connection_string=url, kwargs=kwargs, create_temp_table=False)

@@ -90,14 +90,21 @@ def report_folder(value: Any) -> Path:
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run a typer app as a console script: a ReconcileError becomes one line on stderr and its exit code."""
+    """Run a typer app as a console script: a ReconcileError becomes one line on stderr and its exit code.
+
+    A database error no stage boundary classified is classified here (:func:`reconcile.occ.stage_error`:
+    its SQLSTATE and whether a rerun can help), never shown as a traceback.
+    """
+    from reconcile.config import redact
     from reconcile.errors import ReconcileError
+    from reconcile.occ import stage_error
 
     try:
         app()
-    except ReconcileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code) from None
+    except (ReconcileError, psycopg.Error) as exc:
+        error = stage_error(exc, "the command", redact=redact)
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(error.exit_code) from None
 
 
 def load(config_path: Path | None):

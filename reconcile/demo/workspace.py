@@ -18,17 +18,14 @@ from psycopg import sql
 # Demo-friendly gate criteria: one green reconciliation run is enough evidence on a laptop.
 _DEMO_TOML = """\
 # Written by `reconcile demo`: the local stack as source and target, demo-friendly gate criteria.
-[source]
-kind = "local"
-
-[target]
-kind = "local"
+{endpoints}
 
 [local]
 data_dir = "{data_dir}"
 
 {stages}
 """
+_LOCAL = {"kind": "local"}
 
 
 @dataclass(frozen=True)
@@ -53,17 +50,27 @@ class Workspace:
         return self.root / "airflow"
 
     def write_config(self, stages: dict[str, dict[str, object]]) -> Path:
-        """Write the demo's reconcile.toml (idempotent) and return its path."""
+        """Write the demo's reconcile.toml (idempotent) and return its path.
+
+        ``stages`` maps sections to their settings; ``source`` and ``target`` among them replace the
+        local servers (``kind = "local"``) as the endpoints.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        blocks = []
-        for section, values in stages.items():
-            if values:
-                lines = [f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
-                blocks.append("\n".join(lines))
-        text = _DEMO_TOML.format(data_dir=_escape(str(self.data_dir)), stages="\n\n".join(blocks))
+        stages = dict(stages)
+        endpoints = {side: stages.pop(side, None) or _LOCAL for side in ("source", "target")}
+        text = _DEMO_TOML.format(endpoints=_blocks(endpoints), data_dir=_escape(str(self.data_dir)),
+                                 stages=_blocks(stages))
         if not self.config_path.exists() or self.config_path.read_text() != text:
             self.config_path.write_text(text)
         return self.config_path
+
+
+def _blocks(sections: dict[str, dict[str, object]]) -> str:
+    blocks = []
+    for section, values in sections.items():
+        if values:
+            blocks.append("\n".join([f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]))
+    return "\n\n".join(blocks)
 
 
 def _escape(text: str) -> str:

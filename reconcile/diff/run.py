@@ -45,7 +45,7 @@ from reconcile.diff.side import Pair, Side
 from reconcile.budget import budget_from
 from reconcile.errors import ReconcileError
 from reconcile.identity import run_scope
-from reconcile.occ import policy_from
+from reconcile.occ import policy_from, retry_step, scrubbed, stage_error
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,27 @@ def _recheck(pair: Pair, waiter: RunWaiter, rounds: int, findings: list[Finding]
 
 
 def diff_table(config: Any, run_id: str, table_name: str) -> dict:
+    """Compare one table of a run and store its findings; see :func:`_diff_table`.
+
+    A transient failure (a dropped connection) compares the table again from the start, up to the
+    ``[retry]`` policy's attempts, then raises :class:`~reconcile.errors.TransientFailure` (the
+    orchestrator retries later); it is never stored as the table's ``error``.
+    """
+    return retry_step(lambda: _diff_table(config, run_id, table_name), policy=policy_from(config),
+                      label=f"diff of {table_name}")
+
+
+def _transient(config: Any, exc: BaseException, step: str) -> None:
+    """Raise ``exc`` classified when a retry can get past it (the step's error boundary)."""
+    from reconcile.config import redact
+
+    secrets = config.secrets()
+    error = stage_error(exc, step, redact=lambda text: redact(text, secrets))
+    if error.retryable:
+        raise error from scrubbed(exc, lambda text: redact(text, secrets))
+
+
+def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
     """Compare one table of a run and store its findings; returns the table's counts.
 
     Returns:
@@ -302,6 +323,7 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
                                    "not on the target, so their values were not compared; add them to the target "
                                    "(reconcile schema apply) and copy the table again (reconcile backfill --force)")
         except (ReconcileError, psycopg.Error) as exc:
+            _transient(config, exc, f"diff of {spec.name}")  # a dropped connection is retried, never stored
             result = {"table": spec.name, "status": "error", "error": config.safe_message(exc), "missing": 0, "extra": 0, "changed": 0,
                       "in_flight": 0, "rows_source": None, "rows_target": None, "queries": pair.queries}
             stored = []
@@ -317,6 +339,14 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
 
 
 def diff_balances(config: Any, run_id: str) -> dict:
+    """Compare the money of both sides and store the findings; see :func:`_diff_balances`.
+
+    Transient failures are retried as in :func:`diff_table`.
+    """
+    return retry_step(lambda: _diff_balances(config, run_id), policy=policy_from(config), label="balance diff")
+
+
+def _diff_balances(config: Any, run_id: str) -> dict:
     """Compare the money of both sides (see :mod:`reconcile.diff.balances`) and store the findings.
 
     Returns:
@@ -367,6 +397,7 @@ def diff_balances(config: Any, run_id: str) -> dict:
                 for kind, why in details["not_applicable"].items():
                     log.warning("diff %s: balances: %s not applicable: %s", run_id, kind, why)
             except (psycopg.Error, ReconcileError) as exc:
+                _transient(config, exc, "balance diff")  # a dropped connection is retried, never stored
                 result = {"status": "error", "balance_differences": 0, "in_flight": 0, "by_kind": {},
                           "error": config.safe_message(exc)}
                 findings, details = [], {"not_applicable": bal.not_applicable(layout)}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from reconcile.errors import NotFound
 from reconcile.gates.errors import GateError
 
 __all__ = ["GATES", "Criterion", "Evaluation", "canonical", "iso", "jsonable", "sha256_hex", "steady"]
@@ -149,7 +150,8 @@ class Evaluation:
         for c in self.criteria:
             if c.name == name:
                 return c
-        raise KeyError(name)
+        raise NotFound(f"the {self.gate} gate has no criterion {name!r}; its criteria are "
+                       f"{', '.join(c.name for c in self.criteria)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.evidence, "passed": self.passed, "failing": list(self.failing),

@@ -24,6 +24,8 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from reconcile.errors import InvalidArgument
+
 GUARD_VERSION = "5"
 SETTINGS = ("enabled", "max_rows", "max_bytes", "count_index_tuples", "cdc")
 
@@ -72,7 +74,7 @@ def configure(url: str, **settings: object) -> None:
     """
     unknown = set(settings) - set(SETTINGS)
     if unknown:
-        raise ValueError(f"unknown guard setting(s) {sorted(unknown)}; valid: {', '.join(SETTINGS)}")
+        raise InvalidArgument(f"unknown guard setting(s) {sorted(unknown)}; use {', '.join(SETTINGS)}")
     dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname", "postgres")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET dsql_guard.internal = on")

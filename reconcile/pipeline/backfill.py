@@ -155,7 +155,9 @@ def backfill_chunk(config: Config, ref: str, params: Mapping[str, Any] | None = 
         ``{"table", "chunk_id", "status", "rows", "rejected", "seconds"}``.
 
     Raises:
-        ChunkFailed: the chunk failed; it is marked failed and a retry resumes from its checkpoint.
+        TransientFailure: the chunk failed in a way a retry can get past; it is marked failed and a
+            retry resumes from its checkpoint.
+        TerminalFailure: the chunk failed in a way a retry repeats (the task fails without retries).
     """
     from reconcile.backfill import copy_chunk
 

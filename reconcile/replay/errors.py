@@ -33,10 +33,6 @@ class ReadOutOfOrder(ReplayError):
     """A read of the slot broke the commit-order contract; replay stops before applying or advancing."""
 
 
-class ReplayInterrupted(TransientError):
-    """A replay run failed on a database error; what it committed is kept (exactly once): rerun it."""
-
-
 class DeadLetterNotFound(ReplayError):
     """No dead letter with that id."""
 

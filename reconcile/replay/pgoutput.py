@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+from reconcile.replay.errors import ReplayError
+
 
 class _Unchanged:
     """The marker of an unchanged TOASTed value (a singleton, falsy-safe, JSON as a string)."""
@@ -55,8 +57,11 @@ Value = Union[str, None, _Unchanged]
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
 
-class DecodeError(ValueError):
-    """A message does not follow the pgoutput format (or uses a protocol feature we did not ask for)."""
+class DecodeError(ReplayError, ValueError):
+    """A message does not follow the pgoutput format (or uses a protocol feature we did not ask for).
+
+    Terminal: the slot hands out the same bytes again on a retry.
+    """
 
 
 def lsn_to_int(lsn: str | None) -> int:
@@ -212,23 +217,38 @@ class _Reader:
         self.pos += 1
         return c
 
+    def count(self, s: struct.Struct, what: str) -> int:
+        n = self.take(s)
+        if n < 0:
+            raise DecodeError(f"negative number of {what} ({n}) at byte {self.pos - s.size}")
+        return n
+
+    def text(self, raw: bytes) -> str:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"text at byte {self.pos} is not valid UTF-8 ({exc.reason}); the slot must be read "
+                              "with client_encoding UTF8 from a UTF8 database") from None
+
     def string(self) -> str:
         end = self.buf.find(b"\0", self.pos)
         if end < 0:
             raise DecodeError(f"unterminated string at byte {self.pos}")
-        s = self.buf[self.pos:end].decode()
+        s = self.text(self.buf[self.pos:end])
         self.pos = end + 1
         return s
 
     def raw(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
+        if n < 0:
+            raise DecodeError(f"negative value length {n} at byte {self.pos}")
+        if self.pos + n > len(self.buf):
             raise DecodeError(f"value of {n} bytes runs past the message end at byte {self.pos}")
         b = self.buf[self.pos:self.pos + n]
         self.pos += n
         return b
 
     def tuple(self) -> tuple[Value, ...]:
-        n = self.take(_I16)
+        n = self.count(_I16, "columns")
         values: list[Value] = []
         append = values.append
         buf = self.buf
@@ -237,9 +257,11 @@ class _Reader:
             if kind == "t":
                 length = self.take(_I32)
                 end = self.pos + length
+                if length < 0:
+                    raise DecodeError(f"negative value length {length} at byte {self.pos - 4}")
                 if end > len(buf):
                     raise DecodeError(f"value of {length} bytes runs past the message end")
-                append(buf[self.pos:end].decode())
+                append(self.text(buf[self.pos:end]))
                 self.pos = end
             elif kind == "n":
                 append(None)
@@ -293,7 +315,7 @@ def decode(data: bytes | memoryview) -> Decoded:
         namespace, name = r.string(), r.string()
         ident = r.byte()
         cols = []
-        for _ in range(r.take(_I16)):
+        for _ in range(r.count(_I16, "columns")):
             flags = r.take(_I8)
             cname = r.string()
             cols.append(Column(cname, r.take(_U32), r.take(_I32), bool(flags & 1)))
@@ -301,7 +323,7 @@ def decode(data: bytes | memoryview) -> Decoded:
     if kind == "Y":
         return Type(r.take(_U32), r.string(), r.string())
     if kind == "T":
-        n = r.take(_I32)
+        n = r.count(_I32, "relations")
         options = r.take(_I8)
         return Truncate(tuple(r.take(_U32) for _ in range(n)), bool(options & 1), bool(options & 2))
     if kind == "M":

@@ -17,7 +17,9 @@ One *round* (:meth:`Replayer._round`):
 4. advance the slot to the end of the last applied commit, only after its target commit;
 5. when the peek was not cut short by its limit, every transaction that committed before ``L`` is now
    applied: ``L`` is written as ``replay_state.caught_up_lsn`` (in the round's last apply transaction,
-   or alone when there was nothing to apply), and the run counts as *caught up*.
+   or alone when there was nothing to apply), the slot advances to ``L`` even when none of that WAL
+   touched a replicated table (a quiet ledger on a busy cluster retains nothing for replay), and the
+   run counts as *caught up*.
 
 What cannot be replayed stops the run with status ``stopped`` and an open dead letter holding the
 whole transaction (:mod:`reconcile.replay.state`), before anything after it is applied:
@@ -38,8 +40,11 @@ it expects (DSQL's OCC makes the loser fail with 40001, then :class:`WatermarkMo
 
 Bookkeeping: a run first closes ``running`` rows of this slot left by killed runs as ``abandoned``
 (:meth:`ReplayControl.abandon_stale_runs`). Messages stored on the run row, logged or raised go
-through :func:`reconcile.config.redact` with the endpoints' secrets; a database error escaping a run
-is raised as :class:`~reconcile.replay.errors.ReplayInterrupted` carrying only the redacted sentence.
+through :func:`reconcile.config.redact` with the endpoints' secrets. :meth:`Replayer.run` is the
+stage's error boundary: any error that is not a reconcile error leaves classified by
+:func:`reconcile.occ.stage_error` (a dropped connection as :class:`~reconcile.errors.TransientFailure`,
+a 42xxx error or a bug as :class:`~reconcile.errors.TerminalFailure`, with its SQLSTATE), raised from
+the original (its secrets removed, :func:`reconcile.occ.scrubbed`).
 ``log`` at DEBUG prints every read (flush position, messages, commit LSN range, watermark, skipped,
 to apply) and every slot advance.
 
@@ -73,7 +78,16 @@ from reconcile.budget import Batcher, Budget, budget_from
 from reconcile.config import Config, TableSpec, redact
 from reconcile.control import migrate
 from reconcile.errors import LimitExceeded
-from reconcile.occ import DEFAULT_POLICY, Reconnector, RetryCounters, RetryPolicy, policy_from, run_with_retry
+from reconcile.occ import (
+    DEFAULT_POLICY,
+    Reconnector,
+    RetryCounters,
+    RetryPolicy,
+    policy_from,
+    run_with_retry,
+    scrubbed,
+    stage_error,
+)
 from reconcile.replay import pgoutput as po
 from reconcile.replay.apply import (
     ApplyRefused,
@@ -90,7 +104,7 @@ from reconcile.replay.apply import (
     write_watermark,
 )
 from reconcile.errors import ReconcileError
-from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder, ReplayInterrupted
+from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder
 from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
@@ -287,6 +301,8 @@ class Replayer:
         self.reader: SlotReader | None = None
         self.assembler = Assembler(self.tables, fault)
         self.wm = Watermark()
+        self._slot_at = 0
+        """The slot's confirmed position as this replayer last set (or read) it."""
         self._prepared = False
 
     @classmethod
@@ -330,7 +346,7 @@ class Replayer:
         migrate(self._target.get(), dialect=self.dialect, policy=self.policy, counters=self.counters)  # type: ignore[arg-type]
         self._source = prepare_session(self._source_factory())
         self.reader = SlotReader(self._source, slot_name=s.slot_name, publication=s.publication)
-        self.reader.confirmed()  # SlotMissing when init never ran
+        self._slot_at = self.reader.confirmed()  # SlotMissing when init never ran
         if s.require_backfill:
             problems = backfill_problems(Control(self._target, budget=self.budget, policy=self.policy,
                                                  counters=self.counters), self.tables, s.slot_name)
@@ -379,6 +395,7 @@ class Replayer:
                         "follow": follow},
                "budget": dataclasses.asdict(self.budget)}
         unexpected: BaseException | None = None
+        original: BaseException | None = None
         try:
             migrate(self._target.get(), dialect=self.dialect, policy=self.policy, counters=self.counters)  # type: ignore[arg-type]
             result.run_id = run_id or runs.start_run(doc, kind=RUN_KIND)
@@ -408,15 +425,12 @@ class Replayer:
             log.error("%s", result.message)
         except KeyboardInterrupt:
             result.status, result.message = "done", "interrupted (Ctrl-C) between rounds; rerun to go on"
-        except BaseException as exc:  # recorded on the run row (secrets removed), then raised
-            text = str(exc) if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
-            result.status, result.message, unexpected = "error", self._redact(" ".join(text.split())), exc
-            if isinstance(exc, psycopg.Error):
-                # The driver's text may quote connection details: the caller gets the redacted sentence.
-                unexpected = ReplayInterrupted(
-                    f"Replay run {result.run_id or '(not started)'} failed on a database error "
-                    f"({self._redact(_primary(exc))}); what it committed is kept (exactly once): fix the cause if "
-                    "it persists and rerun `reconcile replay run`.")
+        except BaseException as exc:  # the stage's error boundary: recorded on the run row (secrets removed), raised
+            unexpected = original = exc
+            if isinstance(exc, Exception):  # classified by SQLSTATE (occ); KeyboardInterrupt, SystemExit as they are
+                unexpected = stage_error(exc, f"Replay run {result.run_id or '(not started)'}", redact=self._redact)
+            text = str(unexpected) if isinstance(unexpected, ReconcileError) else f"{type(exc).__name__}: {exc}"
+            result.status, result.message = "error", self._redact(" ".join(text.split()))
         result.duration_seconds = round(time.monotonic() - t0, 3)
         self._finish(result)
         if result.run_id is not None:
@@ -425,8 +439,8 @@ class Replayer:
             except Exception as exc:  # the summary (or the original error) still reaches the caller
                 log.warning("could not record the end of replay run %s: %s", result.run_id, self._redact(str(exc)))
         if unexpected is not None:
-            if isinstance(unexpected, ReplayInterrupted):
-                raise unexpected from None
+            if unexpected is not original:
+                raise unexpected from scrubbed(original, self._redact)
             raise unexpected
         return result
 
@@ -468,7 +482,13 @@ class Replayer:
         s = self.settings
         flush = self.reader.flush_lsn()
         rows = self.reader.peek(s.peek_changes)
-        txns, partial = self.assembler.assemble(rows)
+        try:
+            txns, partial = self.assembler.assemble(rows)
+        except po.DecodeError as exc:
+            raise po.DecodeError(
+                f"Replay stopped before applying or advancing: a message of slot {s.slot_name} could not be decoded "
+                f"({exc}); nothing was skipped: keep the slot, check that its tables and [[tables]] keys match, and "
+                "report it with the source's version if they do.") from exc
         limited = partial or len(rows) >= s.peek_changes
         skip_end, todo = split_read(txns, self.wm.last_commit_lsn)
         if left is not None and len(todo) > left:
@@ -487,17 +507,24 @@ class Replayer:
             # What committed on the target before the dead letter may be released on the source.
             self._advance(max(skip_end, self._advanced_to))
             raise
-        self._advance(max(skip_end, self._advanced_to))
+        done = max(skip_end, self._advanced_to)
         if limited:
+            self._advance(done)
             return False
         if flush > self.wm.caught_up_lsn:
             self._tx(lambda c: write_caught_up(c, s.slot_name, flush), "caught-up mark")
             self.wm = dataclasses.replace(self.wm, caught_up_lsn=flush)
+        # Caught up: a peek its limit did not cut decodes every WAL record that starts before the server's
+        # flush position at that time (at least ``flush``), so every transaction committing before ``flush``
+        # was in this read and is applied now. The slot may move to ``flush`` even when none of that WAL was
+        # ours (other tables, other databases): it is not retained for replay any longer. A transaction of
+        # ours still open commits after ``flush``, and the slot sends every commit at or after its position.
+        self._advance(max(done, flush))
         return True
 
     def _advance(self, end: int) -> None:
-        """Move the slot past what the target has committed (called only after the commit)."""
-        if not end:
+        """Move the slot past what the target has committed (called only after the commit); never backwards."""
+        if end <= self._slot_at:
             return
         assert self.reader is not None
         if self.fault is not None:
@@ -505,6 +532,7 @@ class Replayer:
         log.debug("advance slot %s to %s (watermark %s)", self.settings.slot_name, po.int_to_lsn(end),
                   po.int_to_lsn(self.wm.last_commit_lsn))
         self.reader.advance(end)
+        self._slot_at = end
         if self.fault is not None:
             self.fault("advanced")
 

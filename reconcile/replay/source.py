@@ -348,6 +348,9 @@ class Assembler:
 
     @staticmethod
     def _key(values: Sequence[po.Value], pos: tuple[int, ...], rel: po.Relation) -> tuple[str, ...]:
+        if len(values) != len(rel.columns):  # every tuple carries every column of its Relation message
+            raise po.DecodeError(f"a change of {rel.qualified} carries {len(values)} values for the "
+                                 f"{len(rel.columns)} columns of {rel.qualified}")
         key = tuple(values[i] for i in pos)
         if any(not isinstance(v, str) for v in key):
             raise po.DecodeError(f"a change of {rel.qualified} arrived without its key values")

@@ -191,7 +191,7 @@ ON CONFLICT (dead_letter_id) DO NOTHING""").format(ident("dead_letters"))
     def resolve(self, dead_letter_id: str, *, resolution: str, by: str | None, reason: str | None) -> DeadLetter:
         """Resolve an open dead letter (``skip``, ``retry`` or ``retry-split``)."""
         if resolution not in RESOLUTIONS:
-            raise ValueError(f"unknown resolution {resolution!r}; valid: {', '.join(RESOLUTIONS)}")
+            raise ReplayError(f"unknown resolution {resolution!r}; use one of {', '.join(RESOLUTIONS)}")
         dl = self.get(dead_letter_id)
         if not dl.open:
             raise ReplayError(f"Dead letter {dead_letter_id} is already resolved ({dl.resolution} at "

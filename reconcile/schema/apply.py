@@ -27,10 +27,11 @@ from psycopg import sql
 from reconcile.budget import Budget
 from reconcile.control import ident
 from reconcile.db.columns import read_columns
-from reconcile.errors import MigrationFailed
+from reconcile.errors import InvalidArgument, MigrationFailed
 from reconcile.schema.errors import SchemaApplyFailed
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, run_with_retry
 from reconcile.schema.plan import PlannedStatement, SchemaPlan
+from reconcile.errors import InvalidArgument
 
 __all__ = ["ApplyReport", "Drift", "StatementResult", "TargetState", "apply_plan", "drift", "introspect",
            "record_plan"]
@@ -261,7 +262,7 @@ def apply_plan(conn: psycopg.Connection, plan: SchemaPlan, *, phase: PhaseChoice
         SchemaApplyFailed: a statement failed (not retryable).
     """
     if phase not in ("all", "pre-load", "post-load"):
-        raise ValueError(f"phase must be all, pre-load or post-load, got {phase!r}")
+        raise InvalidArgument(f"phase must be all, pre-load or post-load, got {phase!r}; pass one of those")
     state = introspect(conn, plan.schemas)
     results: list[StatementResult] = []
     for s in plan.phase(phase):

@@ -43,6 +43,7 @@ from psycopg import sql
 from reconcile.budget import Budget
 from reconcile.control.migrations import ident
 from reconcile.db.columns import CONVERSIONS, CatalogColumn, Conversion, conversion_for, read_columns
+from reconcile.errors import NotFound
 from reconcile.occ import DEFAULT_POLICY, RetryCounters, RetryPolicy, run_with_retry
 from reconcile.schema.errors import ContractError
 
@@ -171,7 +172,8 @@ class TableContract:
         for c in self.columns:
             if c.name == name:
                 return c
-        raise KeyError(f"{self.table} has no column {name} in its contract")
+        raise NotFound(f"{self.table} has no column {name} in its contract; use one of "
+                       f"{', '.join(c.name for c in self.columns)}")
 
     @property
     def copied(self) -> tuple[ColumnContract, ...]:

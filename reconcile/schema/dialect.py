@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from reconcile.config import DsqlEndpoint, Endpoint
+from reconcile.errors import InvalidArgument
 
 __all__ = ["DIALECTS", "Dialect", "DsqlDialect", "PostgresDialect", "dialect_for", "get_dialect"]
 
@@ -81,7 +82,7 @@ def get_dialect(name: str | Dialect) -> Dialect:
     try:
         return DIALECTS[name]
     except KeyError:
-        raise ValueError(f"unknown dialect {name!r}; valid: {', '.join(DIALECTS)}") from None
+        raise InvalidArgument(f"unknown dialect {name!r}; use one of {', '.join(DIALECTS)}") from None
 
 
 def dialect_for(endpoint: Endpoint) -> Dialect:

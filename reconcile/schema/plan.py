@@ -46,6 +46,7 @@ from reconcile.errors import TerminalError
 from reconcile.keyrule import rule_sentence
 from reconcile.schema.contract import special_refusal
 from reconcile.schema.dialect import Dialect, get_dialect
+from reconcile.errors import NotFound
 
 __all__ = ["PHASES", "LeftOut", "PlannedStatement", "SchemaPlan", "SequenceRecord", "TablePlan", "build_plan"]
 
@@ -144,7 +145,7 @@ class SchemaPlan:
         for t in self.tables:
             if t.name == name:
                 return t
-        raise KeyError(f"the plan has no table {name}")
+        raise NotFound(f"the plan has no table {name}; it plans {', '.join(t.name for t in self.tables) or 'no table'}")
 
     def phase(self, phase: str) -> list[PlannedStatement]:
         return [s for s in self.statements if phase in ("all", s.phase)]
