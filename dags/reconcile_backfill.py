@@ -24,7 +24,9 @@ MAX_ACTIVE_CHUNKS = env_int("RECONCILE_BACKFILL_MAX_ACTIVE_CHUNKS", 4)
     tags=TAGS,
     doc_md=__doc__,
     params={
-        "tables": Param([], type="array", items={"type": "string", "pattern": r"^[^.\s\"]+\.[^.\s\"]+$"},
+        "tables": Param([], type="array",
+                        items={"type": "string",
+                               "pattern": r'^(?:"(?:[^"]|"")+"|[^."\s]+)\.(?:"(?:[^"]|"")+"|[^."\s]+)$'},
                         description="Tables to copy (schema.table); empty copies every configured table."),
         "from_key": Param(None, type=["null", "string"],
                           description="Copy only chunks with keys >= this (one table; JSON array for a composite key)."),

@@ -302,11 +302,16 @@ def _row_bytes_sql(alias: str, index_columns: Iterable[tuple[str, ...]], express
 
 
 def split_table_name(name: str) -> tuple[str, str]:
-    """``"schema.table"`` → ``("schema", "table")``; a bare name is in ``public``."""
-    schema, dot, table = name.rpartition(".")
-    if not table:
-        raise InvalidArgument(f"table name {name!r} is empty; give it as schema.table")
-    return (schema if dot else "public"), table
+    """``"schema.table"`` → ``("schema", "table")`` (parts in double quotes as :mod:`reconcile.db.names`
+    reads them); a bare name is in ``public``."""
+    from reconcile.db.names import NameError_, split_name
+
+    try:
+        return split_name(name)
+    except NameError_ as exc:
+        if exc.problem == "is not schema.table" and name and '"' not in name and not name.isspace():
+            return "public", name
+        raise InvalidArgument(f"table name {name!r} {exc.problem}; give it as schema.table") from None
 
 
 def qualified(name: str) -> sql.Identifier:

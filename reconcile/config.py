@@ -20,6 +20,7 @@ that names the dotted key, where it came from, and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -28,10 +29,14 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 from urllib.parse import quote
 
+from reconcile.db.names import NameError_, canonical, split_name
 from reconcile.errors import ConfigError
+from reconcile.settings_schema import Bounds, Fix, check_fields, from_env, specs, validate
+from reconcile.settings_schema import show as _show
+from reconcile.settings_schema import type_name as _type_name
 
 __all__ = [
     "DEFAULT_FILE",
@@ -53,6 +58,7 @@ __all__ = [
     "RetrySettings",
     "TableSpec",
     "load_config",
+    "conninfo_secrets",
     "mask_conninfo",
     "one_line",
     "redact",
@@ -114,8 +120,13 @@ _ALL_ROLE_COLUMNS = ("balance_column", "amount_column", "currency_column", "acco
 _SECRET_KEY = re.compile(r"pass(?:word|wd)?|pwd|token|secret|credential|api_?key", re.IGNORECASE)
 _NOT_SECRET_KEYS = frozenset({"password_env", "token_expires_in"})
 # libpq stops the URI userinfo at the first '@' or '/', so a password cannot hold either.
-_URI_PASSWORD = re.compile(r"(://[^:@/\s]*:)([^@/]*)(@)")
-_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(://[^:@/\s]*:)([^@/]+)(@)")
+# key=value (conninfo) or key=value& (URL query) whose key names a secret: password, sslpassword, any
+# *token*, *secret*, *credential*, *api_key* (libpq's secret-bearing keys and whatever a driver error quotes).
+_SECRET_WORD = r"[A-Za-z_]*(?:pass(?:word|wd)|pwd|token|secret|credential|api_?key)[A-Za-z_]*"
+_KV_PASSWORD = re.compile(rf"(\b{_SECRET_WORD}\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]+)", re.IGNORECASE)
+_CONNINFO_SECRET_KEYS = ("password", "sslpassword")
+"""libpq connection keys whose value is a secret."""
 # Pieces of a presigned DSQL IAM token that must never be shown.
 _AWS_SIGNED = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)([^&\s\"']+)")
 
@@ -131,10 +142,28 @@ def mask_conninfo(text: str) -> str:
     'postgresql://app:***@db/ledger'
     >>> mask_conninfo("host=db password='a b' dbname=ledger")
     'host=db password=*** dbname=ledger'
+    >>> mask_conninfo("postgresql://app@db/ledger?sslkey=/k.pem&sslpassword=s3cret&sslmode=require")
+    'postgresql://app@db/ledger?sslkey=/k.pem&sslpassword=***&sslmode=require'
     """
     text = _URI_PASSWORD.sub(r"\1***\3", text)
     text = _KV_PASSWORD.sub(r"\1***", text)
     return _AWS_SIGNED.sub(r"\1***", text)
+
+
+def conninfo_secrets(conninfo: str) -> list[str]:
+    """The secret values a libpq conninfo string or URL carries (``password``, ``sslpassword``), for :func:`redact`.
+
+    >>> conninfo_secrets("host=db sslpassword=k3y password=pw dbname=x")
+    ['pw', 'k3y']
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(conninfo) if conninfo else {}
+    except psycopg.Error:
+        return []
+    return [str(params[k]) for k in _CONNINFO_SECRET_KEYS if params.get(k)]
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -182,59 +211,16 @@ class InvalidSetting(ConfigError):
         return InvalidSetting(section or self.section, self.key, self.problem, self.fix, origin)
 
 
-_STR, _INT, _NUM, _BOOL, _STRLIST = "string", "integer", "number", "boolean", "list of strings"
-_ARTICLE = {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
-            _STRLIST: "a list of strings"}
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", tuple: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_fix(key: str, kind: str, example: Any) -> str:
-    if kind == _STR:
-        return f'write it in quotes, e.g. {key} = "{example}"'
-    if kind == _INT:
-        return f"write a whole number without quotes, e.g. {key} = {example}"
-    if kind == _NUM:
-        return f"write a number without quotes, e.g. {key} = {example}"
-    if kind == _BOOL:
-        return f"write {key} = true or {key} = false, without quotes"
-    return f'write a list of column names, e.g. {key} = ["{example}"]'
-
-
-def _check_type(section: str, key: str, value: Any, kind: str, example: Any = "...") -> None:
-    ok = {
-        _STR: isinstance(value, str),
-        _INT: isinstance(value, int) and not isinstance(value, bool),
-        _NUM: isinstance(value, (int, float)) and not isinstance(value, bool),
-        _BOOL: isinstance(value, bool),
-        _STRLIST: isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
-    }[kind]
-    if not ok:
-        raise InvalidSetting(section, key,
-                             f"must be {_ARTICLE[kind]}, got {_show(value)} ({_type_name(value)})",
-                             _type_fix(key, kind, example))
-
-
-def _check_optional_str(section: str, key: str, value: Any, example: str) -> None:
-    if value is not None:
-        _check_type(section, key, value, _STR, example)
-        if not value.strip():
-            raise InvalidSetting(section, key, "is empty", f"give a value or remove {key}")
+def _check_optional_str(section: str, key: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise InvalidSetting(section, key, "is empty", f"give a value or remove {key}")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PASSWORD_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DSQL_HOST = re.compile(
     r"(?P<id>[a-z0-9]+)\.dsql(?:-[a-z0-9-]+)?\.(?P<region>[a-z]{2}(?:-[a-z0-9]+)+)\.on\.aws")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+")
-_TABLE_NAME = re.compile(r"[^.\s\"]+\.[^.\s\"]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,18 +259,22 @@ class PostgresEndpoint:
 
     def __post_init__(self) -> None:
         _check_side(self.side)
-        _check_type(self.side, "conninfo", self.conninfo, _STR, "host=db.example.com dbname=ledger")
+        check_fields(self, self.side)
         if not self.conninfo.strip():
             raise InvalidSetting(self.side, "conninfo", "is empty",
                                  "give a libpq string such as host=db.example.com dbname=ledger")
         params = _parse_conninfo(self.side, self.conninfo)
         if self.password_env is not None:
-            _check_type(self.side, "password_env", self.password_env, _STR, "PGPASSWORD_LEDGER")
-            if not _ENV_NAME.fullmatch(self.password_env):
+            # A name is upper-case by convention (or names a variable that is set); anything else may be the
+            # password itself, typed in the wrong place: it is never echoed.
+            if not (_PASSWORD_ENV_NAME.fullmatch(self.password_env)
+                    or (_ENV_NAME.fullmatch(self.password_env) and self.password_env in os.environ)):
                 raise InvalidSetting(
                     self.side, "password_env",
-                    f"must be the name of an environment variable, got {_show(self.password_env)}",
-                    "write the variable's name (letters, digits, _), not its value")
+                    "must be the name of an environment variable (upper-case letters, digits and _), "
+                    "which looks like a value instead (not shown)",
+                    "write the variable's name, e.g. password_env = \"LEDGER_PGPASSWORD\", and export the "
+                    "password in it")
             if params.get("password"):
                 raise InvalidSetting(self.side, "conninfo",
                                      "carries a password and password_env is also set",
@@ -332,11 +322,11 @@ class DsqlEndpoint:
     """Database role; "admin" uses ``dsql:DbConnectAdmin``, others ``dsql:DbConnect``."""
     profile: str | None = None
     """AWS profile used to sign tokens; None uses the default credential chain."""
-    token_expires_in: int = 900
+    token_expires_in: Annotated[int, Bounds(ge=1, le=604_800)] = 900
     """Lifetime of each IAM token in seconds (only needs to cover the connection handshake)."""
     sslrootcert: str | None = None
     """CA bundle for ``sslmode=verify-full``; None means the system store (``sslrootcert=system``)."""
-    port: int = 5432
+    port: Annotated[int, Bounds(ge=1, le=65_535)] = 5432
     """TCP port of the endpoint."""
     hostaddr: str | None = None
     """IP address to dial instead of resolving ``endpoint`` (a tunnel); TLS still verifies the name."""
@@ -347,8 +337,7 @@ class DsqlEndpoint:
         if self.side == "source":
             raise InvalidSetting("source", "kind", "cannot be 'dsql' (the source is Aurora PostgreSQL)",
                                  "use kind = \"postgres\" (or \"local\") for the source")
-        example = "abc123.dsql.us-east-1.on.aws"
-        _check_type(self.side, "endpoint", self.endpoint, _STR, example)
+        check_fields(self, self.side)
         endpoint = self.endpoint.strip().lower()
         match = _DSQL_HOST.fullmatch(endpoint)
         if not match:
@@ -357,33 +346,22 @@ class DsqlEndpoint:
                                  "copy the endpoint from the DSQL console or `aws dsql get-cluster`, "
                                  "without scheme or port")
         object.__setattr__(self, "endpoint", endpoint)
-        _check_type(self.side, "region", self.region, _STR, match["region"])
         if not self.region:
             object.__setattr__(self, "region", match["region"])
         elif not _REGION.fullmatch(self.region) or self.region != match["region"]:
             raise InvalidSetting(self.side, "region",
                                  f"is {_show(self.region)} but the endpoint is in {match['region']}",
                                  "remove region to derive it from the endpoint, or fix the endpoint")
-        _check_type(self.side, "user", self.user, _STR, "admin")
         if not self.user.strip():
             raise InvalidSetting(self.side, "user", "is empty", 'use user = "admin" or an IAM-mapped role')
-        _check_optional_str(self.side, "profile", self.profile, "ledger-migration")
-        _check_type(self.side, "token_expires_in", self.token_expires_in, _INT, 900)
-        if not 1 <= self.token_expires_in <= 604800:
-            raise InvalidSetting(self.side, "token_expires_in",
-                                 f"must be between 1 and 604800 seconds, got {self.token_expires_in}",
-                                 "use the default 900")
-        _check_optional_str(self.side, "sslrootcert", self.sslrootcert, "/etc/ssl/AmazonRootCA1.pem")
+        _check_optional_str(self.side, "profile", self.profile)
+        _check_optional_str(self.side, "sslrootcert", self.sslrootcert)
         if self.sslrootcert not in (None, "system") and not Path(self.sslrootcert).is_file():
             raise InvalidSetting(self.side, "sslrootcert",
                                  f"points to {self.sslrootcert}, which does not exist",
                                  "download the Amazon root CA there, or remove sslrootcert to use "
                                  "the system store")
-        _check_type(self.side, "port", self.port, _INT, 5432)
-        if not 1 <= self.port <= 65535:
-            raise InvalidSetting(self.side, "port", f"must be between 1 and 65535, got {self.port}",
-                                 "use the default 5432")
-        _check_optional_str(self.side, "hostaddr", self.hostaddr, "127.0.0.1")
+        _check_optional_str(self.side, "hostaddr", self.hostaddr)
         if self.hostaddr is not None:
             try:
                 ipaddress.ip_address(self.hostaddr)
@@ -446,32 +424,19 @@ class LocalSettings:
 class BudgetSettings:
     """How much of DSQL's per-transaction limits one write transaction may use."""
 
-    fraction: float = 0.5
-    """Safety fraction applied to every limit below (0 < fraction <= 1)."""
-    max_rows: int = 3000
+    fraction: Annotated[float, Bounds(gt=0, le=1, fix="use a value such as 0.5")] = 0.5
+    """Safety fraction applied to every limit below."""
+    max_rows: Annotated[int, Bounds(ge=1, le=3000)] = 3000
     """Rows one transaction may modify (DSQL: 3,000)."""
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: Annotated[int, Bounds(ge=1, le=10 * 1024 * 1024)] = 10 * 1024 * 1024
     """Bytes one transaction may write, checked at COMMIT (DSQL: 10 MiB)."""
     count_index_tuples: bool = False
     """Count secondary-index tuples toward ``max_rows`` (AWS guidance is unsettled)."""
-    txn_seconds: int = 300
+    txn_seconds: Annotated[int, Bounds(ge=1, le=300)] = 300
     """Age a transaction may reach (DSQL: 300 s)."""
 
     def __post_init__(self) -> None:
-        _check_type("budget", "fraction", self.fraction, _NUM, 0.5)
-        if not 0 < self.fraction <= 1:
-            raise InvalidSetting("budget", "fraction",
-                                 f"must be greater than 0 and at most 1, got {self.fraction}",
-                                 "use a value such as 0.5")
-        object.__setattr__(self, "fraction", float(self.fraction))
-        for name, default in (("max_rows", 3000), ("max_bytes", 10 * 1024 * 1024),
-                              ("txn_seconds", 300)):
-            value = getattr(self, name)
-            _check_type("budget", name, value, _INT, default)
-            if value <= 0:
-                raise InvalidSetting("budget", name, f"must be positive, got {value}",
-                                     f"use the default {default}")
-        _check_type("budget", "count_index_tuples", self.count_index_tuples, _BOOL)
+        check_fields(self, "budget")
 
     @property
     def rows_per_txn(self) -> int:
@@ -493,25 +458,15 @@ class BudgetSettings:
 class RetrySettings:
     """Capped exponential backoff with full jitter for retryable errors (40001 OCC, 08xxx...)."""
 
-    max_attempts: int = 8
+    max_attempts: Annotated[int, Bounds(ge=1, le=100)] = 8
     """Attempts in all, the first included."""
-    base_delay: float = 0.05
+    base_delay: Annotated[float, Bounds(gt=0, le=60)] = 0.05
     """Upper bound of the first backoff, seconds."""
-    max_delay: float = 5.0
+    max_delay: Annotated[float, Bounds(gt=0, le=3600)] = 5.0
     """Cap of any backoff, seconds."""
 
     def __post_init__(self) -> None:
-        _check_type("retry", "max_attempts", self.max_attempts, _INT, 8)
-        if self.max_attempts < 1:
-            raise InvalidSetting("retry", "max_attempts", f"must be at least 1, got {self.max_attempts}",
-                                 "use the default 8")
-        for name, default in (("base_delay", 0.05), ("max_delay", 5.0)):
-            value = getattr(self, name)
-            _check_type("retry", name, value, _NUM, default)
-            if value <= 0:
-                raise InvalidSetting("retry", name, f"must be positive, got {value}",
-                                     f"use the default {default}")
-            object.__setattr__(self, name, float(value))
+        check_fields(self, "retry")
         if self.max_delay < self.base_delay:
             raise InvalidSetting("retry", "max_delay",
                                  f"({self.max_delay}) is smaller than base_delay ({self.base_delay})",
@@ -526,7 +481,7 @@ class TableSpec:
     """Qualified name, ``schema.table``."""
     key: tuple[str, ...]
     """Primary-key columns, in key order (chunks are ranges of this key)."""
-    role: Role | None = None
+    role: Annotated[Role | None, Fix("fix the spelling or remove role for a plain table")] = None
     """"accounts", "transactions", "entries", or None for a plain table."""
     balance_column: str | None = None
     """accounts: the stored balance column ("" when the accounts keep none)."""
@@ -540,11 +495,16 @@ class TableSpec:
     """transactions: the journal transaction id; entries: the column naming it ("" when entries have none)."""
 
     def __post_init__(self) -> None:
-        _check_type("tables", "name", self.name, _STR, "ledger.accounts")
-        if not _TABLE_NAME.fullmatch(self.name):
-            raise InvalidSetting("tables", "name", f"must be schema.table, got {_show(self.name)}",
-                                 'qualify it with its schema, e.g. name = "ledger.accounts"')
-        _check_type("tables", "key", self.key, _STRLIST, "account_id")
+        _must_be("name", self.name, str, 'write it in quotes, e.g. name = "ledger.accounts"')
+        try:
+            object.__setattr__(self, "name", canonical(self.name))
+        except NameError_ as exc:
+            fix = ('qualify it with its schema, e.g. name = "ledger.accounts"' if exc.problem == "is not schema.table"
+                   else "write a part that holds a space, a dot or a double quote in double quotes (a quote inside "
+                        "doubled), e.g. name = 'ledger.\"my table\"'")
+            raise InvalidSetting("tables", "name", f"must be schema.table, got {_show(self.name)}, which "
+                                 f"{exc.problem}", fix) from None
+        _must_be("key", self.key, (list, tuple), 'write a list of column names, e.g. key = ["account_id"]', str)
         key = tuple(self.key)
         if not key or not all(c.strip() for c in key):
             raise InvalidSetting("tables", "key", f"must list at least one column, got {list(key)}",
@@ -553,8 +513,6 @@ class TableSpec:
             raise InvalidSetting("tables", "key", f"repeats a column: {list(key)}",
                                  "list each key column once")
         object.__setattr__(self, "key", key)
-        if self.role is not None:
-            _check_type("tables", "role", self.role, _STR, "accounts")
         if self.role is not None and self.role not in ROLE_COLUMNS:
             raise InvalidSetting("tables", "role",
                                  f"must be one of {', '.join(ROLE_COLUMNS)}, got {_show(self.role)}",
@@ -580,7 +538,7 @@ class TableSpec:
                                      f"only applies to role {' or '.join(roles)}"
                                      f" (this table's role is {self.role or 'unset'})",
                                      f"remove {column} or set the role")
-            _check_type("tables", column, value, _STR, allowed[column])
+            _must_be(column, value, str, f'write it in quotes, e.g. {column} = "{allowed[column]}"')
             if value != value.strip() or (not value and column not in optional):
                 raise InvalidSetting("tables", column, f"is {_show(value)}",
                                      f'name the column, e.g. {column} = "{allowed[column]}"')
@@ -592,16 +550,26 @@ class TableSpec:
 
     @property
     def schema(self) -> str:
-        return self.name.split(".", 1)[0]
+        """The schema, unquoted (``"my schema"."t"`` -> ``my schema``)."""
+        return split_name(self.name)[0]
 
     @property
     def table(self) -> str:
-        return self.name.split(".", 1)[1]
+        """The table, unquoted."""
+        return split_name(self.name)[1]
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "key": list(self.key), "role": self.role}
         out.update({c: getattr(self, c) for c in _ALL_ROLE_COLUMNS if getattr(self, c) is not None})
         return out
+
+
+def _must_be(key: str, value: Any, kind: type | tuple[type, ...], fix: str, item: type | None = None) -> None:
+    """A table entry's type, checked without pydantic (the demo tables are built when this module loads)."""
+    if not isinstance(value, kind) or isinstance(value, bool) or (
+            item is not None and not all(isinstance(v, item) for v in value)):
+        what = "a list of strings" if item is not None else "a string"
+        raise InvalidSetting("tables", key, f"must be {what}, got {_show(value)} ({_type_name(value)})", fix)
 
 
 DEMO_TABLES: tuple[TableSpec, ...] = (
@@ -692,6 +660,8 @@ class Config:
         """The secret values this config can reach (the source and target passwords), for :func:`redact`."""
         out: list[str] = []
         for endpoint in (self.source, self.target):
+            if isinstance(endpoint, PostgresEndpoint):
+                out += conninfo_secrets(endpoint.conninfo)
             if isinstance(endpoint, PostgresEndpoint) and endpoint.password_env:
                 try:
                     value = endpoint.password()
@@ -712,11 +682,15 @@ class Config:
         return one_line(text, self.secrets(), limit=limit)
 
     def table(self, name: str) -> TableSpec:
-        """The table called ``name`` (schema.table).
+        """The table called ``name`` (schema.table, in any form :mod:`reconcile.db.names` reads).
 
         Raises:
             ConfigError: no such table is configured.
         """
+        try:
+            name = canonical(name)
+        except NameError_:
+            pass
         for table in self.tables:
             if table.name == name:
                 return table
@@ -746,9 +720,10 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# Stage sections: each stage owns a frozen dataclass of its settings in its own package; its
-# __post_init__ validates values and raises InvalidSetting. The keys and their types come from the
-# dataclass fields (int, float, bool, str, str | None, tuple[str, ...]).
+# Stage sections: each stage owns a frozen dataclass of its settings in its own package. The keys,
+# their types and the ranges of numbers come from its fields (see reconcile.settings_schema: a number
+# without declared bounds is finite, 0 or more and at most DEFAULT_MAX); its __post_init__ checks what
+# relates fields and raises InvalidSetting.
 
 STAGE_SECTIONS: dict[str, str] = {
     "replay": "reconcile.replay.settings:ReplaySettings",
@@ -768,23 +743,6 @@ def _stage_class(section: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _stage_schema(cls: type) -> dict[str, str]:
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    kinds: dict[str, str] = {}
-    for f in fields(cls):
-        hint = hints[f.name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) and len(args) == 1 \
-            else hint
-        if typing.get_origin(base) is tuple:
-            kinds[f.name] = _STRLIST
-        else:
-            kinds[f.name] = {bool: _BOOL, int: _INT, float: _NUM, str: _STR}.get(base, _STR)
-    return kinds
-
-
 def _describe_stage(settings: Any) -> dict[str, Any]:
     out = {}
     for f in fields(settings):
@@ -797,22 +755,10 @@ def _describe_stage(settings: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Loading
 
-# Valid keys and their types, in the order they are listed in error messages.
-_ENDPOINT_KEYS: dict[str, dict[str, str]] = {
-    "local": {"kind": _STR},
-    "postgres": {"kind": _STR, "conninfo": _STR, "password_env": _STR},
-    "dsql": {"kind": _STR, "endpoint": _STR, "region": _STR, "user": _STR, "profile": _STR,
-             "token_expires_in": _INT, "sslrootcert": _STR, "port": _INT, "hostaddr": _STR},
-}
-_REQUIRED = {"local": (), "postgres": ("conninfo",), "dsql": ("endpoint",)}
-_SECTION_KEYS: dict[str, dict[str, str]] = {
-    "local": {"data_dir": _STR},
-    "budget": {"fraction": _NUM, "max_rows": _INT, "max_bytes": _INT, "count_index_tuples": _BOOL,
-               "txn_seconds": _INT},
-    "retry": {"max_attempts": _INT, "base_delay": _NUM, "max_delay": _NUM},
-}
-_TABLE_KEYS: dict[str, str] = {"name": _STR, "key": _STRLIST, "role": _STR,
-                               **{c: _STR for c in _ALL_ROLE_COLUMNS}}
+# The settings class of each endpoint kind; its fields (but side) are the section's keys, after kind.
+_ENDPOINT_CLASSES: dict[str, type] = {"local": LocalEndpoint, "postgres": PostgresEndpoint, "dsql": DsqlEndpoint}
+_NOT_KEYS = ("side", "data_dir")  # an endpoint's side is its section; a local endpoint's folder is [local]'s
+_SECTION_CLASSES: dict[str, type] = {"local": LocalSettings, "budget": BudgetSettings, "retry": RetrySettings}
 _TOP_KEYS = ("source", "target", "local", "budget", "retry", "tables", *STAGE_SECTIONS)
 _ENV_SECTIONS = ("source", "target", "local", "budget", "retry", *STAGE_SECTIONS)
 _VAR_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
@@ -897,7 +843,7 @@ class _Loader:
         budget = self._section("budget", BudgetSettings)
         retry = self._section("retry", RetrySettings)
         tables = self._tables(raw.get("tables"))
-        stages = {name: self._stage(name) for name in STAGE_SECTIONS}
+        stages = {name: self._section(name, _stage_class(name)) for name in STAGE_SECTIONS}
         overrides = tuple(sorted([v for s in self.env_raw.values() for _, v in s.values()]
                                  + self.aliases))
         try:
@@ -976,27 +922,35 @@ class _Loader:
 
     # -- sections ---------------------------------------------------------------------------
 
-    def _merged(self, section: str, schema: dict[str, str], qualifier: str = "") -> dict[str, Any]:
-        """File values checked against ``schema``, then env values coerced and laid over them."""
+    def _merged(self, section: str, cls: type, qualifier: str = "", extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """File values checked against ``cls``'s fields (and ``extra`` keys), env values parsed and laid over them."""
+        keys = (*extra, *(k for k in specs(cls) if cls in _SECTION_CLASSES.values() or k not in _NOT_KEYS))
         for key, (_, origin) in self.values[section].items():
-            if key not in schema:
-                raise _unknown(f"{section}.{key}", origin, schema, qualifier)
+            if key not in keys:
+                raise _unknown(f"{section}.{key}", origin, keys, qualifier)
         for key, (_, var) in self.env_raw[section].items():
-            if key not in schema:
-                raise _unknown(f"{section}.{key}", f"from environment variable {var}", schema,
-                               qualifier)
+            if key not in keys:
+                raise _unknown(f"{section}.{key}", f"from environment variable {var}", keys, qualifier)
         merged = {k: v for k, (v, _) in self.values[section].items()}
         for key, (text, var) in self.env_raw[section].items():
-            merged[key] = _coerce_env(section, key, text, schema[key], var)
+            merged[key] = text if key in extra else from_env(cls, section, key, text, var)
             self.values[section][key] = (merged[key], f"from {var}")
         return merged
 
-    def _origin(self, exc: InvalidSetting, section: str) -> str:
-        entry = self.values.get(section, {}).get(exc.key)
+    def _origin(self, section: str, key: str) -> str:
+        entry = self.values.get(section, {}).get(key)
         return entry[1] if entry else ""
 
+    def _build(self, cls: type, section: str, values: dict[str, Any], *args: Any) -> Any:
+        """``cls(*args, **values)`` once the values passed their types and ranges; errors say where from."""
+        values = validate(cls, section, values, origin=lambda key: self._origin(section, key))
+        try:
+            return cls(*args, **values)
+        except InvalidSetting as exc:
+            raise exc.located(self._origin(section, exc.key)) from None
+
     def _local(self) -> LocalSettings:
-        merged = self._merged("local", _SECTION_KEYS["local"])
+        merged = self._merged("local", LocalSettings)
         alias = self.env.get(LOCAL_DIR_ENV)
         if alias and "data_dir" not in self.env_raw["local"]:
             # `reconcile local up --data-dir` reads the same variable: both must find one stack.
@@ -1005,11 +959,12 @@ class _Loader:
             self.aliases.append(LOCAL_DIR_ENV)
         if "data_dir" not in merged:
             return LocalSettings(self.base_dir / _DEFAULT_DATA_DIR)
-        try:
-            _check_type("local", "data_dir", merged["data_dir"], _STR, ".reconcile/local")
-        except InvalidSetting as exc:
-            raise exc.located(self._origin(exc, "local")) from None
-        return LocalSettings(self._path(merged["data_dir"]))
+        value = merged["data_dir"]
+        if not isinstance(value, str):
+            raise InvalidSetting("local", "data_dir", f"must be a string, got {_show(value)} ({_type_name(value)})",
+                                 'write it in quotes, e.g. data_dir = ".reconcile/local"',
+                                 self._origin("local", "data_dir"))
+        return LocalSettings(self._path(value))
 
     def _path(self, text: str) -> Path:
         path = Path(text).expanduser()
@@ -1020,7 +975,7 @@ class _Loader:
         if "kind" in self.env_raw[side]:
             kind_value, var = self.env_raw[side]["kind"]
             kind_origin = f"from {var}"
-        if not isinstance(kind_value, str) or kind_value not in _ENDPOINT_KEYS:
+        if not isinstance(kind_value, str) or kind_value not in _ENDPOINT_CLASSES:
             fix = ('use "postgres" (or "local") for the source' if side == "source"
                    else 'use "dsql", "postgres" or "local"')
             raise InvalidSetting(side, "kind", f"must be one of local, postgres, dsql, got "
@@ -1028,60 +983,35 @@ class _Loader:
         if side == "source" and kind_value == "dsql":
             raise InvalidSetting("source", "kind", "cannot be 'dsql' (the source is Aurora "
                                  "PostgreSQL)", 'use kind = "postgres" (or "local")', kind_origin)
-        merged = self._merged(side, _ENDPOINT_KEYS[kind_value], f" for kind '{kind_value}'")
+        cls = _ENDPOINT_CLASSES[kind_value]
+        merged = self._merged(side, cls, f" for kind '{kind_value}'", extra=("kind",))
         merged.pop("kind", None)
-        for key in _REQUIRED[kind_value]:
-            if key not in merged:
+        for key, spec in specs(cls).items():
+            if spec.default is dataclasses.MISSING and key not in _NOT_KEYS and key not in merged:
                 tried = [f"environment variable {ENV_PREFIX}{side.upper()}__{key.upper()}"]
                 if self.file:
                     tried.append(f"{key} under [{side}] in {self.display}")
                 raise ConfigError(f"{side}.{key} is missing for kind '{kind_value}'; looked for "
                                   f"{' and '.join(tried)} — set one of them")
         if kind_value == "postgres" and self.values[side]["conninfo"][1] == self.in_file:
-            conninfo = merged["conninfo"]
+            conninfo = self.raw[side]["conninfo"]  # as written: a ${VAR} may bring a password from the environment
             if isinstance(conninfo, str) and _conninfo_has_password(conninfo):
                 raise ConfigError(f"{side}.conninfo {self.in_file} contains a password; {SECRET_FIX}")
         if kind_value == "dsql" and isinstance(merged.get("sslrootcert"), str) \
                 and merged["sslrootcert"] not in ("", "system"):
             merged["sslrootcert"] = str(self._path(merged["sslrootcert"]))
-        try:
-            if kind_value == "local":
-                return LocalEndpoint(side, local.data_dir)
-            if kind_value == "postgres":
-                return PostgresEndpoint(side, **merged)
-            return DsqlEndpoint(side, **merged)
-        except InvalidSetting as exc:
-            raise exc.located(self._origin(exc, side)) from None
+        if kind_value == "local":
+            return LocalEndpoint(side, local.data_dir)
+        return self._build(cls, side, merged, side)
 
     def _section(self, section: str, cls: type) -> Any:
-        merged = self._merged(section, _SECTION_KEYS[section])
-        try:
-            return cls(**merged)
-        except InvalidSetting as exc:
-            raise exc.located(self._origin(exc, section)) from None
-
-    def _stage(self, section: str) -> Any:
-        cls = _stage_class(section)
-        schema = _stage_schema(cls)
-        merged = self._merged(section, schema)
-        for key, value in merged.items():
-            try:
-                _check_type(section, key, value, schema[key])
-            except InvalidSetting as exc:
-                raise exc.located(self._origin(exc, section)) from None
-            if schema[key] == _STRLIST:
-                merged[key] = tuple(value)
-            elif schema[key] == _NUM:
-                merged[key] = float(value)
+        merged = self._merged(section, cls)
         for key in getattr(cls, "PATH_FIELDS", ()):
             # A relative folder (the default too) is next to the file: the same place wherever a task runs.
             value = merged.get(key, getattr(cls, key, None))
             if isinstance(value, str) and value.strip() and "://" not in value:
                 merged[key] = str(self._path(value))
-        try:
-            return cls(**merged)
-        except InvalidSetting as exc:
-            raise exc.located(self._origin(exc, section)) from None
+        return self._build(cls, section, merged)
 
     def _tables(self, raw_tables: list[dict[str, Any]] | None) -> tuple[TableSpec, ...]:
         if raw_tables is None:
@@ -1090,43 +1020,26 @@ class _Loader:
         for i, entry in enumerate(raw_tables):
             where = f"tables[{i}]"
             for key in entry:
-                if key not in _TABLE_KEYS:
-                    raise _unknown(f"{where}.{key}", self.in_file, _TABLE_KEYS)
+                if key not in specs(TableSpec):
+                    raise _unknown(f"{where}.{key}", self.in_file, specs(TableSpec))
             for key in ("name", "key"):
                 if key not in entry:
                     raise ConfigError(f"{where}.{key} is missing {self.in_file}; every [[tables]] "
                                       "entry needs name (schema.table) and key (list of columns)")
             try:
-                tables.append(TableSpec(**entry))
+                tables.append(TableSpec(**validate(TableSpec, where, entry, origin=self.in_file)))
             except InvalidSetting as exc:
                 raise exc.located(self.in_file, section=where) from None
         return tuple(tables)
 
 
 def _conninfo_has_password(conninfo: str) -> bool:
-    return mask_conninfo(conninfo) != conninfo
+    """Whether the file's own text of a conninfo holds a secret; what a ``${VAR}`` brings is the environment's.
 
-
-def _coerce_env(section: str, key: str, text: str, kind: str, var: str) -> Any:
-    value = text.strip()
-    try:
-        if kind == _STR:
-            return text
-        if kind == _STRLIST:
-            return [part.strip() for part in text.split(",") if part.strip()]
-        if kind == _INT:
-            return int(value)
-        if kind == _NUM:
-            return float(value)
-        if kind == _BOOL:
-            lowered = value.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
-    except ValueError:
-        pass
-    example = {_INT: "3000", _NUM: "0.5", _BOOL: "true"}.get(kind, "...")
-    raise InvalidSetting(section, key, f"must be {_ARTICLE[kind]}, got {_show(text)}",
-                         f"export it as e.g. {var}={example}", f"from {var}")
+    >>> _conninfo_has_password("host=db password=hunter2"), _conninfo_has_password("postgresql://u:${PW}@db/x")
+    (True, False)
+    >>> _conninfo_has_password("${DB_URL}"), _conninfo_has_password("host=db sslpassword=k3y")
+    (False, True)
+    """
+    literal = _VAR_REF.sub("", conninfo.replace("$${", ""))
+    return bool(conninfo_secrets(literal)) or mask_conninfo(literal) != literal

@@ -29,7 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from reconcile.config import DsqlEndpoint, Endpoint, LocalEndpoint, PostgresEndpoint, redact
+from reconcile.config import DsqlEndpoint, Endpoint, LocalEndpoint, PostgresEndpoint, conninfo_secrets, redact
 from reconcile.db.dsql import DsqlConnection
 from reconcile.errors import ConfigError, ConnectionFailed, LocalStackError
 
@@ -165,7 +165,7 @@ class _ScrubbedConnect(psycopg.Connection):
         try:
             return super().connect(conninfo, **kwargs)
         except psycopg.Error as exc:
-            secrets = [kwargs.get("password"), _conninfo_password(conninfo)]
+            secrets = [kwargs.get("password"), kwargs.get("sslpassword"), *conninfo_secrets(conninfo)]
             clean = type(exc)(redact(str(exc), secrets))
         # Raised outside the except block: the original (unscrubbed) error is not chained.
         raise clean
@@ -193,15 +193,6 @@ def _dsql_connection_class() -> type[psycopg.Connection]:
         """
 
     return ReconcileDsqlConnection
-
-
-def _conninfo_password(conninfo: str) -> str | None:
-    if not conninfo:
-        return None
-    try:
-        return conninfo_to_dict(conninfo).get("password")  # type: ignore[return-value]
-    except psycopg.Error:
-        return None
 
 
 @dataclass
@@ -271,7 +262,7 @@ def _plan(endpoint: Endpoint, *, local_url: Callable[[str], str] | None, autocom
         password = endpoint.password()
     else:  # pragma: no cover - Endpoint is a closed union
         raise TypeError(f"not an endpoint: {endpoint!r}")
-    secrets = [password, _conninfo_password(conninfo)]
+    secrets = [password, *conninfo_secrets(conninfo)]
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.Error as exc:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import psycopg
 
 from reconcile.config import ROLE_COLUMNS, Config, TableSpec
+from reconcile.db.names import qualify, split_name
 from reconcile.errors import ConfigError, InvalidArgument
 from reconcile.keyrule import KeyFacts, key_problem, read_key_facts, verify_key, violation_message
 
@@ -206,7 +207,7 @@ def _own(own: list[psycopg.Connection], conn: psycopg.Connection) -> psycopg.Con
 
 
 def _table_exists(conn: psycopg.Connection, name: str) -> bool:
-    schema, _, table = name.partition(".")
+    schema, table = split_name(name)
     return conn.execute(
         "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", (schema, table)).fetchone() is not None
@@ -218,8 +219,8 @@ def _close(word: str, candidates: Iterable[str]) -> str:
 
 
 def _missing_table(conn: psycopg.Connection, index: int, name: str, side: Side) -> Mismatch:
-    schema = name.partition(".")[0]
-    others = [f"{schema}.{r[0]}" for r in conn.execute(
+    schema = split_name(name)[0]
+    others = [qualify(schema, r[0]) for r in conn.execute(
         "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1", (schema,))]
     if side == "source":

@@ -474,7 +474,7 @@ def test_cli_check_raises_config_error(tmp_path):
     path = write(tmp_path, "[budget]\nmax_rows = 0\n")
     result = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
     assert isinstance(result.exception, ConfigError)
-    assert str(result.exception).startswith(f"budget.max_rows in {path} must be positive")
+    assert str(result.exception).startswith(f"budget.max_rows in {path} must be at least 1, got 0")
 
 
 def test_cli_main_exit_code_and_message(tmp_path):

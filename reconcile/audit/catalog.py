@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import psycopg
 
+from reconcile.db.names import qualify
 from reconcile.errors import NotFound
 
 __all__ = [
@@ -174,7 +176,7 @@ class Relation:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return qualify(self.schema, self.name)
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ class Table:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return qualify(self.schema, self.name)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -232,7 +234,7 @@ class Sequence_:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return qualify(self.schema, self.name)
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class Function:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return qualify(self.schema, self.name)
 
     @property
     def signature(self) -> str:
@@ -323,11 +325,11 @@ class Catalog:
 
 _TABLES = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relpersistence::text, c.relispartition,
-       (SELECT pn.nspname || '.' || pc.relname FROM pg_catalog.pg_inherits i
+       (SELECT {q(pn.nspname, pc.relname)} FROM pg_catalog.pg_inherits i
           JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
           JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
          WHERE i.inhrelid = c.oid AND c.relispartition) AS parent,
-       ARRAY(SELECT pn.nspname || '.' || pc.relname FROM pg_catalog.pg_inherits i
+       ARRAY(SELECT {q(pn.nspname, pc.relname)} FROM pg_catalog.pg_inherits i
                JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent
                JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
               WHERE i.inhrelid = c.oid AND NOT c.relispartition ORDER BY i.inhseqno) AS inherits,
@@ -358,7 +360,7 @@ SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), t
        (SELECT x.extname FROM pg_catalog.pg_depend dep JOIN pg_catalog.pg_extension x ON x.oid = dep.refobjid
          WHERE dep.classid = 'pg_catalog.pg_type'::regclass AND dep.deptype = 'e'
            AND dep.objid IN (t.oid, t.typelem, t.typbasetype) LIMIT 1),
-       ARRAY(SELECT sn.nspname || '.' || s.relname FROM pg_catalog.pg_depend dep
+       ARRAY(SELECT {q(sn.nspname, s.relname)} FROM pg_catalog.pg_depend dep
                JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S'
                JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
               WHERE dep.classid = 'pg_catalog.pg_attrdef'::regclass AND dep.objid = d.oid
@@ -390,7 +392,7 @@ SELECT con.conrelid, con.conname, con.contype::text, pg_catalog.pg_get_constrain
                JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
               ORDER BY k.ord),
        CASE WHEN con.confrelid <> 0 THEN
-            (SELECT rn.nspname || '.' || rc.relname FROM pg_catalog.pg_class rc
+            (SELECT {q(rn.nspname, rc.relname)} FROM pg_catalog.pg_class rc
                JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace WHERE rc.oid = con.confrelid) END,
        ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
@@ -400,6 +402,20 @@ FROM pg_catalog.pg_constraint con
 WHERE con.conrelid = ANY(%(oids)s) AND con.contype IN ('p', 'u', 'f', 'c', 'x')
 ORDER BY con.conrelid, con.contype, con.conname
 """
+
+
+
+def _qualify_sql(nsp: str, rel: str) -> str:
+    """SQL computing :func:`reconcile.db.names.qualify` of two name columns (a part quoted only when it must be)."""
+    def part(x: str) -> str:
+        return (f"(CASE WHEN {x} ~ '^[^.\"[:space:]]+$' THEN {x}::text "
+                f"ELSE '\"' || replace({x}::text, '\"', '\"\"') || '\"' END)")
+    return f"{part(nsp)} || '.' || {part(rel)}"
+
+
+_QUALIFY = re.compile(r"\{q\((\w+\.\w+), (\w+\.\w+)\)\}")
+_TABLES, _COLUMNS, _CONSTRAINTS = (_QUALIFY.sub(lambda m: _qualify_sql(m[1], m[2]), q)
+                                   for q in (_TABLES, _COLUMNS, _CONSTRAINTS))
 
 _INDEXES = """
 SELECT i.indrelid, ic.relname, am.amname, i.indisunique, i.indisprimary, i.indisexclusion,
@@ -454,7 +470,7 @@ ORDER BY n.nspname, c.relname
 _SEQUENCES = """
 SELECT n.nspname, c.relname, pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
        s.seqmin, s.seqmax, s.seqcache, s.seqcycle, ps.last_value,
-       (SELECT tn.nspname || '.' || tc.relname || '.' || a.attname
+       (SELECT {q(tn.nspname, tc.relname)} || '.' || a.attname
           FROM pg_catalog.pg_depend d
           JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid
           JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
@@ -470,6 +486,8 @@ LEFT JOIN pg_catalog.pg_sequences ps ON ps.schemaname = n.nspname AND ps.sequenc
 WHERE n.nspname = ANY(%(schemas)s)
 ORDER BY n.nspname, c.relname
 """
+
+_SEQUENCES = _QUALIFY.sub(lambda m: _qualify_sql(m[1], m[2]), _SEQUENCES)
 
 _FUNCTIONS = """
 SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), p.prokind::text,
@@ -630,5 +648,7 @@ def _read(conn: psycopg.Connection, schemas: tuple[str, ...]) -> Catalog:
 
 
 def qualified_schemas(names: Sequence[str]) -> tuple[str, ...]:
-    """The schemas of ``schema.table`` names, in first-seen order."""
-    return tuple(dict.fromkeys(n.split(".", 1)[0] for n in names))
+    """The schemas of ``schema.table`` names (:mod:`reconcile.db.names`), in first-seen order."""
+    from reconcile.budget import split_table_name
+
+    return tuple(dict.fromkeys(split_table_name(n)[0] for n in names))

@@ -137,7 +137,9 @@ _COLLATE = re.compile(rf"\s+COLLATE\s+(?:{_QUOTED}\s*\.\s*)?{_QUOTED}", re.I)
 
 
 def _ident_pattern(qualified: str) -> str:
-    schema, name = qualified.split(".", 1)
+    from reconcile.budget import split_table_name
+
+    schema, name = split_table_name(qualified)
     part = lambda p: rf'(?:"{re.escape(p)}"|{re.escape(p)})'  # noqa: E731
     return rf"(?:{part(schema)}\s*\.\s*)?{part(name)}"
 

@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconcile.budget import split_table_name
+from reconcile.db.names import qualify
+
 __all__ = ["Invariant", "describe_trigger_body"]
 
 
@@ -67,9 +70,17 @@ def _unquote(name: str) -> str:
     return ".".join(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts)
 
 
+def _parts(name: str) -> list[str]:
+    parts = [p.strip() for p in re.split(r"\.(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", name)]
+    return [p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts]
+
+
 def _qualify(name: str, default_schema: str) -> str:
-    name = _unquote(name)
-    return name if "." in name else f"{default_schema}.{name}"
+    """A table named in a trigger body, in the canonical form of :mod:`reconcile.db.names`."""
+    parts = _parts(name)
+    if len(parts) == 1:
+        parts = [default_schema, *parts]
+    return qualify(*parts) if len(parts) == 2 else ".".join(parts)
 
 
 def describe_trigger_body(body: str, *, table: str, events: Sequence[str], trigger: str,
@@ -87,7 +98,7 @@ def describe_trigger_body(body: str, *, table: str, events: Sequence[str], trigg
         the invariant is set when the trigger keeps a running balance.
     """
     code = _COMMENTS.sub(" ", body)
-    schema = table.split(".", 1)[0]
+    schema = split_table_name(table)[0]
     actions: list[dict[str, Any]] = []
     invariant: Invariant | None = None
 

@@ -12,10 +12,11 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from reconcile.backfill.errors import TableNotReady
 from reconcile.backfill.keys import KeyColumn
-from reconcile.budget import Budget, TableCost, split_table_name, table_cost
+from reconcile.budget import Budget, TableCost, qualified, split_table_name, table_cost
 from reconcile.config import TableSpec
 from reconcile.errors import LimitExceeded
 from reconcile.schema.contract import ContractError, TableContract, load_contract
@@ -201,8 +202,9 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
         log.warning(
             "%s: no source index returns the key in C order%s, so each chunk is read with one sort of "
             "its range; for large tables add one on the source, e.g. CREATE UNIQUE INDEX CONCURRENTLY "
-            "ON %s (%s)", name, f" (text key column(s) {', '.join(text_cols)})" if text_cols else "", name,
-            ", ".join(f'{k.name} COLLATE "C"' if k.collatable else k.name for k in source_key))
+            "ON %s (%s)", name, f" (text key column(s) {', '.join(text_cols)})" if text_cols else "",
+            qualified(name).as_string(),
+            ", ".join(sql.Identifier(k.name).as_string() + (' COLLATE "C"' if k.collatable else "") for k in source_key))
 
     cost = table_cost(target, name, rows_conn=source)
     rows_cap, cost = _budget_caps(budget, cost)

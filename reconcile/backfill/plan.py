@@ -25,7 +25,8 @@ from psycopg import sql
 
 from reconcile.backfill.catalog import TableInfo
 from reconcile.backfill.checkpoints import Chunk
-from reconcile.backfill.keys import Key, KeyColumn, compare_sql, copy_field, key_range, order_by
+from reconcile.backfill.errors import BadKey
+from reconcile.backfill.keys import Key, KeyColumn, compare_sql, copy_field, key_range, key_value, order_by, show_key
 from reconcile.budget import qualified
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,36 @@ def compare(source: psycopg.Connection, cols: Sequence[KeyColumn], a: Key, b: Ke
     return source.execute(compare_sql(cols), [*a, *b, *a, *b]).fetchone()[0]
 
 
+def check_key(source: psycopg.Connection, cols: Sequence[KeyColumn], key: Key, name: str, table: str) -> None:
+    """Refuse a key bound the source cannot read as the key's type (text for an integer, out of range...).
+
+    The value travels as a parameter cast to the column's type, so nothing in it is ever SQL; what fails
+    is the cast (SQLSTATE class 22), reported in one sentence instead of a driver traceback.
+    """
+    try:
+        source.execute(sql.SQL("SELECT {}").format(key_value(cols)), list(key))
+    except psycopg.DataError as exc:
+        if not source.autocommit:
+            source.rollback()
+        types = ", ".join(f"{c.name} {c.type}" for c in cols)
+        reason = (exc.diag.message_primary or "invalid value").split(":")[0]
+        raise BadKey(f"{name} {show_key(key)} is not a key of {table} ({types}): {reason}; give the key as the "
+                     "column's text form (a JSON array for a composite key)") from None
+
+
 def select_range(source: psycopg.Connection, info: TableInfo, chunks: Sequence[Chunk],
                  from_key: Key | None, to_key: Key | None) -> list[Chunk]:
-    """The chunks (in key order) that overlap keys ``[from_key, to_key)``; None bounds are open."""
+    """The chunks (in key order) that overlap keys ``[from_key, to_key)``; None bounds are open.
+
+    Raises:
+        BadKey: a bound is no value of the key's type on the source (checked before any comparison).
+    """
     if from_key is None and to_key is None:
         return list(chunks)
     cols = info.source_key
+    for name, key in (("from_key", from_key), ("to_key", to_key)):
+        if key is not None:
+            check_key(source, cols, key, name, info.name)
     if from_key is not None and to_key is not None and compare(source, cols, from_key, to_key) >= 0:
         return []
     ordered = sorted(chunks, key=lambda c: c.chunk_id)

@@ -127,7 +127,9 @@ def _creator(endpoint: Endpoint, local_url: Callable[[str], str] | None) -> Call
     return create
 
 
-def _add_datasource(context, side: str, endpoint: Endpoint, local_url: Callable[[str], str] | None):
+def _add_datasource(context, name: str, endpoint: Endpoint, local_url: Callable[[str], str] | None, *,
+                    side: str | None = None):
+    side = side or name
     conninfo = local_url(side) if isinstance(endpoint, LocalEndpoint) and local_url else None
     if isinstance(endpoint, LocalEndpoint) and conninfo is None:
         from reconcile.local import stack
@@ -141,11 +143,25 @@ def _add_datasource(context, side: str, endpoint: Endpoint, local_url: Callable[
                               "plugins": [register()]}
     if isinstance(endpoint, DsqlEndpoint):
         kwargs["pool_recycle"] = 3300  # under DSQL's 60-minute connection lifetime
-        return context.data_sources.add_sql(side, connection_string=url, kwargs=kwargs, create_temp_table=False)
+        return context.data_sources.add_sql(name, connection_string=url, kwargs=kwargs, create_temp_table=False)
     # SQLAlchemy's psycopg dialect looks up hstore on its first connection inside a SAVEPOINT, which
     # DSQL (and our DsqlConnection) refuses; the aurora-dsql dialect turns it off the same way.
     kwargs["use_native_hstore"] = False
-    return context.data_sources.add_postgres(side, connection_string=url, kwargs=kwargs, create_temp_table=False)
+    return context.data_sources.add_postgres(name, connection_string=url, kwargs=kwargs, create_temp_table=False)
+
+
+def table_query(name: str) -> str:
+    """The query a table's expectations read: every row of the quoted table, ``:`` escaped for SQLAlchemy.
+
+    >>> table_query('ledger2."Sel :ect"')
+    'SELECT * FROM "ledger2"."Sel \\\\:ect"'
+    """
+    from psycopg import sql
+
+    from reconcile.checks.spec import _BIND
+    from reconcile.db.names import split_name
+
+    return _BIND.sub(r"\\:", sql.SQL("SELECT * FROM {}").format(sql.Identifier(*split_name(name))).as_string())
 
 
 def _context(gx, report_dir: Path | None):
@@ -223,13 +239,13 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
         first = group[0]
         try:
             if first.table is not None:
-                if side not in datasources:
+                if (side, first.table) not in datasources:
                     endpoint = config.source if side == "source" else config.target
-                    datasources[side] = _add_datasource(context, side, endpoint, local_url)
-                schema, _, table = first.table.partition(".")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # schema_name is deprecated in favour of the URL's
-                    asset = datasources[side].add_table_asset(suite_name, table_name=table, schema_name=schema)
+                    datasources[(side, first.table)] = _add_datasource(context, f"{side}:{first.table}", endpoint,
+                                                                       local_url, side=side)
+                # A query asset over the quoted name: GX's table asset lower-cases an unquoted schema or table
+                # ("Select" became select) and splices the name into SQL as written ("tab;le" broke the query).
+                asset = datasources[(side, first.table)].add_query_asset(suite_name, query=table_query(first.table))
                 batch = asset.add_batch_definition_whole_table("whole table")
             else:
                 import pandas as pd

@@ -53,8 +53,8 @@ def parity_checks(config: Config, source: psycopg.Connection, target: psycopg.Co
     tables = (diff[2].get("tables") or {}) if diff else {}
     out = []
     for spec in config.tables:
-        schema, _, table = spec.name.partition(".")
-        rows = source.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+        rows = source.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(spec.schema, spec.table))).fetchone()[0]
         in_flight = int((tables.get(spec.name) or {}).get("in_flight") or 0)
         tolerance = in_flight + config.checks.row_count_tolerance
         evidence = {"rows_source": rows, "in_flight": in_flight, "tolerance": tolerance,

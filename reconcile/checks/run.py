@@ -177,7 +177,11 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
                 if source is not None:
                     source.close()
             if report is not None:
-                report.mkdir(parents=True, exist_ok=True)
+                try:
+                    report.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(f"the checks' report folder {report} cannot be created ({exc.strerror}); "
+                                      "give a folder you can write") from None
             t0 = time.perf_counter()
             outcomes, docs = run_gx(config, checks, report_dir=report, result_rows=config.checks.result_rows,
                                     local_url=local_url, secrets=secrets)

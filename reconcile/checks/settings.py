@@ -1,7 +1,7 @@
 """The [checks] section of reconcile.toml (also `RECONCILE__CHECKS__<KEY>`).
 
-Keys and their types come from the fields below (int, float, bool, str, str | None, tuple[str, ...]);
-`__post_init__` validates values and raises :class:`reconcile.config.InvalidSetting`.
+Keys, their types and the ranges of numbers come from the fields below (:mod:`reconcile.settings_schema`);
+`__post_init__` checks the rest and raises :class:`reconcile.config.InvalidSetting`.
 
 ```toml
 [checks]
@@ -20,6 +20,9 @@ with the reason, neither passed nor failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from reconcile.settings_schema import Bounds, check_fields
 
 SUITE_KINDS = ("ledger", "generated", "parity", "freshness")
 """Every suite kind: ledger invariants, generated per-table expectations, row-count parity, replay freshness."""
@@ -33,11 +36,11 @@ class CheckSettings:
     suites: tuple[str, ...] = SUITE_KINDS
     """Suite kinds to run: ledger, generated, parity (row counts, target), freshness (replay lag, dead
     letters, rejects; target)."""
-    max_replay_lag_seconds: float = 60.0
+    max_replay_lag_seconds: Annotated[float, Bounds(gt=0, le=86_400, fix="use e.g. 60")] = 60.0
     """Highest replay lag p99 (seconds) the latest replay run may report."""
     require_replay: bool = False
     """Fail freshness when no replay run has been recorded yet (off: no replay means nothing to judge)."""
-    row_count_tolerance: int = 0
+    row_count_tolerance: Annotated[int, Bounds(ge=0, le=1_000_000_000, fix="use 0")] = 0
     """Rows the target count may differ from the source count, on top of the latest diff's in-flight count."""
     idempotency_column: str = ""
     """Column of the transactions table that must be unique and not null (the idempotency key); "" (the
@@ -51,26 +54,18 @@ class CheckSettings:
     """true: negative balances are allowed (the invariant is not applicable); false: no balance may be negative
     except on the exempt accounts; unset: the invariant applies only when negative_balance_exempt_column is set
     (a double-entry ledger's sign convention is not guessed)."""
-    result_rows: int = 20
+    result_rows: Annotated[int, Bounds(ge=0, le=1000)] = 20
     """Unexpected values/rows kept per failed expectation in the results (and Data Docs)."""
 
     def __post_init__(self) -> None:
         from reconcile.config import InvalidSetting
 
+        check_fields(self, "checks")
         unknown = [s for s in self.suites if s not in SUITE_KINDS]
         if unknown or not self.suites:
             raise InvalidSetting("checks", "suites",
                                  f"must list some of {', '.join(SUITE_KINDS)}, got {list(self.suites)}",
                                  f'e.g. suites = ["{SUITE_KINDS[0]}", "{SUITE_KINDS[1]}"]')
-        if not self.max_replay_lag_seconds > 0:
-            raise InvalidSetting("checks", "max_replay_lag_seconds",
-                                 f"must be positive, got {self.max_replay_lag_seconds}", "use e.g. 60")
-        if self.row_count_tolerance < 0:
-            raise InvalidSetting("checks", "row_count_tolerance",
-                                 f"must be 0 or more, got {self.row_count_tolerance}", "use 0")
-        if not 0 <= self.result_rows <= 1000:
-            raise InvalidSetting("checks", "result_rows", f"must be between 0 and 1000, got {self.result_rows}",
-                                 "use the default 20")
         for key in ("idempotency_column", "negative_balance_exempt_column"):
             value = getattr(self, key)
             if not isinstance(value, str) or value != value.strip():

@@ -46,9 +46,14 @@ def ident(*parts: str) -> str:
 
 
 def qualified(name: str) -> str:
-    """``schema.table`` quoted, escaped for a GX query."""
-    schema, _, table = name.partition(".")
-    return ident(schema, table) if table else ident(name)
+    """``schema.table`` (:mod:`reconcile.db.names`) quoted, escaped for a GX query.
+
+    >>> qualified('ledger2."Sel""ect"'), qualified("ledger.tab;le")
+    ('"ledger2"."Sel""ect"', '"ledger"."tab;le"')
+    """
+    from reconcile.db.names import split_name
+
+    return ident(*split_name(name))
 
 
 def literal(value: Any) -> str:

@@ -93,7 +93,25 @@ def load_results(target: psycopg.Connection, run_id: str) -> list[dict[str, Any]
 
 def acknowledge(target: psycopg.Connection, kind: str, ref: str, *, by: str, reason: str,
                 policy: RetryPolicy, counters: RetryCounters | None = None) -> None:
-    """Record that a known problem (``kind='reject'``, the reject id) was reviewed and accepted."""
+    """Record that a known problem (``kind='reject'``, the reject id) was reviewed and accepted.
+
+    Raises:
+        CheckError: ``ref`` names no reject in ``reconcile.rejects``, or ``by``/``reason`` hold a control
+            character (they are shown on lines of their own).
+    """
+    from reconcile.checks.errors import CheckError
+    from reconcile.identity import text_problem
+
+    for label, text in (("--by", by), ("--reason", reason)):
+        problem = text_problem(text) if text.strip() else "nothing"
+        if problem:
+            raise CheckError(f"{label} contains {problem}; write it on one line without control characters")
+    found = target.execute(sql.SQL("SELECT 1 FROM {} WHERE reject_id::text = %s").format(ident("rejects")),
+                           (ref.strip().lower(),)).fetchone()
+    if found is None:
+        raise CheckError(f"no reject {ref!r} in reconcile.rejects; list them with `reconcile backfill rejects --json` "
+                         "and acknowledge one by its reject_id")
+    ref = ref.strip().lower()
     q = sql.SQL("INSERT INTO {} (kind, ref, acknowledged_by, reason) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (kind, ref) DO UPDATE SET acknowledged_by = excluded.acknowledged_by, "
                 "reason = excluded.reason, acknowledged_at = now()").format(ident("check_acknowledgements"))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION
+from ._common import CONFIG_OPTION, Number
 
 app = typer.Typer(help="Run the DAGs on a local multi-worker Airflow (Edge executor, PostgreSQL metadata DB).",
                   no_args_is_help=True)
@@ -46,10 +46,11 @@ def _print(status, as_json: bool) -> None:
 
 
 @app.command()
-def up(workers: int = typer.Option(2, "--workers", "-w", min=1, help="Edge workers to run."),
-       concurrency: int = typer.Option(2, "--concurrency", min=1, help="Tasks each worker runs at once."),
+def up(workers: int = typer.Option(2, "--workers", "-w", parser=Number(int, ge=1, le=64), help="Edge workers to run."),
+       concurrency: int = typer.Option(2, "--concurrency", parser=Number(int, ge=1, le=256),
+                                       help="Tasks each worker runs at once."),
        config_path: Optional[Path] = CONFIG_OPTION,
-       port: Optional[int] = typer.Option(None, "--port", help="API server port (default: a free one)."),
+       port: Optional[int] = typer.Option(None, "--port", parser=Number(int, ge=1, le=65_535), help="API server port (default: a free one)."),
        storage: str = typer.Option("s3", "--storage",
                                    help="Where reports go: s3 (a local moto S3), path (a shared folder in the "
                                         "setup), or config (as the config file says)."),
@@ -59,7 +60,7 @@ def up(workers: int = typer.Option(2, "--workers", "-w", min=1, help="Edge worke
                                       help="Also run a triggerer (the cutover DAG's approval step needs one)."),
        dags_folder: Optional[Path] = typer.Option(None, "--dags-folder", help="DAGs folder (default: this repo's dags/)."),
        folder: Optional[Path] = DIR_OPTION,
-       timeout: float = typer.Option(240.0, "--timeout", help="Seconds to wait for everything to be ready."),
+       timeout: float = typer.Option(240.0, "--timeout", parser=Number(float, gt=0, le=86_400), help="Seconds to wait for everything to be ready."),
        as_json: bool = typer.Option(False, "--json", help="Print machine-readable status.")) -> None:
     """Start the metadata database, moto, the API server, scheduler, DAG processor and the edge workers
     (what already runs is left alone; extra workers are stopped). Waits until all are ready."""

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION
+from ._common import CONFIG_OPTION, Number
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def audit(
     config: Optional[Path] = CONFIG_OPTION,
     scan_data: bool = typer.Option(False, "--scan-data", envvar="RECONCILE_AUDIT_SCAN_DATA",
                                    help="Also scan the rows (bounded, chunked) for values DSQL will refuse."),
-    sample: Optional[int] = typer.Option(None, "--sample", envvar="RECONCILE_AUDIT_SAMPLE", min=1,
+    sample: Optional[int] = typer.Option(None, "--sample", envvar="RECONCILE_AUDIT_SAMPLE", parser=Number(int, ge=1),
                                          help="With --scan-data: rows sampled per table (default 10,000)."),
     full: bool = typer.Option(False, "--full", envvar="RECONCILE_AUDIT_FULL",
                               help="With --scan-data: read every row, in keyset chunks."),

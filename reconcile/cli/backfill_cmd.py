@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, Number, load, preflight, run_app
 
 app = typer.Typer(help="Copy the source tables into the target in resumable, budget-sized chunks.",
                   invoke_without_command=True)
@@ -31,13 +31,16 @@ FORCE_OPTION = typer.Option(False, "--force", envvar="RECONCILE_BACKFILL_FORCE",
                             help="Copy the selected chunks again from their start, even when done (a triggered re-copy).")
 REPLAN_OPTION = typer.Option(False, "--replan", envvar="RECONCILE_BACKFILL_REPLAN",
                              help="Drop the stored chunk plan of the selected tables, plan again and copy everything.")
-WORKERS_OPTION = typer.Option(4, "--workers", "-w", envvar="RECONCILE_BACKFILL_WORKERS",
+WORKERS_OPTION = typer.Option(4, "--workers", "-w", envvar="RECONCILE_BACKFILL_WORKERS", parser=Number(setting="reconcile.backfill.config:BackfillSettings.workers"),
                               help="Chunks copied at once (threads, each with its own connections).")
 RATE_OPTION = typer.Option(0.0, "--max-rows-per-second", envvar="RECONCILE_BACKFILL_MAX_ROWS_PER_SECOND",
+                           parser=Number(setting="reconcile.backfill.config:BackfillSettings.max_rows_per_second"),
                            help="Throttle over all workers to protect the source; 0 = unlimited.")
 CHUNK_ROWS_OPTION = typer.Option(50_000, "--chunk-rows", envvar="RECONCILE_BACKFILL_CHUNK_ROWS",
+                                 parser=Number(setting="reconcile.backfill.config:BackfillSettings.chunk_rows"),
                                  help="Rows per chunk when a table is planned (the checkpoint and parallelism unit).")
 BATCH_SECONDS_OPTION = typer.Option(0.5, "--batch-seconds", envvar="RECONCILE_BACKFILL_BATCH_SECONDS",
+                                    parser=Number(setting="reconcile.backfill.config:BackfillSettings.batch_seconds"),
                                     help="Time target of one batch (source read + target transaction); batches "
                                          "adapt toward it, never beyond the transaction budget.")
 METHOD_OPTION = typer.Option("auto", "--write-method", envvar="RECONCILE_BACKFILL_WRITE_METHOD",
@@ -48,6 +51,7 @@ SLOT_OPTION = typer.Option(None, "--slot-name", envvar="RECONCILE_BACKFILL_SLOT_
                            help="The source's logical replication slot for replay (default: [replay] slot_name "
                                 "in the config, the slot replay reads).")
 LEASE_OPTION = typer.Option(600.0, "--lease-seconds", envvar="RECONCILE_BACKFILL_LEASE_SECONDS",
+                            parser=Number(setting="reconcile.backfill.config:BackfillSettings.lease_seconds"),
                             help="A running chunk silent for this long may be taken over by another run.")
 PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress", envvar="RECONCILE_BACKFILL_PROGRESS",
                                help="Live progress on stderr (default: a line on a terminal, log lines otherwise).")
@@ -170,13 +174,15 @@ def _no_control_schema(conn) -> bool:
 @app.command("rejects")
 def rejects_cmd(
     table: Optional[str] = typer.Option(None, "--table", "-t", help="Only this table's rejects."),
-    limit: int = typer.Option(100, "--limit", help="Most rows to list (newest first); 0 lists all."),
+    limit: int = typer.Option(100, "--limit", parser=Number(int), help="Most rows to list (newest first); 0 lists all."),
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List the rows the target refused during backfills, with their key and reason."""
     from reconcile.backfill.keys import show_key
 
+    if table is not None:
+        table = load(config).table(table).name  # an unknown name is refused, not listed as "no rejects"
     conn, control = _control(config)
     with conn:
         if _no_control_schema(conn):
@@ -208,9 +214,11 @@ def status_cmd(
     """Chunks done, running, pending and failed per table, rows copied and rejected."""
     import dataclasses
 
+    cfg = load(config)
+    names = [cfg.table(t).name for t in table] if table else None  # an unknown name is refused
     conn, control = _control(config)
     with conn:
-        statuses = [] if _no_control_schema(conn) else control.status(table or None)
+        statuses = [] if _no_control_schema(conn) else control.status(names)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(s) for s in statuses], indent=2))
         return

@@ -16,14 +16,14 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, load, preflight, report_folder, run_app
 
 app = typer.Typer(help="Run the invariant expectations (Great Expectations) on source and target.",
                   invoke_without_command=True)
 
 SIDE_OPTION = typer.Option(None, "--side", "-s", envvar="RECONCILE_CHECK_SIDE",
                            help="source or target (default: both).")
-REPORT_OPTION = typer.Option(None, "--report-dir", "-r", envvar="RECONCILE_CHECK_REPORT_DIR",
+REPORT_OPTION = typer.Option(None, "--report-dir", "-r", envvar="RECONCILE_CHECK_REPORT_DIR", parser=report_folder,
                              help="Folder for the GX Data Docs (written to <folder>/data_docs).")
 SUITE_OPTION = typer.Option(None, "--suite", envvar="RECONCILE_CHECK_SUITES",
                             help="Suite kind to run (ledger, generated, parity, freshness); repeat for several. "
@@ -45,14 +45,18 @@ def _run(config_path: Optional[Path], side: Optional[str], report_dir: Optional[
         typer.echo(json.dumps(result.to_dict(results=True), indent=2, default=str))
     else:
         evaluated = {o.suite for o in result.evaluated}
+        broken = {o.suite for o in result.failed if o.exception}
         for name, entry in result.suites().items():
-            mark = ("ok  " if entry["success"] else "FAIL") if name in evaluated else "n/a "
+            mark = ("ok  " if entry["success"] else "ERR " if name in broken else "FAIL") if name in evaluated else "n/a "
             failed = f"  failed: {', '.join(entry['failed'])}" if entry["failed"] else ""
             na = f"  not applicable: {', '.join(entry['not_applicable'])}" if entry["not_applicable"] else ""
             typer.echo(f"{mark} {name}{failed}{na}")
         for o in result.failed:
-            why = o.exception or f"observed {json.dumps(o.observed, default=str)}"
-            typer.echo(f"  {o.side} {o.check.suite} {o.check.name}: {o.check.description} ({why})")
+            if o.exception:  # not a finding: the expectation could not run, so its headline would be false
+                typer.echo(f"  {o.side} {o.check.suite} {o.check.name}: could not be evaluated ({o.exception})")
+            else:
+                typer.echo(f"  {o.side} {o.check.suite} {o.check.name}: {o.check.description} "
+                           f"(observed {json.dumps(o.observed, default=str)})")
         reasons: dict[tuple[str, str], str] = {}
         for o in result.not_applicable:  # one line per check, whichever sides it was listed for
             reasons.setdefault((o.check.suite, o.check.name), o.not_applicable)
@@ -60,7 +64,9 @@ def _run(config_path: Optional[Path], side: Optional[str], report_dir: Optional[
             typer.echo(f"  not applicable {suite} {name}: {reason}")
         docs = f"; data docs: {result.data_docs}" if result.data_docs else ""
         na_count = f", {len(reasons)} not applicable" if reasons else ""
-        typer.echo(f"{result.status}: {len(result.evaluated)} expectations, {len(result.failed)} failed{na_count} "
+        errors = sum(1 for o in result.failed if o.exception)
+        status = f"error ({errors} could not be evaluated)" if errors else result.status
+        typer.echo(f"{status}: {len(result.evaluated)} expectations, {len(result.failed)} failed{na_count} "
                    f"({result.duration_seconds:.1f} s, run {result.run_id}){docs}")
     if any(o.exception for o in result.outcomes):  # an expectation could not be evaluated: an error, not a finding
         raise typer.Exit(2)

@@ -61,6 +61,14 @@ def check(
     typer.echo(f"configuration is valid{where}{warned}", err=True)
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of reconcile.toml: every key, its type, range and default (for editors and tools)."""
+    from reconcile.config_reference import config_schema
+
+    typer.echo(json.dumps(config_schema(), indent=2))
+
+
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Dotted ``key = value`` pairs; tables and lists of tables become ``tables[0].name``."""
     if isinstance(data, dict):

@@ -8,14 +8,16 @@ from typing import Optional
 
 import typer
 
+from ._common import Number
+
 
 def demo(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="RECONCILE_LOCAL_DIR",
                                             help="Folder for the local servers (default: .reconcile/local)."),
-    transactions: int = typer.Option(100_000, help="Journal transactions to seed on the source."),
-    accounts: int = typer.Option(10_000, help="Accounts to seed."),
-    tps: int = typer.Option(100, help="Business transactions per second of the live workload (0: none)."),
-    seed: int = typer.Option(42, help="Seed of the deterministic demo ledger."),
+    transactions: int = typer.Option(100_000, parser=Number(int, ge=1, le=100_000_000), help="Journal transactions to seed on the source."),
+    accounts: int = typer.Option(10_000, parser=Number(int, ge=1, le=10_000_000), help="Accounts to seed."),
+    tps: int = typer.Option(100, parser=Number(int, ge=0, le=100_000), help="Business transactions per second of the live workload (0: none)."),
+    seed: int = typer.Option(42, parser=Number(int, ge=0, le=2**63 - 1), help="Seed of the deterministic demo ledger."),
     inject: bool = typer.Option(False, "--inject", help="Plant a few discrepancies on the target first, so the "
                                                         "report shows what findings look like (verdict red)."),
     airflow: bool = typer.Option(True, "--airflow/--no-airflow",

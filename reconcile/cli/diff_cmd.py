@@ -14,16 +14,17 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, Number, load, preflight, report_folder, run_app
 
 app = typer.Typer(help="Compare source and target: entry-level diffs, balance diffs and reports.",
                   invoke_without_command=True)
 
 TABLE_OPTION = typer.Option(None, "--table", "-t", envvar="RECONCILE_DIFF_TABLES",
                             help="Table to compare (schema.table); repeat for several. Default: every configured table.")
-REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR",
+REPORT_DIR_OPTION = typer.Option(None, "--report-dir", envvar="RECONCILE_DIFF_REPORT_DIR", parser=report_folder,
                                  help="Parent folder of the run's report folder (default: diff.report_dir in the config).")
 LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WAIT",
+                               parser=Number(setting="reconcile.diff.settings:DiffSettings.lag_wait_seconds"),
                                help="Seconds to wait for the replay watermark before re-checking (default: diff.lag_wait_seconds in the config).")
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 
@@ -72,7 +73,7 @@ def diff(
 @app.command("show")
 def show_cmd(
     run_id: Optional[str] = typer.Argument(None, help="A run to show in detail; default: list recent runs."),
-    limit: int = typer.Option(20, "--limit", help="Runs (or findings) to list."),
+    limit: int = typer.Option(20, "--limit", parser=Number(int, ge=1), help="Runs (or findings) to list."),
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

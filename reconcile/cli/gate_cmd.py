@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, run_app
+from ._common import CONFIG_OPTION, Number, load, run_app
 
 app = typer.Typer(help="Cutover gates: evaluate criteria, approve, roll back, publish the state.", no_args_is_help=True)
 
@@ -207,7 +207,7 @@ def acknowledge_cmd(
 
 @app.command("history")
 def history_cmd(
-    limit: int = typer.Option(50, "--limit", help="Show the last N events (0: all); the check covers all."),
+    limit: int = typer.Option(50, "--limit", parser=Number(int), help="Show the last N events (0: all); the check covers all."),
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, Number, load, preflight, run_app
 
 app = typer.Typer(help="Capture source changes through a logical slot and replay them into the target, exactly once.",
                   no_args_is_help=True)
@@ -66,9 +66,9 @@ def run_cmd(
     until_caught_up: bool = typer.Option(False, "--until-caught-up", envvar="RECONCILE_REPLAY_UNTIL_CAUGHT_UP",
                                          help="Stop once everything committed on the source before the last read "
                                               "is applied (the default when no other stop is given)."),
-    duration: Optional[float] = typer.Option(None, "--duration", envvar="RECONCILE_REPLAY_DURATION",
+    duration: Optional[float] = typer.Option(None, "--duration", envvar="RECONCILE_REPLAY_DURATION", parser=Number(float, gt=0, le=30 * 86_400),
                                              help="Stop after this many seconds (time-boxed Airflow tasks)."),
-    max_txns: Optional[int] = typer.Option(None, "--max-txns", envvar="RECONCILE_REPLAY_MAX_TXNS",
+    max_txns: Optional[int] = typer.Option(None, "--max-txns", envvar="RECONCILE_REPLAY_MAX_TXNS", parser=Number(int, ge=1),
                                            help="Stop after applying this many source transactions."),
     follow: bool = typer.Option(False, "--follow", envvar="RECONCILE_REPLAY_FOLLOW",
                                 help="Keep replaying until interrupted (Ctrl-C or SIGTERM stops cleanly)."),

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load
+from ._common import CONFIG_OPTION, Number, load
 
 app = typer.Typer(help="After write cutover: replay DSQL's CDC stream back onto the old source (the road back).",
                   no_args_is_help=True)
@@ -33,7 +33,7 @@ def _echo_json(doc) -> None:
 @app.command("init")
 def init_cmd(
     start_ts_ns: Optional[int] = typer.Option(
-        None, "--start-ts-ns", envvar="RECONCILE_REVERSE_START_TS_NS",
+        None, "--start-ts-ns", envvar="RECONCILE_REVERSE_START_TS_NS", parser=Number(int, ge=0, le=2**63 - 1),
         help="Replay DSQL transactions committed from this time on (ns since the epoch; default: now). Only the "
              "first init of a stream sets it."),
     config: Optional[Path] = CONFIG_OPTION,
@@ -55,7 +55,7 @@ def init_cmd(
 
 @app.command("run")
 def run_cmd(
-    duration: Optional[float] = typer.Option(None, "--duration", envvar="RECONCILE_REVERSE_DURATION",
+    duration: Optional[float] = typer.Option(None, "--duration", envvar="RECONCILE_REVERSE_DURATION", parser=Number(float, gt=0, le=30 * 86_400),
                                              help="Stop after this many seconds (default: once caught up)."),
     follow: bool = typer.Option(False, "--follow", envvar="RECONCILE_REVERSE_FOLLOW",
                                 help="Keep replaying until interrupted (Ctrl-C or SIGTERM stops cleanly)."),

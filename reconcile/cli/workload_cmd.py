@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, open_source, open_target
+from ._common import CONFIG_OPTION, Number, open_source, open_target
 
 app = typer.Typer(help="The demo ledger on the source: seed it, then put a live write load on it.",
                   no_args_is_help=True)
@@ -19,10 +19,12 @@ JSON_OPTION = typer.Option(False, "--json", help="Print the report as JSON on st
 @app.command("seed")
 def seed_cmd(
     accounts: int = typer.Option(10_000, "--accounts", envvar="RECONCILE_WORKLOAD_ACCOUNTS",
+                                 parser=Number(int, ge=1, le=10_000_000),
                                  help="Customer accounts (each currency adds a settlement and an equity account)."),
     transactions: int = typer.Option(100_000, "--transactions", envvar="RECONCILE_WORKLOAD_TRANSACTIONS",
+                                     parser=Number(int, ge=0, le=100_000_000),
                                      help="Business journal transactions, two entries each."),
-    seed: int = typer.Option(42, "--seed", envvar="RECONCILE_WORKLOAD_SEED",
+    seed: int = typer.Option(42, "--seed", envvar="RECONCILE_WORKLOAD_SEED", parser=Number(int, ge=0, le=2**63 - 1),
                              help="Random seed: the same seed gives byte-identical tables."),
     reset: bool = typer.Option(False, "--reset", envvar="RECONCILE_WORKLOAD_RESET",
                                help="Drop an existing ledger schema on the source first (deletes its data)."),
@@ -42,15 +44,17 @@ def seed_cmd(
 
 @app.command("run")
 def run_cmd(
-    tps: float = typer.Option(50, "--tps", envvar="RECONCILE_WORKLOAD_TPS",
+    tps: float = typer.Option(50, "--tps", envvar="RECONCILE_WORKLOAD_TPS", parser=Number(float, gt=0, le=100_000),
                               help="Business transactions per second, over all workers."),
-    duration: float = typer.Option(10.0, "--duration", envvar="RECONCILE_WORKLOAD_DURATION",
+    duration: float = typer.Option(10.0, "--duration", envvar="RECONCILE_WORKLOAD_DURATION", parser=Number(float, gt=0, le=30 * 86_400),
                                    help="Seconds to run (Ctrl-C stops early and still prints the report)."),
-    workers: int = typer.Option(4, "--workers", envvar="RECONCILE_WORKLOAD_WORKERS",
+    workers: int = typer.Option(4, "--workers", envvar="RECONCILE_WORKLOAD_WORKERS", parser=Number(int, ge=1, le=256),
                                 help="Threads, each with its own source connection."),
     seed: Optional[int] = typer.Option(None, "--seed", envvar="RECONCILE_WORKLOAD_SEED",
+                                       parser=Number(int, ge=0, le=2**63 - 1),
                                        help="Make the choice of kinds, accounts and amounts repeatable."),
     hot_fraction: float = typer.Option(0.2, "--hot-fraction", envvar="RECONCILE_WORKLOAD_HOT_FRACTION",
+                                       parser=Number(float, ge=0, le=1),
                                        help="Share of transfers that hit one of the hot accounts."),
     write_to: str = typer.Option("source", "--write-to", envvar="RECONCILE_WORKLOAD_WRITE_TO",
                                  help="Where the application writes: source (the trigger keeps balances) or target "

@@ -189,13 +189,16 @@ def read_columns(conn: psycopg.Connection, *, tables: Iterable[str] = (),
     Returns ``schema.table`` -> its columns in order (empty for a table without columns); a table that
     does not exist is absent.
     """
-    names = [n if "." in n else f"public.{n}" for n in tables]
+    from reconcile.budget import split_table_name
+    from reconcile.db.names import qualify
+
+    names = [split_table_name(n) for n in tables]
     wanted_schemas = list(dict.fromkeys(schemas))
     conds = []
     params: list = []
     if names:
         conds.append("(n.nspname, c.relname) IN (SELECT s, t FROM unnest(%s::text[], %s::text[]) AS u(s, t))")
-        params += [[n.split(".", 1)[0] for n in names], [n.split(".", 1)[1] for n in names]]
+        params += [[s for s, _ in names], [t for _, t in names]]
     if wanted_schemas:
         conds.append("n.nspname = ANY(%s)")
         params.append(wanted_schemas)
@@ -205,7 +208,7 @@ def read_columns(conn: psycopg.Connection, *, tables: Iterable[str] = (),
     out: dict[str, list[CatalogColumn]] = {}
     for (schema, table, name, num, typ, cast, typname, base, category, typmod, typlen, notnull, collatable,
          generated, always) in conn.execute(query, params):  # type: ignore[arg-type]
-        cols = out.setdefault(f"{schema}.{table}", [])
+        cols = out.setdefault(qualify(schema, table), [])
         if name is None:
             continue  # a table without columns
         cols.append(CatalogColumn(

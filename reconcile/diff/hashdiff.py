@@ -39,6 +39,7 @@ from typing import Any
 
 from psycopg import sql
 
+from reconcile.db.names import split_name
 from reconcile.diff import sqlgen
 from reconcile.diff.settings import DiffSettings
 from reconcile.diff.side import Pair, Side
@@ -164,7 +165,7 @@ def plan_segments(pair: Pair, shape: TableShape, settings: DiffSettings) -> list
             return []
         lo, hi = min(lows), max(highs) + 1
         span = hi - lo
-        schema, table = shape.name.split(".", 1)
+        schema, table = split_name(shape.name)
         est = pair.source.estimate_rows(schema, table) or 0.0
         density = min(1.0, max(est, 1.0) / span) if est > 0 else 1.0
         width = max(1, int(settings.bucket_rows / density))

@@ -59,7 +59,7 @@ def plant_discrepancies(target_conn: psycopg.Connection, config: Any, *, seed: i
     a_id, bal = sql.Identifier(accounts.account_column), sql.Identifier(accounts.balance_column)
     e_key, amt = sql.Identifier(entries.key[0]), sql.Identifier(entries.amount_column)
     j_key = sql.Identifier(journal.key[0])
-    ta, tj, te = (sql.Identifier(*t.name.split(".", 1)) for t in (accounts, journal, entries))
+    ta, tj, te = (sql.Identifier(t.schema, t.table) for t in (accounts, journal, entries))
     rng = random.Random(seed)
     with connect(config.source) as src:
         entry_ids = [r[0] for r in src.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} LIMIT 2000").format(

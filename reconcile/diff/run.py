@@ -104,7 +104,9 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
 
     names = [config.table(t).name for t in tables] if tables else [t.name for t in config.tables]
     settings = _settings(config)
-    wait = settings.lag_wait_seconds if lag_wait_seconds is None else float(lag_wait_seconds)
+    if lag_wait_seconds is not None:  # checked like [diff] lag_wait_seconds (finite, within its range)
+        settings = dataclasses.replace(settings, lag_wait_seconds=lag_wait_seconds)
+    wait = settings.lag_wait_seconds
     with _connect(config.source) as src:
         start_lsn = lag.current_lsn(src)
     run_id = run_id or store.new_run_id()

@@ -1,15 +1,16 @@
 """The [diff] section of reconcile.toml (also `RECONCILE__DIFF__<KEY>`).
 
-Keys and their types come from the fields below (int, float, bool, str, str | None, tuple[str, ...]);
-`__post_init__` validates values and raises :class:`reconcile.config.InvalidSetting`.
+Keys, their types and the ranges of numbers come from the fields below (:mod:`reconcile.settings_schema`);
+`__post_init__` checks what relates fields and raises :class:`reconcile.config.InvalidSetting`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from reconcile.config import InvalidSetting
+from reconcile.settings_schema import Bounds, check_fields
 
 _S = "diff"
 
@@ -18,33 +19,33 @@ _S = "diff"
 class DiffSettings:
     """Settings of the diff stage (entry-level diffs, balance diffs, reports)."""
 
-    segment_rows: int = 200_000
+    segment_rows: Annotated[int, Bounds(ge=100, le=100_000_000)] = 200_000
     """Rows one bucketed checksum query covers (about; keeps each query far under DSQL's 128 MiB and 5 min:
     its aggregate state is two numbers per bucket)."""
-    bucket_rows: int = 128
+    bucket_rows: Annotated[int, Bounds(ge=10, le=1_000_000)] = 128
     """Rows per checksum bucket inside a segment: a differing bucket is fetched as (key, row hash) pairs,
     so small buckets keep scattered differences cheap (the bucket query returns segment_rows / bucket_rows rows)."""
-    bisection_factor: int = 16
+    bisection_factor: Annotated[int, Bounds(ge=2, le=1024)] = 16
     """Sub-buckets a mismatching bucket is split into when it is too large to fetch."""
-    fetch_threshold: int = 5_000
+    fetch_threshold: Annotated[int, Bounds(ge=10, le=1_000_000)] = 5_000
     """A mismatching bucket with at most this many rows per side is fetched as (key, row hash) pairs."""
     precheck: bool = True
     """Checksum the first segment (the probe), then blocks of precheck_rows rows, as a whole first (one plain
     count + sum per side, no GROUP BY) and bucket only what differs: the fastest when tables mostly match.
     Once the probe or a block differs, the blocks not started yet go straight to the bucket queries."""
-    precheck_rows: int = 1_000_000
+    precheck_rows: Annotated[int, Bounds(ge=100, le=1_000_000_000)] = 1_000_000
     """Rows per precheck block (about; whole segments). A plain aggregate needs no memory, so this only
     bounds the query's duration (DSQL: 5 minutes per transaction)."""
-    workers: int = 2
+    workers: Annotated[int, Bounds(ge=1, le=64)] = 2
     """Segments checksummed at once (each worker has one source and one target connection)."""
-    lag_wait_seconds: float = 60.0
+    lag_wait_seconds: Annotated[float, Bounds(ge=0, le=86_400)] = 60.0
     """How long a diff run waits in all for a replay watermark that does not advance: once per run, not per table
     (after one wait timed out, later tables are compared statically unless the watermark moved)."""
-    recheck_rounds: int = 3
+    recheck_rounds: Annotated[int, Bounds(ge=1, le=100)] = 3
     """Re-checks of a candidate mismatch (each after the watermark passes a fresh source LSN)."""
-    poll_seconds: float = 0.5
+    poll_seconds: Annotated[float, Bounds(gt=0, le=60)] = 0.5
     """How often the watermark is polled while waiting."""
-    max_findings: int = 10_000
+    max_findings: Annotated[int, Bounds(ge=1, le=10_000_000)] = 10_000
     """Findings stored per table (counts stay exact beyond it)."""
     balances: bool = True
     """Run the balance diff (needs tables with the accounts and entries roles)."""
@@ -52,7 +53,7 @@ class DiffSettings:
     """Per-side balance rule: SQL returning (account, currency, stored, computed) for every account;
     ``{accounts}`` and ``{entries}`` are replaced by the quoted table names. None = the double-entry
     default (stored balance vs sum of the account's entries)."""
-    balance_chunk_rows: int = 200_000
+    balance_chunk_rows: Annotated[int, Bounds(ge=1, le=100_000_000)] = 200_000
     """Entries one per-account or per-transaction balance query covers (about): the balance diff reads
     those GROUP BYs in key ranges of this size inside its one snapshot (DSQL: 128 MiB per query).
     A ``balance_sql`` rule cannot be split and runs whole."""
@@ -72,24 +73,10 @@ class DiffSettings:
     """Folders the config loader resolves against the config file's folder."""
 
     def __post_init__(self) -> None:
-        for name, low in (("segment_rows", 100), ("precheck_rows", 100), ("bucket_rows", 10), ("bisection_factor", 2),
-                          ("fetch_threshold", 10), ("workers", 1), ("recheck_rounds", 1),
-                          ("max_findings", 1), ("balance_chunk_rows", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InvalidSetting(_S, name, f"must be a whole number of at least {low}, got {value!r}",
-                                     f"use the default {getattr(DiffSettings, name)}")
+        check_fields(self, _S)
         if self.bucket_rows > self.segment_rows:
             raise InvalidSetting(_S, "bucket_rows", f"({self.bucket_rows}) exceeds segment_rows ({self.segment_rows})",
                                  "lower bucket_rows or raise segment_rows")
-        for name in ("lag_wait_seconds", "poll_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InvalidSetting(_S, name, f"must be a number of seconds >= 0, got {value!r}",
-                                     f"use the default {getattr(DiffSettings, name)}")
-            object.__setattr__(self, name, float(value))
-        if self.poll_seconds <= 0:
-            raise InvalidSetting(_S, "poll_seconds", "must be greater than 0", "use the default 0.5")
         if self.balance_sql is not None and ("{accounts}" not in self.balance_sql
                                              and "{entries}" not in self.balance_sql):
             raise InvalidSetting(_S, "balance_sql", "names neither {accounts} nor {entries}",

@@ -47,6 +47,11 @@ def insert_run(conn: psycopg.Connection, run_id: str, settings: dict, policy: Re
 
 
 def get_run(conn: psycopg.Connection, run_id: str) -> dict | None:
+    """The run ``run_id`` (None when there is none, or ``run_id`` is not a run id at all: a uuid)."""
+    try:
+        uuid.UUID(str(run_id))
+    except ValueError:
+        return None
     row = conn.execute(sql.SQL("SELECT run_id::text, kind, status, started_at, finished_at, settings, summary "
                                "FROM {} WHERE run_id = %s").format(ident("runs")), (run_id,)).fetchone()
     if row is None:

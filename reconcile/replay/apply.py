@@ -112,7 +112,7 @@ def inspect_target(conn: psycopg.Connection, tables: Sequence[TableSpec],
     columns = read_columns(conn, tables=[t.name for t in tables]) if source is None else {}
     out = {}
     for spec in tables:
-        schema, _, table = spec.name.rpartition(".")
+        schema, table = spec.schema, spec.table
         row = conn.execute("SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
                            (schema or "public", table)).fetchone()

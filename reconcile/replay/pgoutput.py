@@ -134,7 +134,9 @@ class Relation:
 
     @property
     def qualified(self) -> str:
-        return f"{self.namespace}.{self.name}"
+        from reconcile.db.names import qualify
+
+        return qualify(self.namespace, self.name)
 
 
 @dataclass(frozen=True)

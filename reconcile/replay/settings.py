@@ -1,14 +1,16 @@
 """The [replay] section of reconcile.toml (also `RECONCILE__REPLAY__<KEY>`).
 
-Keys and their types come from the fields below (int, float, bool, str, str | None, tuple[str, ...]);
-`__post_init__` validates values and raises :class:`reconcile.config.InvalidSetting`.
+Keys, their types and the ranges of numbers come from the fields below (:mod:`reconcile.settings_schema`);
+`__post_init__` checks the rest and raises :class:`reconcile.config.InvalidSetting`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from reconcile.config import InvalidSetting
+from reconcile.settings_schema import Bounds, check_fields
 
 OVERSIZED_POLICIES = ("stop", "split")
 ON_ERROR_POLICIES = ("stop", "skip")
@@ -28,9 +30,9 @@ class ReplaySettings:
     """Logical replication slot on the source (plugin pgoutput); the backfill checks the same name."""
     publication: str = "reconcile_pub"
     """Publication on the source listing the configured tables."""
-    peek_changes: int = 20000
+    peek_changes: Annotated[int, Bounds(ge=1, le=1_000_000, fix="use e.g. 20000")] = 20000
     """Changes read from the slot per round (``upto_nchanges``); a transaction always comes whole."""
-    poll_interval: float = 0.5
+    poll_interval: Annotated[float, Bounds(gt=0, le=60, fix="use e.g. 0.5")] = 0.5
     """Seconds to wait before reading the slot again when it had nothing new (--follow, --duration)."""
     oversized_policy: str = "stop"
     """A source transaction larger than one target transaction: ``stop`` (dead letter, halt) or ``split``
@@ -38,9 +40,9 @@ class ReplaySettings:
     on_error: str = "stop"
     """A source transaction the target refuses (not a conflict): ``stop`` (dead letter, halt) or ``skip``
     (dead letter recorded as skipped, replay goes on)."""
-    wal_warn_bytes: int = 1024 * 1024 * 1024
+    wal_warn_bytes: Annotated[int, Bounds(ge=0, le=2**50, fix="use e.g. 1073741824 (1 GiB)")] = 1024 * 1024 * 1024
     """`replay status` warns when the slot retains more WAL than this (an idle slot bloats Aurora storage)."""
-    stale_run_minutes: float = 30.0
+    stale_run_minutes: Annotated[float, Bounds(gt=0, le=7 * 24 * 60, fix="use e.g. 30 (longer than the longest time-boxed replay run)")] = 30.0
     """A ``kind='replay'`` runs row of this slot still ``running`` is closed as ``abandoned`` by the next run
     when its process is gone (same host, dead pid), or, from another host, when it started more than this
     many minutes ago and the slot's watermark has not moved for as long (Airflow timeout, lost worker)."""
@@ -49,6 +51,7 @@ class ReplaySettings:
     copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
 
     def __post_init__(self) -> None:
+        check_fields(self, "replay")
         for key in ("slot_name", "publication"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value.strip():
@@ -56,12 +59,6 @@ class ReplaySettings:
             if not all(ch.isalnum() or ch == "_" for ch in value) or value != value.lower():
                 raise InvalidSetting("replay", key, f"must use lower-case letters, digits and _ only, got {value!r}",
                                      "PostgreSQL slot names allow nothing else; pick e.g. \"reconcile\"")
-        if self.peek_changes < 1:
-            raise InvalidSetting("replay", "peek_changes", f"must be at least 1, got {self.peek_changes}",
-                                 "use e.g. 20000")
-        if self.poll_interval <= 0:
-            raise InvalidSetting("replay", "poll_interval", f"must be positive, got {self.poll_interval}",
-                                 "use e.g. 0.5")
         if self.oversized_policy not in OVERSIZED_POLICIES:
             raise InvalidSetting("replay", "oversized_policy",
                                  f"must be one of {', '.join(OVERSIZED_POLICIES)}, got {self.oversized_policy!r}",
@@ -71,9 +68,3 @@ class ReplaySettings:
             raise InvalidSetting("replay", "on_error",
                                  f"must be one of {', '.join(ON_ERROR_POLICIES)}, got {self.on_error!r}",
                                  'use "stop" (order matters for a ledger) or "skip"')
-        if not self.stale_run_minutes > 0:
-            raise InvalidSetting("replay", "stale_run_minutes", f"must be positive, got {self.stale_run_minutes}",
-                                 "use e.g. 30 (longer than the longest time-boxed replay run)")
-        if self.wal_warn_bytes < 0:
-            raise InvalidSetting("replay", "wal_warn_bytes", f"must not be negative, got {self.wal_warn_bytes}",
-                                 "use e.g. 1073741824 (1 GiB)")

@@ -44,8 +44,14 @@ def write_all(folder: str | Path, context: dict[str, Any]) -> list[Path]:
     optionally ``roles`` and ``attribution`` (:mod:`reconcile.report.attribution`) and ``evidence``
     (expectations, replay, gate, finding history: :mod:`reconcile.report.publish`).
     """
+    from reconcile.diff.errors import ReportError
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"the report folder {folder} cannot be created ({exc.strerror}); set [diff] report_dir "
+                          "(or --report-dir) to a folder you can write") from None
     context = {**context, "attribution": attribution_of(context)}   # once for every page
     doc = dict(context["summary"])
     doc["details"] = {"results": context.get("results", []), "findings": context.get("findings", []),

@@ -77,7 +77,9 @@ class Change:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
+        from reconcile.db.names import qualify
+
+        return qualify(self.schema, self.table)
 
     @property
     def is_delete(self) -> bool:

@@ -4,8 +4,10 @@ stream back to the old source after write cutover (:mod:`reconcile.reverse`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from reconcile.config import InvalidSetting
+from reconcile.settings_schema import Bounds, check_fields
 
 ON_ERROR_POLICIES = ("stop",)
 
@@ -17,7 +19,7 @@ class ReverseSettings:
     >>> ReverseSettings(settle_ms=-1)
     Traceback (most recent call last):
     ...
-    reconcile.config.InvalidSetting: reverse.settle_ms must not be negative, got -1; use e.g. 2000 (DSQL publishes records within seconds of their commit)
+    reconcile.config.InvalidSetting: reverse.settle_ms must be 0 or more, got -1; use e.g. 2000 (DSQL publishes records within seconds of their commit)
     """
 
     stream_name: str = "reconcile-cdc"
@@ -31,23 +33,24 @@ class ReverseSettings:
     decoding skips them (``origin 'none'``), so nothing loops back to DSQL. Origins are server-wide and each
     one used holds a replication state slot (``max_active_replication_origins`` on PostgreSQL 18, else
     ``max_replication_slots``) until dropped: keep one per source server."""
-    settle_ms: int = 2000
+    settle_ms: Annotated[int, Bounds(ge=0, le=600_000, fix="use e.g. 2000 (DSQL publishes records within seconds of their commit)")] = 2000
     """A DSQL transaction is applied once every shard has been read past its commit time plus this much
     (records of one transaction arrive unordered, over all shards, with no count of them): see
     :mod:`reconcile.reverse.replayer`. A record later than that is still applied, as a late record."""
-    group_txns: int = 200
+    group_txns: Annotated[int, Bounds(ge=1, le=100_000, fix="use e.g. 200")] = 200
     """Whole DSQL transactions applied per source transaction (1 = strictly one for one)."""
-    group_changes: int = 5000
+    group_changes: Annotated[int, Bounds(ge=1, le=1_000_000, fix="use e.g. 5000")] = 5000
     """Upper bound of row changes per source transaction (a DSQL transaction is never split)."""
-    read_limit: int = 10000
+    read_limit: Annotated[int, Bounds(ge=1, le=10_000, fix="use 10000")] = 10000
     """Records per GetRecords call (the Kinesis maximum is 10,000)."""
-    poll_interval: float = 0.2
+    poll_interval: Annotated[float, Bounds(gt=0, le=60, fix="use e.g. 0.2")] = 0.2
     """Seconds to wait before reading again when every shard was at its tip."""
-    lag_limit_seconds: float = 60.0
+    lag_limit_seconds: Annotated[float, Bounds(gt=0, le=86_400, fix="use e.g. 60")] = 60.0
     """`reverse status` (and the rollback gate) call the reverse replay caught up when its last caught-up
     point is within this many seconds."""
 
     def __post_init__(self) -> None:
+        check_fields(self, "reverse")
         for key in ("stream_name", "region", "origin_name"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value.strip():
@@ -55,15 +58,3 @@ class ReverseSettings:
         if not all(ch.isalnum() or ch in "_-." for ch in self.stream_name):
             raise InvalidSetting("reverse", "stream_name", f"is not a Kinesis stream name: {self.stream_name!r}",
                                  "use letters, digits, _ - and . only")
-        if self.settle_ms < 0:
-            raise InvalidSetting("reverse", "settle_ms", f"must not be negative, got {self.settle_ms}",
-                                 "use e.g. 2000 (DSQL publishes records within seconds of their commit)")
-        for key in ("group_txns", "group_changes"):
-            if getattr(self, key) < 1:
-                raise InvalidSetting("reverse", key, f"must be at least 1, got {getattr(self, key)}", "use e.g. 200")
-        if not 1 <= self.read_limit <= 10000:
-            raise InvalidSetting("reverse", "read_limit", f"must be between 1 and 10000, got {self.read_limit}",
-                                 "use 10000")
-        if self.poll_interval <= 0 or self.lag_limit_seconds <= 0:
-            raise InvalidSetting("reverse", "poll_interval" if self.poll_interval <= 0 else "lag_limit_seconds",
-                                 "must be positive", "use e.g. 0.2 and 60")

@@ -41,6 +41,7 @@ from reconcile.audit.translate import (
 )
 from reconcile.audit.triggers import Invariant
 from reconcile.config import TableSpec
+from reconcile.db.names import split_name
 from reconcile.errors import TerminalError
 from reconcile.keyrule import rule_sentence
 from reconcile.schema.contract import special_refusal
@@ -138,7 +139,7 @@ class SchemaPlan:
 
     @property
     def schemas(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.name.split(".", 1)[0] for t in self.tables))
+        return tuple(dict.fromkeys(split_name(t.name)[0] for t in self.tables))
 
     def table(self, name: str) -> TablePlan:
         for t in self.tables:
