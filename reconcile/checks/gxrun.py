@@ -335,11 +335,15 @@ def _sample_unexpected_rows(outcomes, datasources: dict, limit: int, secrets: Se
     for o in outcomes:
         query = o.check.kwargs.get("unexpected_rows_query")
         if (o.success or o.exception or limit <= 0 or o.check.expectation != "UnexpectedRowsExpectation"
-                or not query or not o.check.table or o.side not in datasources):
+                or not query or not o.check.table):
+            continue
+        source = datasources.get((o.side, o.check.table)) or next(
+            (ds for (side, _table), ds in datasources.items() if side == o.side), None)
+        if source is None:
             continue
         batch = ".".join(_quote(part) for part in o.check.table.split(".", 1))
         try:
-            engine = datasources[o.side].get_execution_engine().engine
+            engine = source.get_execution_engine().engine
             with engine.connect() as conn:
                 rows = conn.execute(text(f"SELECT * FROM ({query.replace('{batch}', batch)}) AS unexpected "  # noqa: S608
                                          f"LIMIT {int(limit)}")).mappings().all()
