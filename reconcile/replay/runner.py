@@ -91,6 +91,8 @@ from reconcile.replay.apply import (
 )
 from reconcile.errors import ReconcileError
 from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder, ReplayInterrupted
+from reconcile.replay.marks import RepairMarks
+from reconcile.replay.tracking import ChangeTracker
 from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
@@ -271,7 +273,10 @@ class Replayer:
         """Passwords and tokens that must never reach a message, a log or the runs row (:func:`redact`)."""
         self.tables = list(tables)
         self.budget = budget or Budget()
-        self.batch_budget = reserve(self.budget)
+        s = self.settings
+        # Changed-key windows and repair marks are written in the apply transactions too.
+        track = (2 * len(self.tables), 2 * len(self.tables) * (s.track_bytes + 256)) if s.track_changes else (0, 0)
+        self.batch_budget = reserve(self.budget, rows=track[0], nbytes=track[1])
         self.policy = policy
         self.dialect = dialect
         self.fault = fault
@@ -341,7 +346,16 @@ class Replayer:
         self.converter = Converter(targets)
         self.pricer = Pricer(targets, self.budget)
         self.wm = self._tx(lambda c: read_watermark(c, s.slot_name), "read watermark")
+        self.tracker = ChangeTracker(s.slot_name, {n: [t.types[k] for k in t.key] for n, t in targets.items()},
+                                     enabled=s.track_changes, cap_bytes=s.track_bytes,
+                                     window_seconds=s.track_window_seconds, max_windows=s.track_max_windows)
+        self._tx(lambda c: self.tracker.load(c, self.wm.last_commit_lsn), "load change windows")
+        self.marks = RepairMarks(s.slot_name, self._tx, relation=self._relation)
+        self.marks.load()
         self._prepared = True
+
+    def _relation(self, table: str) -> po.Relation | None:
+        return next((r for r in self.assembler.relations.values() if r.qualified == table), None)
 
     # --- the run ------------------------------------------------------------------------------------
 
@@ -461,6 +475,7 @@ class Replayer:
         """Read, apply and advance once; True when caught up (nothing more was waiting)."""
         assert self.reader is not None
         s = self.settings
+        self.marks.begin_round()
         flush = self.reader.flush_lsn()
         rows = self.reader.peek(s.peek_changes)
         txns, partial = self.assembler.assemble(rows)
@@ -508,6 +523,7 @@ class Replayer:
         self._skips: set[int] = set()
         s = self.settings
         for t in todo:
+            self.marks.scan(t)
             decision = self._decisions.get(t.commit_lsn)
             mode = "normal"
             if decision is not None:
@@ -531,6 +547,8 @@ class Replayer:
                                      "a ledger table is never a shadow write), so replay stopped before it: undo it on "
                                      "the source or re-sync the table, then skip this dead letter with a reason.", None)
             rows, nbytes = self.pricer.txn(t)
+            extra = self.marks.cost(t)
+            rows, nbytes = rows + extra[0], nbytes + extra[1]
             if mode == "split" or not self.batch_budget.within_limit(rows, nbytes):
                 self._flush(batcher)
                 if mode == "split" or s.oversized_policy == "split":
@@ -572,16 +590,24 @@ class Replayer:
                 net.add_all(t.changes)
         self._convert(net)
         slot, expected, last, fault = self.settings.slot_name, self.wm.last_commit_lsn, txns[-1], self.fault
-        writer = self.writer
+        writer, tracker, marks = self.writer, self.tracker, self.marks
+        windows = tracker.pending(txns, count=self._window_count)
 
         def apply(conn: psycopg.Connection) -> int:
             check_watermark(conn, slot, expected)
             written = writer.write(conn, net, fault)
+            tracker.write(conn, windows)
+            marks.write(conn, txns)
             write_watermark(conn, slot, last, len(txns), caught_up)
             return written
 
         written = self._tx(apply, f"apply of {len(txns)} source transaction(s)")
+        tracker.commit(windows)
+        marks.committed(txns)
         self._committed(txns, written, caught_up)
+
+    def _window_count(self, table: str) -> int:
+        return self._tx(lambda c: self.tracker.refresh_count(c, table), "change windows count")
 
     def _convert(self, net: NetChanges) -> None:
         """The column contract's source-side conversions (arrays to json, money to numeric), before the write."""
@@ -657,19 +683,22 @@ class Replayer:
         wid = self.control.open_window(slot, t, pieces=len(pieces), reason=why, run_id=self.result.run_id)
         log.warning("applying source transaction xid %d (%d changes) in %d pieces: a non-atomic window (%s)", t.xid,
                     len(t.changes), len(pieces), why)
-        writer, fault, control = self.writer, self.fault, self.control
+        writer, fault, control, tracker, marks = self.writer, self.fault, self.control, self.tracker, self.marks
         for i, piece in enumerate(pieces):
             net = NetChanges()
             net.add_all(piece.items)
             self._convert(net)
             last = i == len(pieces) - 1
             expected = self.wm.last_commit_lsn
+            windows = tracker.pending([dataclasses.replace(t, changes=list(piece.items))], count=self._window_count)
 
-            def apply(conn: psycopg.Connection, net=net, last=last, i=i) -> int:
+            def apply(conn: psycopg.Connection, net=net, last=last, i=i, windows=windows) -> int:
                 check_watermark(conn, slot, expected)
                 written = writer.write(conn, net, fault)
+                tracker.write(conn, windows)
                 control.piece_done(conn, wid, i, last)
                 if last:
+                    marks.write(conn, [t])
                     write_watermark(conn, slot, t, 1)
                 return written
 
@@ -680,7 +709,9 @@ class Replayer:
                                      f"{t.commit_lsn_text}) was refused ({_primary(exc)}); the target holds the first "
                                      f"{i} piece(s) only (non-atomic window {wid}): fix the cause and retry.",
                                   getattr(exc, "sqlstate", None))
+            tracker.commit(windows)
             if last:
+                marks.committed([t])
                 self._committed([t], written, None)
             else:
                 self.result.target_commits += 1

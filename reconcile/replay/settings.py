@@ -47,6 +47,17 @@ class ReplaySettings:
     require_backfill: bool = True
     """Refuse to apply while the initial backfill of a replicated table is incomplete (DESIGN.md, the
     copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
+    track_changes: bool = True
+    """Record which keys each apply transaction changed (``reconcile.change_windows``, in the same target
+    transaction), so an incremental diff verifies what changed; off, incremental diffs verify whole tables."""
+    track_bytes: int = 65536
+    """Bytes of keys one table's window may hold; past it, nearby keys merge into ranges (single integer or
+    text keys) or the window covers the whole table (other keys)."""
+    track_window_seconds: float = 300.0
+    """Source-commit seconds one window spans before the next one opens."""
+    track_max_windows: int = 288
+    """Windows kept per table until a diff verifies them (a day of 5-minute windows); past it the current
+    window keeps growing (coarsened), so the tracking stays bounded however long no diff runs."""
 
     def __post_init__(self) -> None:
         for key in ("slot_name", "publication"):
@@ -74,6 +85,17 @@ class ReplaySettings:
         if not self.stale_run_minutes > 0:
             raise InvalidSetting("replay", "stale_run_minutes", f"must be positive, got {self.stale_run_minutes}",
                                  "use e.g. 30 (longer than the longest time-boxed replay run)")
+        if isinstance(self.track_bytes, bool) or not isinstance(self.track_bytes, int) or \
+                not 1024 <= self.track_bytes <= 512 * 1024:
+            raise InvalidSetting("replay", "track_bytes", f"must be a whole number from 1024 to 524288, got "
+                                 f"{self.track_bytes!r}", "use e.g. 65536 (64 KiB per table and window)")
+        if not self.track_window_seconds > 0:
+            raise InvalidSetting("replay", "track_window_seconds", f"must be positive, got "
+                                 f"{self.track_window_seconds!r}", "use e.g. 300")
+        if isinstance(self.track_max_windows, bool) or not isinstance(self.track_max_windows, int) or \
+                self.track_max_windows < 1:
+            raise InvalidSetting("replay", "track_max_windows", f"must be a whole number of at least 1, got "
+                                 f"{self.track_max_windows!r}", "use e.g. 288")
         if self.wal_warn_bytes < 0:
             raise InvalidSetting("replay", "wal_warn_bytes", f"must not be negative, got {self.wal_warn_bytes}",
                                  "use e.g. 1073741824 (1 GiB)")
