@@ -7,8 +7,9 @@ What they hold (:mod:`reconcile.diff.coverage`):
 
 * ``diff_coverage`` (660): per slot and table, ``verified_lsn`` (every change the replay applied at or
   below it has been verified by a diff run), the rolling sweep's current pass (``pass_no``, its
-  ``pass_slices`` = N and slice boundaries ``pass_bounds`` as JSON text forms, the ``next_slice`` to
-  verify) and when the last full verification finished (a full diff, or the last slice of a pass).
+  ``pass_slices`` and slice boundaries ``pass_bounds`` as JSON text forms, the ``next_slice`` to verify,
+  ``pass_clean`` while every slice so far was verified by a green table diff), the last complete pass
+  (started, finished, clean) and the last full diff of the table (run, time, clean).
 * ``diff_slices`` (661): per slot, table and slice of the current pass, its key range and when, by
   which run and mode, and with which table status it was last fully verified.
 * ``repair_results`` (680): per repair run and key, what the repair did and what re-verifying the key
@@ -30,9 +31,13 @@ register(table_step(660, "diff_coverage", "diff_coverage", """
     pass_bounds text,
     pass_started_at timestamptz,
     next_slice integer NOT NULL DEFAULT 0,
+    pass_clean boolean,
+    last_pass_started_at timestamptz,
     last_pass_finished_at timestamptz,
+    last_pass_clean boolean,
     last_full_run_id uuid,
     last_full_at timestamptz,
+    last_full_clean boolean,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot_name, table_name)"""))
 

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from html import escape
 from typing import Any
 
+from reconcile.report.coverage import coverage_html
 from reconcile.report.notes import balance_phrase, notes as scope_notes
 
 GREEN, RED, AMBER = "#1a7f37", "#cf222e", "#9a6700"
@@ -251,6 +252,8 @@ def render_html(context: dict[str, Any]) -> str:
                            f'<td><code>{_e(f["source"])}</code></td><td><code>{_e(f["target"])}</code></td>'
                            f'{_money(f.get("money_delta")) or "<td></td>"}</tr>')
             out.append("</table>")
+
+    out.append(coverage_html(s))
 
     # Run facts
     settings = run.get("settings") or {}
