@@ -671,6 +671,11 @@ class Config:
         """``[gates]`` settings (:class:`reconcile.gates.settings.GateSettings`)."""
         return self.stage("gates")
 
+    @property
+    def repair(self) -> Any:
+        """``[repair]`` settings (:class:`reconcile.repair.settings.RepairSettings`)."""
+        return self.stage("repair")
+
     def __post_init__(self) -> None:
         if self.source.side != "source" or self.target.side != "target":
             raise InvalidSetting("config", "", "has its endpoints swapped (side does not match)",
@@ -755,6 +760,7 @@ STAGE_SECTIONS: dict[str, str] = {
     "diff": "reconcile.diff.settings:DiffSettings",
     "checks": "reconcile.checks.settings:CheckSettings",
     "gates": "reconcile.gates.settings:GateSettings",
+    "repair": "reconcile.repair.settings:RepairSettings",
 }
 
 

@@ -112,9 +112,12 @@ class RepairMarks:
     """Open chunks of one slot, the scan of source transactions, and the writes that go with them."""
 
     def __init__(self, slot_name: str, read: Reader,
-                 relation: Callable[[str], po.Relation | None] | None = None) -> None:
+                 relation: Callable[[str], po.Relation | None] | None = None,
+                 tables: set[str] | None = None) -> None:
         self.slot_name = slot_name
         self.read = read
+        self.tables = tables
+        """The tables this replay applies: a chunk of another table cannot be watched, so it is not applied."""
         self.relation = relation or (lambda table: None)
         self.confirmed: dict[str, OpenChunk] = {}
         self.working: dict[str, OpenChunk] = {}
@@ -127,7 +130,8 @@ class RepairMarks:
         def q(conn: psycopg.Connection) -> dict[str, OpenChunk]:
             rows = conn.execute(sql.SQL(
                 "SELECT c.chunk_id::text, c.table_name, c.mode, c.keys FROM {marks} m JOIN {chunks} c "
-                "ON c.chunk_id = m.chunk_id WHERE m.slot_name = %s AND m.low_lsn IS NOT NULL AND m.high_lsn IS NULL")
+                "ON c.chunk_id = m.chunk_id WHERE m.slot_name = %s AND m.low_lsn IS NOT NULL AND m.high_lsn IS NULL "
+                "AND c.status <> 'abandoned'")
                 .format(marks=ident("repair_marks"), chunks=ident("repair_chunks")), (self.slot_name,)).fetchall()
             out = {}
             for cid, table, mode, keys in rows:
@@ -141,7 +145,15 @@ class RepairMarks:
         self.begin_round()
 
     def begin_round(self) -> None:
-        """Forget what was scanned but not committed (a round that failed is read again from the watermark)."""
+        """Forget what was scanned but not committed (a round that failed is read again from the watermark), and
+        stop watching chunks whose repair was abandoned (it died before writing their high watermark)."""
+        if self.confirmed:
+            ids = [uuid.UUID(c) for c in self.confirmed]
+            gone = self.read(lambda c: [r[0] for r in c.execute(sql.SQL(
+                "SELECT chunk_id::text FROM {} WHERE chunk_id = ANY(%s) AND status = 'abandoned'").format(
+                ident("repair_chunks")), (ids,)).fetchall()], "abandoned repair chunks")
+            for cid in gone:
+                self.confirmed.pop(cid, None)
         self.working = copy.deepcopy(self.confirmed)
         self._effects = {}
 
@@ -186,6 +198,10 @@ class RepairMarks:
                                             .format(ident("repair_chunks")), (cid,)).fetchone(), "repair chunk")
         if row is None:
             log.warning("repair watermark for unknown chunk %s ignored", chunk_id)
+            return None
+        if self.tables is not None and row[0] not in self.tables:
+            log.warning("repair chunk %s is of %s, which this replay does not apply ([[tables]]): it is not opened, "
+                        "so it will not be applied", chunk_id, row[0])
             return None
         return OpenChunk(chunk_id, row[0], row[1], frozenset(tuple(k) for k in json.loads(row[2] or "[]")))
 

@@ -206,7 +206,10 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
     refused rows predate the slot cannot be told from the rejects, so any of them blocks.
     """
     problems = []
+    live = _live_backfills(control, slot_name)
     for spec in tables:
+        if spec.name in live:  # copied through the replay itself (DBLog watermarks): nothing to wait for
+            continue
         if control.load_plan(spec.name) is None:
             problems.append(f"{spec.name} was never backfilled")
             continue
@@ -240,6 +243,13 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
                 f"fix the cause{fk} and copy the table again (`reconcile backfill --table {spec.name} --force`; see "
                 "`reconcile backfill rejects`)")
     return problems
+
+
+def _live_backfills(control: Control, slot_name: str) -> set[str]:
+    """Tables whose backfill runs through the replay (``reconcile repair --whole-table``) under ``slot_name``."""
+    from reconcile.repair.store import RepairStore
+
+    return RepairStore(control.target, budget=control.budget, policy=control.policy).live_tables(slot_name)
 
 
 class _Halt(Exception):
@@ -350,7 +360,7 @@ class Replayer:
                                      enabled=s.track_changes, cap_bytes=s.track_bytes,
                                      window_seconds=s.track_window_seconds, max_windows=s.track_max_windows)
         self._tx(lambda c: self.tracker.load(c, self.wm.last_commit_lsn), "load change windows")
-        self.marks = RepairMarks(s.slot_name, self._tx, relation=self._relation)
+        self.marks = RepairMarks(s.slot_name, self._tx, relation=self._relation, tables={t.name for t in self.tables})
         self.marks.load()
         self._prepared = True
 
