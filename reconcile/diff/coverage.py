@@ -212,6 +212,7 @@ def run_summary(conn: psycopg.Connection, slot_name: str, tables: list[str], res
         out[name] = {**done, "state": cov.to_dict() if cov is not None else None}
         since.append(cov.all_verified_since if cov is not None else None)
     oldest = min(since) if since and all(t is not None for t in since) else None  # type: ignore[type-var]
+    clean = all(c is not None and c.all_verified_clean is True for c in (state.get(n) for n in tables))
     guarantee = GUARANTEE.format(n=sweep_runs) if mode == "incremental" else FULL_GUARANTEE
     return {"mode": mode, "sweep_runs": sweep_runs, "guarantee": guarantee,
-            "all_verified_since": _iso(oldest), "tables": out}
+            "all_verified_since": _iso(oldest), "all_verified_clean": bool(tables) and clean, "tables": out}

@@ -27,7 +27,9 @@ over the tables in separate tasks, and any step can be killed and run again:
   * ``coverage``: ``{mode, sweep_runs, guarantee, all_verified_since, tables {name: {mode, reason, watermark,
     rows_read, changed, sweep, state}}}``: what the run verified of each table (everything, or the changed
     keys and one sweep slice: :mod:`reconcile.diff.incremental`) and when each slice of each table was last
-    fully verified (:mod:`reconcile.diff.coverage`).
+    fully verified (:mod:`reconcile.diff.coverage`);
+  * ``repairs``: ``{runs, outcomes, sentence}`` of the repairs of this run's findings (or decisions not to
+    repair) recorded before it finished (:mod:`reconcile.repair`), None without any.
 """
 
 from __future__ import annotations
@@ -454,6 +456,7 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             "coverage": coverage.run_summary(control, _slot(config, run), list(run["settings"].get("tables", [])),
                                              results, mode=run["settings"].get("mode") or "full",
                                              sweep_runs=settings.sweep_runs),
+            "repairs": _repairs(control, run_id),
         }
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
@@ -463,6 +466,12 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             summary["s3_uri"] = report.upload_folder(folder, settings.s3_uri.rstrip("/") + "/" + run_id)
         store.finish_run(control, run_id, status, summary, policy_from(config))
     return DiffResult(run_id, verdict, str(folder), summary)
+
+
+def _repairs(control: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    from reconcile.repair.store import repairs_of
+
+    return repairs_of(control, run_id)
 
 
 def _balance_state(config: Any, row: dict | None) -> dict[str, Any]:

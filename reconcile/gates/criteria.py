@@ -24,6 +24,10 @@ replay_lag                kind 'replay' runs finished within ``replay_window_hou
                           highest ``lag_seconds_p99`` below ``max_lag_p99_seconds`` (all null: the
                           latest must report ``caught_up``)
 dead_letters              ``reconcile.dead_letters`` with ``resolved_at IS NULL``: none
+full_pass_recent          a complete green diff run vouching every row verified within ``max_full_pass_hours``:
+                          a full run (or one without ``coverage``: older runs read everything) at its start, an
+                          incremental one by its ``coverage.all_verified_since`` when clean; evidence: repairs
+                          (:mod:`reconcile.gates.coverage`)
 audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding
 *write gate also*
 read_gate_held            state ``read_cutover`` entered >= ``min_read_hours`` ago (``gate_state``)
@@ -32,6 +36,7 @@ occ_conflict_rate         runs within the window (as for replay_lag) whose summa
                           sum(conflicts) / sum(commits) below ``max_conflict_rate``
 must_change_acknowledged  every ``must-change`` finding of the latest audit run is in
                           ``reconcile.gate_acknowledgements``
+full_diff_recent          a complete green *full* diff run started within ``max_full_pass_hours``
 ========================  ==============================================================================
 
 No evidence is never a pass: a criterion with nothing stored to read fails and says what to run.
@@ -51,14 +56,16 @@ from psycopg import sql
 from reconcile.control import ident
 from reconcile.diff.balances import layout_of
 from reconcile.diff.store import BALANCES
+from reconcile.gates.coverage import full_diff_recent, full_pass_recent, repairs_evidence
 from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 
 __all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "DiffScope", "evaluate_criteria"]
 
 READ_CRITERIA = ("green_diff_streak", "latest_diff_clean", "expectations_green", "replay_lag", "dead_letters",
-                 "audit_blockers")
-WRITE_CRITERIA = READ_CRITERIA + ("read_gate_held", "occ_conflict_rate", "must_change_acknowledged")
+                 "audit_blockers", "full_pass_recent")
+WRITE_CRITERIA = READ_CRITERIA + ("read_gate_held", "occ_conflict_rate", "must_change_acknowledged",
+                                  "full_diff_recent")
 
 FINAL_DIFF = ("green", "red", "error")
 _LISTED = 10
@@ -385,8 +392,10 @@ def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, stat
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = _runs(conn, "replay", None, since=since)
     audit = _latest_audit(conn)
+    repairs = repairs_evidence(conn, since)
     out = [_diff_streak(diffs, s, now), _diff_clean(diffs), _expectations(conn, s, now), _replay_lag(replays, s),
-           _dead_letters(conn), _audit_blockers(audit, s)]
+           _dead_letters(conn), _audit_blockers(audit, s), full_pass_recent(diffs, s, now, repairs)]
     if gate == "write":
-        out += [_read_held(state, s, now), _conflict_rate(conn, s, since), _acknowledged(conn, audit, s)]
+        out += [_read_held(state, s, now), _conflict_rate(conn, s, since), _acknowledged(conn, audit, s),
+                full_diff_recent(diffs, s, now, repairs)]
     return out

@@ -94,6 +94,9 @@ class RepairStore(ControlWriter):
         upd = sql.SQL("UPDATE {} SET status = 'abandoned', reason = 'its repair ended before the high watermark', "
                       "updated_at = now() WHERE repair_id = ANY(%s) AND status IN ('requested', 'copied')").format(
             ident("repair_chunks"))
+        runs = sql.SQL("UPDATE {} SET status = 'abandoned', finished_at = now() WHERE run_id = ANY(%s) "
+                       "AND kind = 'repair' AND status = 'running'").format(ident("runs"))
+        self._tx(lambda c: c.execute(runs, (dead,)), "abandon dead repair runs")
         return self._tx(lambda c: c.execute(upd, (dead,)).rowcount, "abandon stale repair chunks")
 
     def abandoned(self, chunk_ids: Sequence[str]) -> set[str]:
@@ -143,3 +146,21 @@ def repair_runs(conn: Any, *, diff_run_id: str | None = None, limit: int = 50) -
         out.append({"run_id": run_id, "status": status, "started_at": started, "finished_at": finished,
                     "settings": s, "summary": json.loads(summary) if summary else {}})
     return out
+
+
+def repairs_of(conn: Any, diff_run_id: str) -> dict[str, Any] | None:
+    """The ``repairs`` part of a diff run's summary: every repair (or decision not to repair) of its findings."""
+    runs = repair_runs(conn, diff_run_id=diff_run_id)
+    if not runs:
+        return None
+    outcomes: dict[str, int] = {}
+    for r in runs:
+        for k, v in (r["summary"].get("outcomes") or {}).items():
+            outcomes[k] = outcomes.get(k, 0) + int(v or 0)
+    items = [{"run_id": r["run_id"], "status": r["status"], "auto": bool(r["settings"].get("auto")),
+              "sentence": r["summary"].get("sentence") or r["summary"].get("error")} for r in runs]
+    latest = items[0]
+    sentence = f"{'automatic ' if latest['auto'] else ''}repair {latest['run_id']} {latest['status']}: {latest['sentence']}"
+    if len(items) > 1:
+        sentence += f" ({len(items)} repair runs for this diff run)"
+    return {"runs": items, "outcomes": outcomes, "sentence": sentence}
