@@ -297,3 +297,105 @@ def test_interleaved_copies_and_changes_never_let_an_older_copy_win(prop_pair, o
         m.close()
     assert rows_of(target_db) == rows_of(source_db)
     assert len(marks) == 2 and {x["outcome"] for x in marks.values()} == {"applied"}
+
+
+# --- automatic repair and what the run, its report and the gate evidence say ---------------------------------
+
+
+def test_automatic_repair_runs_below_its_limit_and_is_recorded_above_it(source_db, target_db, drop_slots, tmp_path):
+    import dataclasses
+
+    from reconcile.diff import diff_table, finish_diff, start_diff
+    from reconcile.gates.coverage import repairs_evidence
+    from reconcile.pipeline.repair import auto_repair_step
+
+    for url in (source_db, target_db):
+        sql(url, "CREATE SCHEMA app", "CREATE TABLE app.items (id bigint PRIMARY KEY, note text)",
+            "INSERT INTO app.items SELECT g, 'n' || g FROM generate_series(1, 50) g")
+    base = make_config(source_db, target_db, tmp_path, auto_max_findings=2)
+    init_replay(base)
+    sql(target_db, "UPDATE app.items SET note = 'bad' WHERE id IN (10, 20, 30)")
+
+    def reconcile(cfg: Config) -> tuple[dict, dict]:
+        run_id = start_diff(cfg, mode="full")
+        diff_table(cfg, run_id, "app.items")
+        with ReplayThread(cfg):
+            step = auto_repair_step(cfg, run_id)
+        return step, finish_diff(cfg, run_id).summary
+
+    step, summary = reconcile(base)  # 3 findings > 2: not repaired, and the report says so
+    assert step["decision"] == "not repaired" and step["status"] == "skipped"
+    assert summary["verdict"] == "red" and summary["repairs"]["runs"][0]["status"] == "skipped"
+    assert "more than [repair] auto_max_findings = 2" in summary["repairs"]["sentence"]
+    assert rows_of(target_db) != rows_of(source_db)
+
+    cfg = dataclasses.replace(base, stages={**base.stages, "repair": dataclasses.replace(base.repair,
+                                                                                          auto_max_findings=3)})
+    step, summary = reconcile(cfg)
+    assert step["decision"] == "repaired" and step["outcomes"]["repaired"] == 3
+    assert summary["verdict"] == "red"  # the run found differences: it stays red, its report names the repair
+    assert summary["repairs"]["outcomes"]["repaired"] == 3 and "3 repaired" in summary["repairs"]["sentence"]
+    html = (tmp_path / "reports" / summary["run_id"] / "report.html").read_text()
+    assert "<h2>Repairs</h2>" in html and "3 repaired" in html
+    assert rows_of(target_db) == rows_of(source_db)
+    with psycopg.connect(target_db) as conn:
+        ev = repairs_evidence(conn, conn.execute("SELECT now() - interval '1 hour'").fetchone()[0])
+    assert ev["repairs"] == 2 and ev["by_status"] == {"skipped": 1, "repaired": 1} and ev["outcomes"]["repaired"] == 3
+
+    step, summary = reconcile(cfg)  # nothing left: nothing recorded
+    assert step == {"decision": "nothing to repair", "findings": 0} and summary["verdict"] == "green"
+    assert summary["repairs"] is None
+
+
+def test_a_table_added_to_a_running_migration_is_backfilled_through_the_replay(source_db, target_db, drop_slots,
+                                                                              tmp_path):
+    """The new table's rows are copied chunk by chunk between watermarks while a workload keeps changing them."""
+    from reconcile.config import TableSpec as T
+
+    other = T("app.other", ("id",))
+    fresh = T("app.fresh", ("code", "n"))
+    sql(source_db, "CREATE SCHEMA app", "CREATE TABLE app.other (id int PRIMARY KEY, v text)",
+        "CREATE TABLE app.fresh (code text, n int, v bigint, PRIMARY KEY (code, n))",
+        "INSERT INTO app.fresh SELECT chr(65 + g % 26) || g, g % 3, 0 FROM generate_series(1, 700) g")
+    sql(target_db, "CREATE SCHEMA app", "CREATE TABLE app.other (id int PRIMARY KEY, v text)",
+        "CREATE TABLE app.fresh (code text, n int, v bigint, PRIMARY KEY (code, n))")
+    running = make_config(source_db, target_db, tmp_path, tables=(other,))
+    init_replay(running)  # the migration runs with app.other only
+    sql(source_db, "INSERT INTO app.other VALUES (1, 'a')")
+    assert run_replay(running).txns_applied == 1
+
+    added = make_config(source_db, target_db, tmp_path, tables=(other, fresh), chunk_rows=90)
+    init_replay(added)  # adds app.fresh to the publication
+    stop = threading.Event()
+
+    def workload() -> None:
+        with psycopg.connect(source_db, autocommit=True) as conn:
+            v = 0
+            while not stop.is_set():
+                v += 1
+                conn.execute("UPDATE app.fresh SET v = %s WHERE (code, n) IN (SELECT code, n FROM app.fresh "
+                             "ORDER BY random() LIMIT 3)", (v,))
+                conn.execute("INSERT INTO app.fresh VALUES (%s, 9, %s) ON CONFLICT DO NOTHING", (f"new{v}", v))
+                if v % 7 == 0:
+                    conn.execute("DELETE FROM app.fresh WHERE code = %s AND n = 9", (f"new{v - 3}",))
+                stop.wait(0.003)
+
+    load = threading.Thread(target=workload, daemon=True)
+    with ReplayThread(added):
+        load.start()
+        result = run_repair(added, tables=["app.fresh"], whole_table=True)
+        stop.set()
+        load.join(10)
+    assert result.status == "repaired", result.summary
+    t = result.summary["tables"]["app.fresh"]
+    assert result.summary["mode"] == "whole_table" and t["chunks"] >= 8 and t["copied"] >= 700
+    assert run_replay(added, until_caught_up=True).status == "done"
+    assert rows_of(target_db, "app.fresh") == rows_of(source_db, "app.fresh")
+    assert rows_of(target_db, "app.other") == rows_of(source_db, "app.other")
+    # the replay's backfill check accepts a table copied through it
+    from reconcile.backfill.checkpoints import Control
+    from reconcile.replay import backfill_problems
+
+    with connect(PostgresEndpoint("target", target_db)) as conn:
+        problems = backfill_problems(Control(conn), [fresh, other], added.replay.slot_name)
+    assert problems == ["app.other was never backfilled"]
