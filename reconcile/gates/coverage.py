@@ -3,7 +3,7 @@
 Which gates need a recent full pass, and why (also in README, "Continuous reconciliation"):
 
 * **read gate** (``full_pass_recent``): every row of every configured table verified, by green table diffs,
-  within ``[gates] max_full_pass_hours``: either a full diff run, or incremental runs whose rolling sweep
+  within ``[gates] max_all_verified_hours``: either a full diff run, or incremental runs whose rolling sweep
   completed a pass (each slice verified green) since then. Changed keys are verified run by run; the sweep is
   what finds a cold row corrupted on the target, so reads may only move once it has covered everything.
 * **write gate** (``full_pass_recent`` and ``full_diff_recent``): additionally a single full diff run (every row
@@ -77,15 +77,15 @@ def full_pass_recent(history: dict[str, Any], s: Any, now: dt.datetime, repairs:
         when, how = _verified(run)
         if when is not None and (best is None or when > best[0]):
             best = (when, how, run["run_id"])
-    evidence: dict[str, Any] = {"max_hours": s.max_full_pass_hours, "repairs": repairs}
+    evidence: dict[str, Any] = {"max_hours": s.max_all_verified_hours, "repairs": repairs}
     if best is None:
         return Criterion(name, False, evidence, "no complete green diff run has verified every row yet: run "
                                                 "`reconcile diff --full`, or let the incremental sweep finish a pass")
     age = round((now - best[0]).total_seconds() / 3600, 3)
     evidence.update(verified_since=iso(best[0]), how=best[1], run_id=best[2], age_hours=age)
-    if age > s.max_full_pass_hours:
+    if age > s.max_all_verified_hours:
         return Criterion(name, False, evidence, f"every row was last verified {age:g} h ago, more than "
-                                                f"{s.max_full_pass_hours:g} h: run `reconcile diff --full`")
+                                                f"{s.max_all_verified_hours:g} h: run `reconcile diff --full`")
     how = "a full diff" if best[1] == "full" else "a completed sweep pass"
     return Criterion(name, True, evidence, f"every row verified green by {how} {age:g} h ago")
 
@@ -93,14 +93,14 @@ def full_pass_recent(history: dict[str, Any], s: Any, now: dt.datetime, repairs:
 def full_diff_recent(history: dict[str, Any], s: Any, now: dt.datetime, repairs: dict[str, Any]) -> Criterion:
     name = "full_diff_recent"
     full = [r for r in history["recent"] if r["complete"] and r["status"] == "green" and _verified(r)[1] == "full"]
-    evidence: dict[str, Any] = {"max_hours": s.max_full_pass_hours, "repairs": repairs}
+    evidence: dict[str, Any] = {"max_hours": s.max_all_verified_hours, "repairs": repairs}
     if not full:
         return Criterion(name, False, evidence, "no complete green full diff run is stored: the write gate needs one "
                                                 "(`reconcile diff --full`, or the DAG with mode=full)")
     run = full[0]
     age = round((now - run["started_at"]).total_seconds() / 3600, 3)
     evidence.update(run_id=run["run_id"], started_at=iso(run["started_at"]), age_hours=age)
-    if age > s.max_full_pass_hours:
+    if age > s.max_all_verified_hours:
         return Criterion(name, False, evidence, f"the latest complete green full diff started {age:g} h ago, more "
-                                                f"than {s.max_full_pass_hours:g} h: run `reconcile diff --full`")
+                                                f"than {s.max_all_verified_hours:g} h: run `reconcile diff --full`")
     return Criterion(name, True, evidence, f"a complete green full diff started {age:g} h ago")

@@ -24,7 +24,7 @@ replay_lag                kind 'replay' runs finished within ``replay_window_hou
                           highest ``lag_seconds_p99`` below ``max_lag_p99_seconds`` (all null: the
                           latest must report ``caught_up``)
 dead_letters              ``reconcile.dead_letters`` with ``resolved_at IS NULL``: none
-full_pass_recent          a complete green diff run vouching every row verified within ``max_full_pass_hours``:
+full_pass_recent          a complete green diff run vouching every row verified within ``max_all_verified_hours``:
                           a full run (or one without ``coverage``: older runs read everything) at its start, an
                           incremental one by its ``coverage.all_verified_since`` when clean; evidence: repairs
                           (:mod:`reconcile.gates.coverage`)
@@ -36,7 +36,7 @@ occ_conflict_rate         runs within the window (as for replay_lag) whose summa
                           sum(conflicts) / sum(commits) below ``max_conflict_rate``
 must_change_acknowledged  every ``must-change`` finding of the latest audit run is in
                           ``reconcile.gate_acknowledgements``
-full_diff_recent          a complete green *full* diff run started within ``max_full_pass_hours``
+full_diff_recent          a complete green *full* diff run started within ``max_all_verified_hours``
 ========================  ==============================================================================
 
 No evidence is never a pass: a criterion with nothing stored to read fails and says what to run.

@@ -37,7 +37,7 @@ class GateSettings:
     """T2: hours the read gate must have held (state read_cutover) before the write gate."""
     max_conflict_rate: float = 0.05
     """OCC conflicts per target commit over the recent runs must be below this (write gate)."""
-    max_full_pass_hours: float = 24.0
+    max_all_verified_hours: float = 24.0
     """Every row must have been verified green within this many hours: a full diff or a completed incremental
     sweep pass (read gate), and a full diff run (write gate)."""
     require_audit_run: bool = True
@@ -60,7 +60,7 @@ class GateSettings:
                                  "use 1 for a demo, 3 or more for a real cutover")
         non_negative = ("min_green_hours", "min_read_hours")
         positive = ("max_diff_age_hours", "max_check_age_hours", "replay_window_hours", "max_lag_p99_seconds",
-                    "approval_ttl_hours", "max_full_pass_hours")
+                    "approval_ttl_hours", "max_all_verified_hours")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in non_negative and value < 0:
