@@ -196,3 +196,19 @@ def test_which_gate_needs_which_full_pass():
     legacy = {"recent": [run("legacy", 2), run("red", 1, {"mode": "full"}, status="red")]}
     assert full_pass_recent(legacy, s, now, {}).passed and full_diff_recent(legacy, s, now, {}).passed
     assert not full_pass_recent({"recent": [run("partial", 1, complete=False)]}, s, now, {}).passed
+
+
+def test_a_full_window_closes_and_the_next_group_opens_one_with_its_keys_exact():
+    t = ChangeTracker("s", {"app.t": ["bigint"]}, cap_bytes=1024, window_seconds=3600, max_windows=2)
+    first = t.pending([txn(10, 0, list(range(1, 20_000, 199)))])  # 101 scattered keys, ~600 bytes
+    t.commit(first)
+    second = t.pending([txn(20, 1, list(range(7, 20_000, 211)))])  # 95 more: over 1 KiB together
+    assert sorted(second) == [("app.t", 1)]  # window 0 stays as stored; the new keys open window 1, exact
+    assert second[("app.t", 1)].ranges == [(k, k) for k in range(7, 20_000, 211)]
+    assert second[("app.t", 1)].first_lsn == 20 and second[("app.t", 1)].changes == 95
+    t.commit(second)
+    # at track_max_windows, the last window grows and is coarsened instead (still covering every key)
+    third = t.pending([txn(30, 2, list(range(3, 20_000, 101)))], count=lambda table: 2)
+    w = third[("app.t", 1)]
+    assert sorted(third) == [("app.t", 1)] and w.size() <= 1024
+    assert all(any(lo <= k <= hi for lo, hi in w.ranges) for k in list(range(3, 20_000, 101)) + [7, 218])

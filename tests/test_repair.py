@@ -26,6 +26,7 @@ from reconcile.repair import source as rsrc
 from reconcile.repair.store import RepairStore
 from reconcile.replay import Replayer, ReplaySettings, init_capture, init_replay, run_replay
 from reconcile.replay.source import prepare_session
+from reconcile.replay.tracking import Window
 
 ITEMS = TableSpec("app.items", ("id",))
 ROWS = 300
@@ -111,7 +112,7 @@ def test_a_runs_findings_are_repaired_through_the_running_replay(source_db, targ
                         for k in (5, 7, 50, 70, 77, 150, 9001, 9002)}
     assert marks == [("applied", 3, 8)]
     # the replay applied the repaired keys, so they are tracked for the next incremental run
-    assert {k for (text,) in tracked for r in json.loads(text) for k in range(r[0], r[1] + 1)} == \
+    assert {k for (text,) in tracked for lo, hi in Window.decode("ranges", text, "int")[0] for k in range(lo, hi + 1)} == \
         {5, 7, 50, 70, 77, 150, 9001, 9002}
     assert run_diff(cfg, mode="full").verdict == "green"
 

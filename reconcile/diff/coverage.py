@@ -185,18 +185,21 @@ def save(conn: psycopg.Connection, cov: TableCoverage, *, policy: RetryPolicy) -
 
 
 def drop_windows(conn: psycopg.Connection, slot_name: str, table: str, upto_lsn: int, *, policy: RetryPolicy,
-                 batch: int = 500) -> int:
-    """Delete the change windows of ``table`` whose every change is at or below ``upto_lsn`` (verified)."""
-    ids = [r[0] for r in conn.execute(sql.SQL(
-        "SELECT window_no FROM {} WHERE slot_name = %s AND table_name = %s AND last_lsn <= %s").format(
-        ident("change_windows")), (slot_name, table, upto_lsn)).fetchall()]
+                 budget: Any = None) -> int:
+    """Delete the change windows of ``table`` whose every change is at or below ``upto_lsn`` (verified), in
+    transactions that fit the budget (a window row holds up to ``[replay] track_bytes`` of keys)."""
+    from reconcile.budget import Budget
+
+    rows = conn.execute(sql.SQL(
+        "SELECT window_no, octet_length(keys) FROM {} WHERE slot_name = %s AND table_name = %s AND last_lsn <= %s")
+        .format(ident("change_windows")), (slot_name, table, upto_lsn)).fetchall()
     q = sql.SQL("DELETE FROM {} WHERE slot_name = %s AND table_name = %s AND window_no = ANY(%s) "
                 "AND last_lsn <= %s").format(ident("change_windows"))
-    for i in range(0, len(ids), batch):
-        part = ids[i:i + batch]
-        run_with_retry(conn, lambda c, p=part: c.execute(q, (slot_name, table, p, upto_lsn)), policy=policy,
+    for batch in (budget or Budget()).batches(rows, lambda r: (1, 256 + int(r[1] or 0)), what="change window"):
+        ids = [r[0] for r in batch]
+        run_with_retry(conn, lambda c, p=ids: c.execute(q, (slot_name, table, p, upto_lsn)), policy=policy,
                        label="drop verified change windows")
-    return len(ids)
+    return len(rows)
 
 
 def run_summary(conn: psycopg.Connection, slot_name: str, tables: list[str], results: list[dict], *,

@@ -46,6 +46,8 @@ from reconcile.diff.sqlgen import Arithmetic, Column
 
 FETCH_BATCH = 500
 """Keys per ``IN (...)`` list when full rows are fetched."""
+KEY_BATCH = 5000
+"""Keys of a single-column key per ``= ANY(array)`` when (key, row hash) pairs are fetched by key."""
 
 
 @dataclass(frozen=True)
@@ -382,8 +384,9 @@ def key_candidates(pair: Pair, shape: TableShape, keys: Sequence[tuple]) -> Cand
     ``FETCH_BATCH`` keys per query; ``rows_source``/``rows_target`` count the rows read."""
     out = Candidates()
     n = len(shape.key)
-    for i in range(0, len(keys), FETCH_BATCH):
-        batch = list(keys[i:i + FETCH_BATCH])
+    step = KEY_BATCH if n == 1 else FETCH_BATCH
+    for i in range(0, len(keys), step):
+        batch = list(keys[i:i + step])
 
         def run(side: Side) -> dict[tuple, int]:
             q, params = sqlgen.hashes_by_key_query(shape.ident, _cols(shape, side), shape.key, batch)

@@ -43,7 +43,7 @@ from reconcile.diff.coverage import SliceState, TableCoverage
 from reconcile.diff.hashdiff import Candidates, TableShape
 from reconcile.diff.settings import DiffSettings
 from reconcile.diff.side import Pair
-from reconcile.replay.tracking import merge_ranges
+from reconcile.replay.tracking import Window, merge_ranges
 
 MODES = ("full", "incremental")
 
@@ -177,11 +177,9 @@ def _changed(plan: TablePlan, shape: TableShape, windows: list[tuple[str, str, i
     ranges: list[tuple[Any, Any]] = []
     keys: set[tuple] = set()
     for form, text, _n in windows:
-        data = json.loads(text or "[]")
-        if form == "ranges":
-            ranges.extend((lo, hi) for lo, hi in data)
-        elif form == "keys":
-            keys.update(tuple(k) for k in data)
+        got, exact = Window.decode(form, text, order)
+        ranges.extend(got)
+        keys.update(exact)
     for lo, hi in merge_ranges(ranges, order) if ranges else []:
         if lo == hi:
             keys.add((lo,))
@@ -243,7 +241,8 @@ def candidates(pair: Pair, shape: TableShape, settings: DiffSettings, plan: Tabl
     return total
 
 
-def record(control: psycopg.Connection, plan: TablePlan, run_id: str, status: str, *, policy: Any) -> None:
+def record(control: psycopg.Connection, plan: TablePlan, run_id: str, status: str, *, policy: Any,
+           budget: Any = None) -> None:
     """The table was verified (``status`` green or red): move its coverage forward and drop verified windows.
 
     Nothing moves for a table that could not be compared (``error``).
@@ -271,4 +270,4 @@ def record(control: psycopg.Connection, plan: TablePlan, run_id: str, status: st
             cov.last_pass_clean = cov.pass_clean
     coverage.save(control, cov, policy=policy)
     if plan.watermark is not None:
-        coverage.drop_windows(control, cov.slot_name, cov.table, plan.watermark, policy=policy)
+        coverage.drop_windows(control, cov.slot_name, cov.table, plan.watermark, policy=policy, budget=budget)

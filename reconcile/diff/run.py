@@ -328,7 +328,8 @@ def diff_table(config: Any, run_id: str, table_name: str) -> dict:
         store.save_table(control, run_id, spec.name, result, stored, budget=budget_from(config),
                          policy=policy_from(config))
         if plan is not None:  # after the result: a kill in between only makes the next run verify more
-            incremental.record(control, plan, run_id, result["status"], policy=policy_from(config))
+            incremental.record(control, plan, run_id, result["status"], policy=policy_from(config),
+                               budget=budget_from(config))
     log.info("diff %s %s: %s", run_id, spec.name, {k: result[k] for k in ("status", "missing", "extra", "changed",
                                                                           "in_flight")})
     return {k: v for k, v in result.items() if k != "details"}

@@ -198,6 +198,7 @@ def _repair(config: Config, store: RepairStore, repair_id: str, diff_run_id: str
             chunks[name] = _copy_keys(sconn, store, st, requested[name], repair_id, slot, s, _byte_cap(config))
     all_ids = [c for ids in chunks.values() for c in ids]
     marks = _wait_applied(store, all_ids, wait, s.poll_seconds)
+    store.purge_rows(all_ids)  # applied (or closed as not applied): the copies are no longer needed
     tables: dict[str, dict[str, Any]] = {}
     results: list[tuple[str, Any, str | None, str, Any]] = []
     for name in work:

@@ -99,6 +99,23 @@ class RepairStore(ControlWriter):
         self._tx(lambda c: c.execute(runs, (dead,)), "abandon dead repair runs")
         return self._tx(lambda c: c.execute(upd, (dead,)).rowcount, "abandon stale repair chunks")
 
+    def purge_rows(self, chunk_ids: Sequence[str]) -> None:
+        """Drop the copied rows and seen keys of chunks the replay has closed (their counts stay in
+        ``repair_marks``, the outcomes in ``repair_results``), in budget-sized transactions."""
+        ids = [uuid.UUID(c) for c in chunk_ids]
+        for table, cost in (("repair_rows", "octet_length(row_key) + coalesce(octet_length(row_data), 0)"),
+                            ("repair_seen", "octet_length(keys)")):
+            sel = sql.SQL("SELECT chunk_id, {pk}, {cost} FROM {t} WHERE chunk_id = ANY(%s)").format(
+                pk=sql.Identifier("row_no" if table == "repair_rows" else "commit_lsn"), cost=sql.SQL(cost),
+                t=ident(table))
+            rows = self._tx(lambda c, q=sel: c.execute(q, (ids,)).fetchall(), "repair rows to purge")
+            pk = "row_no" if table == "repair_rows" else "commit_lsn"
+            delete = sql.SQL("DELETE FROM {} WHERE (chunk_id, {}) IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[]))"
+                             ).format(ident(table), sql.Identifier(pk))
+            for batch in self.budget.batches(rows, lambda r: (1, 128 + int(r[2] or 0)), what="purged row"):
+                self._tx(lambda c, b=list(batch): c.execute(delete, ([r[0] for r in b], [r[1] for r in b])),
+                         "purge repair rows")
+
     def abandoned(self, chunk_ids: Sequence[str]) -> set[str]:
         if not chunk_ids:
             return set()

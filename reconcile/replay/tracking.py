@@ -145,36 +145,54 @@ class Window:
         return len(self.ranges) if self.form == "ranges" else len(self.keys) if self.form == "keys" else 0
 
     def encode(self) -> str:
+        """The keys as JSON: ranges as ``[lo, hi]``, a lone key as itself (``[7, [10, 20]]``); exact keys as lists."""
         if self.form == "ranges":
-            return json.dumps([[lo, hi] for lo, hi in self.ranges], ensure_ascii=False, separators=(",", ":"))
+            return json.dumps([lo if lo == hi else [lo, hi] for lo, hi in self.ranges], ensure_ascii=False,
+                              separators=(",", ":"))
         if self.form == "keys":
             return json.dumps(sorted(list(k) for k in self.keys), ensure_ascii=False, separators=(",", ":"))
         return "[]"
+
+    def size(self) -> int:
+        return len(self.encode().encode())
+
+    def merged(self, keys: Iterable[tuple[str, ...]]) -> Window:
+        """A copy holding these keys too (not yet bounded: see :meth:`bound`)."""
+        out = copy.copy(self)
+        if self.form == "keys":
+            out.keys = self.keys | set(keys)
+        elif self.form == "ranges":
+            conv = int if self.order == "int" else str
+            out.ranges = merge_ranges(self.ranges + [(conv(k[0]), conv(k[0])) for k in keys], self.order)  # type: ignore[arg-type]
+        return out
+
+    def bound(self, cap: int) -> None:
+        """Keep the encoded keys within ``cap`` bytes: coarsen ranges, or make an exact-key window ``all``."""
+        size = self.size()
+        if size <= cap:
+            return
+        if self.form == "keys":
+            self.form, self.keys = "all", set()
+            return
+        while size > cap and len(self.ranges) > 1:
+            self.ranges = coarsen(self.ranges, self.order, int(len(self.ranges) * cap / size * 0.8))  # type: ignore[arg-type]
+            size = self.size()
+        if size > cap:  # one range of two huge text keys: nothing smaller can say it
+            self.form, self.ranges = "all", []
 
     def add(self, keys: Iterable[tuple[str, ...]], cap: int) -> None:
         """Fold keys (text forms) in, then keep the encoded keys within ``cap`` bytes."""
         if self.form == "all":
             return
-        if self.form == "keys":
-            self.keys.update(keys)
-            if len(self.encode().encode()) > cap:
-                self.form, self.keys = "all", set()
-            return
-        conv = int if self.order == "int" else str
-        points = [(conv(k[0]), conv(k[0])) for k in keys]
-        self.ranges = merge_ranges(self.ranges + points, self.order)  # type: ignore[arg-type]
-        size = len(self.encode().encode())
-        while size > cap and len(self.ranges) > 1:
-            self.ranges = coarsen(self.ranges, self.order, int(len(self.ranges) * cap / size * 0.8))  # type: ignore[arg-type]
-            size = len(self.encode().encode())
-        if size > cap:  # one range of two huge text keys: nothing smaller can say it
-            self.form, self.ranges = "all", []
+        grown = self.merged(keys)
+        grown.bound(cap)
+        self.form, self.ranges, self.keys = grown.form, grown.ranges, grown.keys
 
     @staticmethod
     def decode(form: str, text: str, order: str | None) -> tuple[list[tuple[Any, Any]], set[tuple[str, ...]]]:
         data = json.loads(text or "[]")
         if form == "ranges":
-            return [(lo, hi) for lo, hi in data], set()
+            return [(r[0], r[1]) if isinstance(r, list) else (r, r) for r in data], set()
         if form == "keys":
             return [], {tuple(k) for k in data}
         return [], set()
@@ -274,33 +292,71 @@ class ChangeTracker:
             return {}
         out: dict[tuple[str, int], Window] = {}
         cur: dict[str, Window] = {}
+        todo: dict[str, list[tuple[str, ...]]] = {}
         opened: dict[str, int] = {}
+
+        def room(table: str) -> bool:
+            """Whether a new window may open now (at most one per table and group: the budget reserves two rows)."""
+            if opened.get(table):
+                return False
+            stored = self.stored.get(table, 0)
+            if stored >= self.max_windows and count is not None:
+                stored = count(table)
+            return stored < self.max_windows
+
+        def open_new(table: str, t: SourceTxn, ts: Any) -> Window:
+            no = self.next_no.get(table, 0) + opened.get(table, 0)
+            opened[table] = opened.get(table, 0) + 1
+            w = Window.new(table, no, self.orders[table])
+            w.first_lsn, w.first_ts = t.commit_lsn, ts
+            return w
+
+        before: dict[str, tuple[int, Any, int]] = {}
         for t in txns:
             ts = po.pg_timestamp(t.commit_ts)
             for table, keys in txn_keys(t).items():
                 if table not in self.orders:
                     continue
                 w = cur.get(table)
-                if w is None and table in self.current:
-                    w = copy.deepcopy(self.current[table])
-                # At most one window closes per table and group: two rows per table is what the budget reserves.
-                if w is not None and w.first_ts is not None and not opened.get(table) and \
-                        (ts - w.first_ts).total_seconds() * 1e6 > self.window_micros:
-                    stored = self.stored.get(table, 0) + opened.get(table, 0)
-                    if stored >= self.max_windows and count is not None:
-                        stored = count(table) + opened.get(table, 0)
-                    if stored < self.max_windows:
-                        w = None  # the old window is closed (stored as it stands); a new one opens
                 if w is None:
-                    no = self.next_no.get(table, 0) + opened.get(table, 0)
-                    opened[table] = opened.get(table, 0) + 1
-                    w = Window.new(table, no, self.orders[table])
+                    if table in self.current:
+                        w = copy.deepcopy(self.current[table])
+                        before[table] = (w.last_lsn, w.last_ts, w.changes)
+                    else:
+                        w = open_new(table, t, ts)
+                if w.first_ts is not None and (ts - w.first_ts).total_seconds() * 1e6 > self.window_micros \
+                        and room(table):
+                    earlier = todo.pop(table, [])
+                    if earlier:  # keys of this group before the close: stored with the closed window
+                        w.add(earlier, self.cap)
+                        out[(table, w.window_no)] = w
+                    before.pop(table, None)
+                    w = open_new(table, t, ts)
+                if w.first_ts is None:
                     w.first_lsn, w.first_ts = t.commit_lsn, ts
                 w.last_lsn, w.last_ts = t.commit_lsn, ts
                 w.changes += len(keys)
-                w.add(keys, self.cap)
                 cur[table] = w
+                todo.setdefault(table, []).extend(keys)
+        for table, w in cur.items():
+            keys = todo.pop(table, [])
+            if w.form == "all":
                 out[(table, w.window_no)] = w
+                continue
+            grown = w.merged(keys)
+            if table in before and w.entries and grown.size() > self.cap and room(table):
+                # The stored window is full: it stays as it was, and this group's keys open the next one, exact
+                # while they fit (coarsening is the last resort, once track_max_windows windows wait for a diff).
+                first = next(t for t in txns if table in txn_keys(t))
+                fresh = open_new(table, first, po.pg_timestamp(first.commit_ts))
+                fresh.last_lsn, fresh.last_ts = w.last_lsn, w.last_ts
+                fresh.changes = w.changes - before[table][2]
+                fresh.add(keys, self.cap)
+                w = fresh
+            else:
+                grown.bound(self.cap)
+                w.form, w.ranges, w.keys = grown.form, grown.ranges, grown.keys
+            out[(table, w.window_no)] = w
         return out
 
     def write(self, conn: psycopg.Connection, pending: dict[tuple[str, int], Window]) -> None:
