@@ -256,6 +256,20 @@ def main() -> None:
                   f"those runs took {statistics.median(times):.2f}s each (median)")
         else:
             print(f"cold-row corruption NOT found within {runs} runs (bound {args.sweep_runs})")
+        # for reference: the balance diff's core, a GROUP BY over every entry, on both sides at once
+        def group_by(url: str, out: list) -> None:
+            with psycopg.connect(url) as c:
+                t0 = time.perf_counter()
+                c.execute("SELECT account_id, currency, sum(amount) FROM ledger.entries GROUP BY 1, 2").fetchall()
+                out.append(time.perf_counter() - t0)
+        took: list = []
+        other = threading.Thread(target=group_by, args=(tgt, took))
+        t0 = time.perf_counter()
+        other.start()
+        group_by(src, took)
+        other.join()
+        print(f"balance diff core (per-account sums over every entry, both sides at once): "
+              f"{time.perf_counter() - t0:.2f}s: not incremental (see the closing note)")
         workload.close()
         replay.__exit__()
     finally:

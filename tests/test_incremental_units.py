@@ -212,3 +212,14 @@ def test_a_full_window_closes_and_the_next_group_opens_one_with_its_keys_exact()
     w = third[("app.t", 1)]
     assert sorted(third) == [("app.t", 1)] and w.size() <= 1024
     assert all(any(lo <= k <= hi for lo, hi in w.ranges) for k in list(range(3, 20_000, 101)) + [7, 218])
+
+
+def test_a_window_full_when_its_time_is_up_hands_the_groups_keys_to_the_next_one():
+    t = ChangeTracker("s", {"app.t": ["bigint"]}, cap_bytes=1024, window_seconds=60, max_windows=10)
+    t.commit(t.pending([txn(10, 0, list(range(1, 20_000, 199)))]))  # ~600 bytes
+    # one group: 95 keys within the window's time (over the cap together), then a txn past its end
+    group = [txn(20, 10, list(range(7, 20_000, 211))), txn(30, 100, [5])]
+    out = t.pending(group)
+    assert sorted(out) == [("app.t", 1)]  # window 0 stays as stored, nothing coarsened
+    w = out[("app.t", 1)]
+    assert w.first_lsn == 20 and w.ranges == sorted([(k, k) for k in range(7, 20_000, 211)] + [(5, 5)])

@@ -36,6 +36,13 @@ Kill the process anywhere and rerun: the target ends equal to the source, with n
 duplicate. Two replayers on one slot cannot both apply: each apply transaction checks the watermark
 it expects (DSQL's OCC makes the loser fail with 40001, then :class:`WatermarkMoved`).
 
+Written with the changes, in the same apply transaction (issue 18): the keys they changed, per table and
+window (:mod:`reconcile.replay.tracking`, what an incremental diff verifies), and the state of live repairs
+(:mod:`reconcile.replay.marks`: a repair's low watermark opens a chunk, the keys changed after it are noted,
+and at its high watermark the copied rows not changed in between are applied as that source transaction's
+own changes). Both are priced into the transaction budget (their rows reserved, or added to the
+transaction's cost).
+
 Bookkeeping: a run first closes ``running`` rows of this slot left by killed runs as ``abandoned``
 (:meth:`ReplayControl.abandon_stale_runs`). Messages stored on the run row, logged or raised go
 through :func:`reconcile.config.redact` with the endpoints' secrets; a database error escaping a run

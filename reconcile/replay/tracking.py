@@ -312,6 +312,7 @@ class ChangeTracker:
             return w
 
         before: dict[str, tuple[int, Any, int]] = {}
+        firsts: dict[str, SourceTxn] = {}
         for t in txns:
             ts = po.pg_timestamp(t.commit_ts)
             for table, keys in txn_keys(t).items():
@@ -327,16 +328,22 @@ class ChangeTracker:
                 if w.first_ts is not None and (ts - w.first_ts).total_seconds() * 1e6 > self.window_micros \
                         and room(table):
                     earlier = todo.pop(table, [])
-                    if earlier:  # keys of this group before the close: stored with the closed window
-                        w.add(earlier, self.cap)
+                    if earlier and (table not in before or w.merged(earlier).size() <= self.cap):
+                        w.add(earlier, self.cap)  # this group's keys before the close stay with the closed window
                         out[(table, w.window_no)] = w
+                        earlier = []
                     before.pop(table, None)
-                    w = open_new(table, t, ts)
+                    first = firsts.get(table, t) if earlier else t
+                    w = open_new(table, first, po.pg_timestamp(first.commit_ts))
+                    if earlier:  # the closed window was full: they open the new one (never coarsened)
+                        todo[table] = earlier
+                        w.changes = len(earlier)
                 if w.first_ts is None:
                     w.first_lsn, w.first_ts = t.commit_lsn, ts
                 w.last_lsn, w.last_ts = t.commit_lsn, ts
                 w.changes += len(keys)
                 cur[table] = w
+                firsts.setdefault(table, t)
                 todo.setdefault(table, []).extend(keys)
         for table, w in cur.items():
             keys = todo.pop(table, [])
