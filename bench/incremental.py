@@ -167,6 +167,17 @@ class Replay:
         self.thread.join(60)
 
 
+def _table_seconds(summary: dict) -> float | None:
+    """The entries table's own diff time (its diff_results duration), without the run's start and finish."""
+    with psycopg.connect(summary_target[0]) as conn:
+        row = conn.execute("SELECT duration_ms FROM reconcile.diff_results WHERE run_id = %s AND table_name = %s",
+                           (summary["run_id"], "ledger.entries")).fetchone()
+    return row[0] / 1000 if row and row[0] is not None else None
+
+
+summary_target: list[str] = []
+
+
 def timed_diff(cfg: Config, mode: str, reports: str) -> tuple[float, dict, dict]:
     t0 = time.perf_counter()
     result = run_diff(cfg, mode=mode, report_dir=reports)
@@ -204,6 +215,7 @@ def main() -> None:
                              "diff": DiffSettings(workers=args.workers, balances=False, lag_wait_seconds=120,
                                                   sweep_runs=args.sweep_runs, mode="incremental")})
         reports = tempfile.mkdtemp(prefix="bench-inc-reports-")
+        summary_target.append(tgt)
         init_replay(cfg)
         run_replay(cfg, until_caught_up=True)
         t, first, _ = timed_diff(cfg, "full", reports)
@@ -222,8 +234,9 @@ def main() -> None:
             print(f"hour {hour}: workload {burst:,} changes in {tw:.1f}s (replay following; caught up {tr:.1f}s after "
                   f"the burst); incremental {ti:.2f}s "
                   f"{ci['rows_read']} ({ch.get('changes')} tracked changes: {ch.get('keys')} keys, "
-                  f"{ch.get('ranges')} ranges; slice {(ci.get('sweep') or {}).get('slice')}) {inc['verdict']}; "
-                  f"full {tf:.2f}s {cf['rows_read']} {full['verdict']}", flush=True)
+                  f"{ch.get('ranges')} ranges; slice {(ci.get('sweep') or {}).get('slice')}; seconds "
+                  f"{ci.get('seconds')}, table {_table_seconds(inc)}) {inc['verdict']}; "
+                  f"full {tf:.2f}s (table {_table_seconds(full)}) {cf['rows_read']} {full['verdict']}", flush=True)
 
         # a target-only corruption on a cold row: only the sweep can find it
         rng = random.Random(5)

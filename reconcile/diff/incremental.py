@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class TablePlan:
     window_changes: int = 0
     carried: int = 0
     slice_no: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the time went: planning, changed keys, ranges, the sweep slice (or the whole scan)."""
 
     def slice_params(self, shape: TableShape) -> tuple[tuple | None, tuple | None]:
         lo, hi = self.cov.slice_range(self.slice_no or 0)
@@ -78,7 +81,8 @@ class TablePlan:
         """The table's ``coverage`` in ``diff_results.details`` (and the run summary)."""
         out: dict[str, Any] = {"mode": self.mode, "reason": self.reason,
                                "watermark": lag_text(self.watermark),
-                               "rows_read": {"source": cands.rows_source, "target": cands.rows_target}}
+                               "rows_read": {"source": cands.rows_source, "target": cands.rows_target},
+                               "seconds": dict(self.seconds)}
         if self.mode == "incremental":
             lo, hi = self.cov.slice_range(self.slice_no or 0)
             out["changed"] = {"since_lsn": lag_text(self.cov.verified_lsn), "windows": self.windows,
@@ -131,6 +135,14 @@ def _findings(conn: psycopg.Connection, run_id: str | None, table: str) -> tuple
 def plan_table(control: psycopg.Connection, settings: DiffSettings, *, mode: str, slot: str, table: str,
                shape: TableShape, pair: Pair) -> TablePlan:
     """Decide what this run verifies of ``table`` (see the module docstring); nothing is written."""
+    t0 = time.monotonic()
+    plan = _plan(control, settings, mode=mode, slot=slot, table=table, shape=shape, pair=pair)
+    plan.seconds["plan"] = round(time.monotonic() - t0, 3)
+    return plan
+
+
+def _plan(control: psycopg.Connection, settings: DiffSettings, *, mode: str, slot: str, table: str,
+          shape: TableShape, pair: Pair) -> TablePlan:
     with control.transaction():  # one snapshot: the watermark and the windows agree
         now = control.execute("SELECT now()").fetchone()[0]
         mark = lag.watermark(control, slot)
@@ -235,18 +247,24 @@ def _new_pass(plan: TablePlan, settings: DiffSettings, shape: TableShape, pair: 
 
 def candidates(pair: Pair, shape: TableShape, settings: DiffSettings, plan: TablePlan) -> Candidates:
     """The candidate mismatches of what ``plan`` verifies (the whole table when it is full)."""
+    t0 = time.monotonic()
     if plan.mode == "full":
-        return hashdiff.candidates(pair, shape, settings)
+        out = hashdiff.candidates(pair, shape, settings)
+        plan.seconds["scan"] = round(time.monotonic() - t0, 3)
+        return out
     total = Candidates()
     if plan.keys:
         total.merge(hashdiff.key_candidates(pair, shape, plan.keys))
+    t1 = time.monotonic()
     for lo, hi in plan.ranges:
         if shape.integer_key and hi[0] - lo[0] <= settings.fetch_threshold:
             total.merge(hashdiff.range_candidates(pair, shape, lo, hi))
         else:
             total.merge(hashdiff.candidates(pair, shape, settings, lo, hi))
+    t2 = time.monotonic()
     lo, hi = plan.slice_params(shape)
     total.merge(hashdiff.candidates(pair, shape, settings, lo, hi))
+    plan.seconds.update(keys=round(t1 - t0, 3), ranges=round(t2 - t1, 3), sweep=round(time.monotonic() - t2, 3))
     return total
 
 
