@@ -3,12 +3,18 @@
 The schedule is ``$RECONCILE_RECONCILE_SCHEDULE`` when set (a cron expression or preset, or ``none``
 for manual runs only), else hourly.
 
-start_diff -> diff_table (mapped per table) -> balances -> checks (expectations) -> finish_diff
-(verdict and report: its folder or S3 link is logged) -> gate_evidence (the next gate evaluated
-and recorded) -> verdict. A red run fails visibly: the last task raises, naming the step that failed
-and the action that fits (a key range to re-copy only when the diff found differences). The checks
-run records the diff run it belongs to, so the gates count this reconciliation only when its diff,
-balances and expectations all completed green.
+start_diff -> diff_table (mapped per table) -> balances -> auto_repair -> checks (expectations) ->
+finish_diff (verdict and report: its folder or S3 link is logged) -> gate_evidence (the next gate
+evaluated and recorded) -> verdict. A red run fails visibly: the last task raises, naming the step
+that failed and the action that fits (a key range to re-copy only when the diff found differences).
+The checks run records the diff run it belongs to, so the gates count this reconciliation only when
+its diff, balances and expectations all completed green.
+
+The param ``mode`` picks a full diff (every row) or an incremental one (changed keys plus a sweep
+slice) for this run; ``config`` follows ``[diff] mode``. ``auto_repair`` repairs the run's row
+findings through the running replay when there are at most ``[repair] auto_max_findings`` of them
+(never more), and records every repair or decision not to repair: the report and the gate evidence
+show it. The run itself stays red: it found differences.
 
 Failures still close the run: balances, checks, finish_diff, gate_evidence and verdict run once
 their upstream tasks are done, failed or not (``all_done``), so a failed diff_table leaves no diff
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from reconcile_common import DEFAULT_ARGS, START_DATE, TAGS, env_schedule, reconcile_errors, task_config
 
 AFTER_FAILURES = "all_done"
@@ -39,14 +45,19 @@ AFTER_FAILURES = "all_done"
     default_args=DEFAULT_ARGS,
     tags=TAGS,
     doc_md=__doc__,
+    params={"mode": Param("config", enum=["config", "full", "incremental"],
+                          description="full: read every row; incremental: changed keys + one sweep slice; "
+                                      "config: [diff] mode.")},
 )
 def reconcile_reconcile():
     @task
-    def start_diff(dag_run=None) -> dict:
+    def start_diff(dag_run=None, params=None) -> dict:
         from reconcile.pipeline.diff import diff_run_id_for, diff_start
 
+        mode = (params or {}).get("mode", "config")
         with reconcile_errors():
-            return diff_start(task_config(), run_id=diff_run_id_for(dag_run.dag_id, dag_run.run_id))
+            return diff_start(task_config(), run_id=diff_run_id_for(dag_run.dag_id, dag_run.run_id),
+                              mode=None if mode == "config" else mode)
 
     @task
     def tables(started: dict) -> list[str]:
@@ -66,6 +77,14 @@ def reconcile_reconcile():
 
         with reconcile_errors():
             return diff_balances_step(task_config(), opened_run(started))
+
+    @task(trigger_rule=AFTER_FAILURES)
+    def auto_repair(started: dict | None) -> dict:
+        from reconcile.pipeline.diff import opened_run
+        from reconcile.pipeline.repair import auto_repair_step
+
+        with reconcile_errors():
+            return auto_repair_step(task_config(), opened_run(started))
 
     @task(trigger_rule=AFTER_FAILURES)
     def checks(started: dict | None) -> dict:
@@ -99,8 +118,10 @@ def reconcile_reconcile():
     per_table = diff_table.partial(started=started).expand(table=tables(started))
     bal = balances(started)
     per_table >> bal
+    rep = auto_repair(started)
+    bal >> rep
     exp = checks(started)
-    bal >> exp
+    rep >> exp
     done = finish_diff(started, exp)
     evidence = gate_evidence()
     done >> evidence

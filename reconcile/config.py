@@ -639,6 +639,11 @@ class Config:
         """``[gates]`` settings (:class:`reconcile.gates.settings.GateSettings`)."""
         return self.stage("gates")
 
+    @property
+    def repair(self) -> Any:
+        """``[repair]`` settings (:class:`reconcile.repair.settings.RepairSettings`)."""
+        return self.stage("repair")
+
     def __post_init__(self) -> None:
         if self.source.side != "source" or self.target.side != "target":
             raise InvalidSetting("config", "", "has its endpoints swapped (side does not match)",
@@ -733,6 +738,7 @@ STAGE_SECTIONS: dict[str, str] = {
     "migration": "reconcile.identity:MigrationSettings",
     "metrics": "reconcile.metrics:MetricsSettings",
     "reverse": "reconcile.reverse.settings:ReverseSettings",
+    "repair": "reconcile.repair.settings:RepairSettings",
 }
 
 

@@ -14,7 +14,7 @@ import typer
 
 from ._common import run_app
 from . import (airflow_cmd, audit_cmd, backfill_cmd, check_cmd, config_cmd, demo_cmd, diff_cmd, gate_cmd, local_cmd,
-               replay_cmd, reverse_cmd, schema_cmd, workload_cmd)
+               repair_cmd, replay_cmd, reverse_cmd, schema_cmd, workload_cmd)
 
 app = typer.Typer(
     name="reconcile",
@@ -31,6 +31,7 @@ app.add_typer(schema_cmd.app, name="schema")
 app.add_typer(backfill_cmd.app, name="backfill")
 app.add_typer(replay_cmd.app, name="replay")
 app.add_typer(diff_cmd.app, name="diff")
+app.add_typer(repair_cmd.app, name="repair")
 app.add_typer(check_cmd.app, name="check")
 app.add_typer(gate_cmd.app, name="gate")
 app.add_typer(airflow_cmd.app, name="airflow")

@@ -27,6 +27,9 @@ LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WA
                                parser=Number(setting="reconcile.diff.settings:DiffSettings.lag_wait_seconds"),
                                help="Seconds to wait for the replay watermark before re-checking (default: diff.lag_wait_seconds in the config).")
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+MODE_OPTION = typer.Option(None, "--full/--incremental", envvar="RECONCILE_DIFF_FULL",
+                           help="Read every row (--full), or only what changed since the last verification plus one "
+                                "sweep slice (--incremental); default: diff.mode in the config.")
 
 
 def _text(summary: dict) -> str:
@@ -51,6 +54,7 @@ def diff(
     table: Optional[list[str]] = TABLE_OPTION,
     report_dir: Optional[Path] = REPORT_DIR_OPTION,
     lag_wait: Optional[float] = LAG_WAIT_OPTION,
+    full: Optional[bool] = MODE_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -62,7 +66,8 @@ def diff(
 
     cfg = load(config)
     preflight(cfg, "diff")
-    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait)
+    mode = None if full is None else ("full" if full else "incremental")
+    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait, mode=mode)
     summary = result.to_dict()
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))
     if summary.get("status") == "error":

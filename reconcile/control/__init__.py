@@ -35,6 +35,8 @@ from reconcile.control import gate_tables as _gate_tables  # noqa: E402,F401
 from reconcile.control import column_tables as _column_tables  # noqa: E402,F401
 from reconcile.control import migration_tables as _migration_tables  # noqa: E402,F401
 from reconcile.control import reverse_tables as _reverse_tables  # noqa: E402,F401
+from reconcile.control import change_tables as _change_tables  # noqa: E402,F401
+from reconcile.control import coverage_tables as _coverage_tables  # noqa: E402,F401
 
 __all__ = [
     "BOOKKEEPING_TABLE",

@@ -47,6 +47,8 @@ from reconcile.diff.sqlgen import Arithmetic, Column
 
 FETCH_BATCH = 500
 """Keys per ``IN (...)`` list when full rows are fetched."""
+KEY_BATCH = 5000
+"""Keys of a single-column key per ``= ANY(array)`` when (key, row hash) pairs are fetched by key."""
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,21 @@ def _cols(shape: TableShape, side: Side) -> list[Column]:
     return src if side.name == "source" else tgt
 
 
-def plan_segments(pair: Pair, shape: TableShape, settings: DiffSettings) -> list[Segment]:
-    """The top-level segments of the table (see step 1 of the module docstring)."""
+def plan_segments(pair: Pair, shape: TableShape, settings: DiffSettings, lo_key: tuple | None = None,
+                  hi_key: tuple | None = None) -> list[Segment]:
+    """The top-level segments of the table, or of its keys in ``[lo_key, hi_key)`` (see step 1 of the
+    module docstring); the first and last segments are open-ended where the range is."""
     per_segment = max(1, settings.segment_rows // settings.bucket_rows)
+    ranged = lo_key is not None or hi_key is not None
     if shape.integer_key:
         (kc,) = shape.key
         q = sqlgen.min_max_query(shape.ident, kc)
-        (smin, smax), (tmin, tmax) = pair.both(lambda s: s.one(q))
+        if ranged:
+            where, params = sqlgen.range_where(shape.key, lo_key, hi_key)
+            rq = sql.SQL("{} WHERE {}").format(q, where)
+            (smin, smax), (tmin, tmax) = pair.both(lambda s: s.one(rq, params))
+        else:
+            (smin, smax), (tmin, tmax) = pair.both(lambda s: s.one(q))
         lows = [v for v in (smin, tmin) if v is not None]
         highs = [v for v in (smax, tmax) if v is not None]
         if not lows:
@@ -167,7 +177,13 @@ def plan_segments(pair: Pair, shape: TableShape, settings: DiffSettings) -> list
         span = hi - lo
         schema, table = split_name(shape.name)
         est = pair.source.estimate_rows(schema, table) or 0.0
-        density = min(1.0, max(est, 1.0) / span) if est > 0 else 1.0
+        if ranged:  # the density of the whole table (its min and max are two index probes)
+            whole = [v for v in pair.source.one(q) or () if v is not None]
+            full_span = (whole[1] - whole[0] + 1) if len(whole) == 2 else span
+            density = min(1.0, max(est, 1.0) / max(1, full_span)) if est > 0 else 1.0
+            est = density * span
+        else:
+            density = min(1.0, max(est, 1.0) / span) if est > 0 else 1.0
         width = max(1, int(settings.bucket_rows / density))
         # As many segments as the rows need, the buckets spread evenly over them (no sliver at the end).
         buckets = math.ceil(span / width)
@@ -180,16 +196,16 @@ def plan_segments(pair: Pair, shape: TableShape, settings: DiffSettings) -> list
             s_lo = lo + i * seg_width
             s_hi = min(hi, s_lo + seg_width)
             # The outer segments are open-ended: rows written beyond min/max meanwhile still land somewhere.
-            segments.append(Segment(None if i == 0 else (s_lo,), None if i == count - 1 else (s_hi,),
+            segments.append(Segment(lo_key if i == 0 else (s_lo,), hi_key if i == count - 1 else (s_hi,),
                                     Arithmetic(lo if i == 0 else s_lo, width)))
         return segments
     # n boundaries make n + 1 buckets; segment j holds buckets j*m .. (j+1)*m - 1.
-    bounds = _boundaries(pair, shape, None, None, settings.bucket_rows, 10_000_000)
+    bounds = _boundaries(pair, shape, lo_key, hi_key, settings.bucket_rows, 10_000_000)
     n, m = len(bounds), per_segment
     segments = []
     for j in range(math.ceil((n + 1) / m)):
-        lo = None if j == 0 else bounds[j * m - 1]
-        hi = bounds[(j + 1) * m - 1] if (j + 1) * m - 1 < n else None
+        lo = lo_key if j == 0 else bounds[j * m - 1]
+        hi = bounds[(j + 1) * m - 1] if (j + 1) * m - 1 < n else hi_key
         segments.append(Segment(lo, hi, tuple(bounds[j * m:min((j + 1) * m - 1, n)])))
     return segments
 
@@ -326,9 +342,11 @@ def _blocks(segments: list[Segment], settings: DiffSettings) -> list[list[Segmen
     return [segments[:1]] + [rest[i:i + per_block] for i in range(0, len(rest), per_block)]
 
 
-def candidates(pair: Pair, shape: TableShape, settings: DiffSettings) -> Candidates:
-    """Every key whose row hash differs between the sides (steps 1-4 of the module docstring)."""
-    segments = plan_segments(pair, shape, settings)
+def candidates(pair: Pair, shape: TableShape, settings: DiffSettings, lo: tuple | None = None,
+               hi: tuple | None = None) -> Candidates:
+    """Every key whose row hash differs between the sides (steps 1-4 of the module docstring), in the
+    whole table or in the keys ``[lo, hi)``."""
+    segments = plan_segments(pair, shape, settings, lo, hi)
     total = Candidates()
     if not segments:
         return total
@@ -360,6 +378,52 @@ def candidates(pair: Pair, shape: TableShape, settings: DiffSettings) -> Candida
     for part in run(lambda seg: diff_segment(pair, shape, seg, settings), todo):
         total.merge(part)
     return total
+
+
+def key_candidates(pair: Pair, shape: TableShape, keys: Sequence[tuple]) -> Candidates:
+    """The keys (text forms or values) whose row hashes differ: (key, row hash) fetched by key on both sides,
+    ``FETCH_BATCH`` keys per query; ``rows_source``/``rows_target`` count the rows read."""
+    out = Candidates()
+    n = len(shape.key)
+    step = KEY_BATCH if n == 1 else FETCH_BATCH
+    for i in range(0, len(keys), step):
+        batch = list(keys[i:i + step])
+
+        def run(side: Side) -> dict[tuple, int]:
+            q, params = sqlgen.hashes_by_key_query(shape.ident, _cols(shape, side), shape.key, batch)
+            return {tuple(r[:n]): r[n] for r in side.fetch(q, params, binary=True)}
+        hs, ht = pair.both(run)
+        out.rows_source += len(hs)
+        out.rows_target += len(ht)
+        for k, h in hs.items():
+            other = ht.get(k)
+            if other is None:
+                out.missing.add(k)
+            elif other != h:
+                out.changed.add(k)
+        out.extra.update(k for k in ht if k not in hs)
+    return out
+
+
+def range_candidates(pair: Pair, shape: TableShape, lo: tuple | None, hi: tuple | None) -> Candidates:
+    """The keys of ``[lo, hi)`` whose row hashes differ, from every (key, row hash) of the range on both sides
+    (one query per side: for ranges small enough to fetch whole)."""
+    out = Candidates()
+    n = len(shape.key)
+
+    def run(side: Side) -> dict[tuple, int]:
+        q, params = sqlgen.hashes_query(shape.ident, _cols(shape, side), shape.key, lo, hi)
+        return {tuple(r[:n]): r[n] for r in side.fetch(q, params, binary=True)}
+    hs, ht = pair.both(run)
+    out.rows_source, out.rows_target = len(hs), len(ht)
+    for k, h in hs.items():
+        other = ht.get(k)
+        if other is None:
+            out.missing.add(k)
+        elif other != h:
+            out.changed.add(k)
+    out.extra.update(k for k in ht if k not in hs)
+    return out
 
 
 def fetch_rows(side: Side, shape: TableShape, keys: Sequence[tuple]) -> dict[tuple, tuple]:

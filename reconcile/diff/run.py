@@ -28,6 +28,12 @@ over the tables in separate tasks, and any step can be killed and run again:
     explained_balance_differences, balance_differences, complete}``, ``report_page`` and
     ``history_page`` (paths, or S3 URIs with ``[diff] s3_uri``), ``replay`` ``{lag_seconds_p99, max_p99,
     dead_letters_open}``, ``expectations`` (the check run the page shows) and ``s3_uri``.
+  * ``coverage``: ``{mode, sweep_runs, guarantee, all_verified_since, tables {name: {mode, reason, watermark,
+    rows_read, changed, sweep, state}}}``: what the run verified of each table (everything, or the changed
+    keys and one sweep slice: :mod:`reconcile.diff.incremental`) and when each slice of each table was last
+    fully verified (:mod:`reconcile.diff.coverage`);
+  * ``repairs``: ``{runs, outcomes, sentence}`` of the repairs of this run's findings (or decisions not to
+    repair) recorded before it finished (:mod:`reconcile.repair`), None without any.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 import psycopg
 
 from reconcile.diff import balances as bal
-from reconcile.diff import hashdiff, lag, store
+from reconcile.diff import coverage, hashdiff, incremental, lag, store
 from reconcile.diff.compare import KINDS, Finding, compare_rows
 from reconcile.diff.errors import DiffError, RunNotFound
 from reconcile.diff.side import Pair, Side
@@ -87,7 +93,7 @@ def _settings(config: Any) -> Any:
 
 
 def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None,
-               lag_wait_seconds: float | None = None, run_id: str | None = None) -> str:
+               lag_wait_seconds: float | None = None, run_id: str | None = None, mode: str | None = None) -> str:
     """Open a diff run; returns its run_id.
 
     Args:
@@ -96,9 +102,11 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         lag_wait_seconds: overrides ``[diff] lag_wait_seconds`` for this run.
         run_id: the run's id (an orchestrator derives it from its own run, so a retry opens no second run;
             the insert is ``ON CONFLICT DO NOTHING``); default a new random id.
+        mode: ``full`` or ``incremental`` (:mod:`reconcile.diff.incremental`); default ``[diff] mode``.
 
     Raises:
         ConfigError: a named table is not configured.
+        DiffError: ``mode`` is neither full nor incremental.
     """
     from reconcile.control import migrate
 
@@ -107,6 +115,9 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     if lag_wait_seconds is not None:  # checked like [diff] lag_wait_seconds (finite, within its range)
         settings = dataclasses.replace(settings, lag_wait_seconds=lag_wait_seconds)
     wait = settings.lag_wait_seconds
+    mode = mode or settings.mode
+    if mode not in incremental.MODES:
+        raise DiffError(f"diff mode {mode!r} is not one of {', '.join(incremental.MODES)}; use full or incremental")
     with _connect(config.source) as src:
         start_lsn = lag.current_lsn(src)
     run_id = run_id or store.new_run_id()
@@ -114,7 +125,8 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
         store.insert_run(tgt, run_id, {
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
-            "lag_wait_seconds": wait, "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
+            "lag_wait_seconds": wait, "mode": mode,
+            "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
             "source": config.source.describe(), "target": config.target.describe(),
         }, policy_from(config), scope=run_scope(config, names))
     log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
@@ -143,6 +155,10 @@ def _pair(config: Any) -> Pair:
     settings = _settings(config)
     return Pair(Side("source", lambda: _connect(config.source)), Side("target", lambda: _connect(config.target)),
                 workers=settings.workers)
+
+
+def _slot(config: Any, run: dict) -> str:
+    return run["settings"].get("slot_name") or lag.slot_name(config)
 
 
 def _lsn(value: int | None) -> str:
@@ -285,6 +301,7 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
     settings = _settings(config)
     spec = config.table(table_name)
     t0 = time.monotonic()
+    plan: incremental.TablePlan | None = None
     with _connect(config.target) as control:
         run = _run_settings(control, run_id)
         pair = _pair(config)
@@ -293,7 +310,9 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
             shape = _shape(pair, spec)
             details = {"columns": [c.name for c in shape.source_columns], "only_source": list(shape.only_source),
                        "only_target": list(shape.only_target), "key": list(spec.key)}
-            cands = hashdiff.candidates(pair, shape, settings)
+            plan = incremental.plan_table(control, settings, mode=run["settings"].get("mode") or "full",
+                                          slot=_slot(config, run), table=spec.name, shape=shape, pair=pair)
+            cands = incremental.candidates(pair, shape, settings, plan)
             money = spec.amount_column or spec.balance_column
             names, key_names = shape.names, [c.name for c in shape.key]
 
@@ -314,7 +333,7 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
                                           bracket=bool(waiter.passed)))
             details.update(lag_aware=waiter is not None, watermark_passed=passed,
                            candidates=len(cands), buckets_fetched=cands.buckets_fetched, segments=cands.segments,
-                           shown_findings=min(len(findings), settings.max_findings))
+                           shown_findings=min(len(findings), settings.max_findings), coverage=plan.describe(cands))
             counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
             result = {"table": spec.name, "status": "red" if findings else "green",
                       "missing": counts["missing_in_target"], "extra": counts["extra_in_target"],
@@ -337,6 +356,9 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
         result["details"] = details
         store.save_table(control, run_id, spec.name, result, stored, budget=budget_from(config),
                          policy=policy_from(config))
+        if plan is not None:  # after the result: a kill in between only makes the next run verify more
+            incremental.record(control, plan, run_id, result["status"], policy=policy_from(config),
+                               budget=budget_from(config))
     log.info("diff %s %s: %s", run_id, spec.name, {k: result[k] for k in ("status", "missing", "extra", "changed",
                                                                           "in_flight")})
     return {k: v for k, v in result.items() if k != "details"}
@@ -470,6 +492,10 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
             "run_id": run_id, "status": status, "errors": errors,
             "balances": balance_state, "full_reconciliation": not partial, "partial_reasons": partial,
             "lag_waits": waits,
+            "coverage": coverage.run_summary(control, _slot(config, run), list(run["settings"].get("tables", [])),
+                                             results, mode=run["settings"].get("mode") or "full",
+                                             sweep_runs=settings.sweep_runs),
+            "repairs": _repairs(control, run_id),
         }
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
@@ -480,6 +506,12 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         store.finish_run(control, run_id, status, summary, policy_from(config))
         pages.write()
     return DiffResult(run_id, verdict, str(folder), summary)
+
+
+def _repairs(control: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    from reconcile.repair.store import repairs_of
+
+    return repairs_of(control, run_id)
 
 
 def _balance_state(config: Any, row: dict | None) -> dict[str, Any]:
@@ -523,9 +555,9 @@ def _lag_waits(waits: list[dict]) -> dict[str, Any]:
 
 
 def run_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None, report_dir: str | Path | None = None,
-             lag_wait_seconds: float | None = None) -> DiffResult:
+             lag_wait_seconds: float | None = None, mode: str | None = None) -> DiffResult:
     """Start a run, diff every table, diff the balances and finish (the whole run in one call)."""
-    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds)
+    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds, mode=mode)
     with _connect(config.target) as control:
         names = _run_settings(control, run_id)["settings"]["tables"]
     for name in names:

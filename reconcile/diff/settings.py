@@ -63,6 +63,13 @@ class DiffSettings:
     currency: str | None = None
     """Currency code the reports show for a single-currency ledger (tables with ``currency_column = ""``),
     e.g. "EUR"; unset: shown as none."""
+    mode: str = "full"
+    """``full``: every run reads every row on both sides. ``incremental``: a run verifies the keys the replay
+    applied since the table was last verified plus one slice of a rolling sweep, so every row is verified at
+    least once every ``sweep_runs`` runs (``reconcile diff --full`` still reads everything on demand)."""
+    sweep_runs: Annotated[int, Bounds(ge=1, le=1000, fix="use e.g. 24 (every row verified once a day under hourly runs)")] = 24
+    """N: incremental runs in which the rolling sweep verifies each table's whole key space (24: a daily
+    full pass under hourly runs)."""
     report_dir: str = "reports/diff"
     """Folder under which each run writes its report folder (``<report_dir>/<run_id>/``); a relative
     folder is relative to the config file's folder (without a file, to the working directory)."""
@@ -74,6 +81,9 @@ class DiffSettings:
 
     def __post_init__(self) -> None:
         check_fields(self, _S)
+        if self.mode not in ("full", "incremental"):
+            raise InvalidSetting(_S, "mode", f"must be full or incremental, got {self.mode!r}",
+                                 'use "full" (read every row each run) or "incremental" (changed keys + sweep)')
         if self.bucket_rows > self.segment_rows:
             raise InvalidSetting(_S, "bucket_rows", f"({self.bucket_rows}) exceeds segment_rows ({self.segment_rows})",
                                  "lower bucket_rows or raise segment_rows")

@@ -358,6 +358,55 @@ def rows_query(table: sql.Composable, columns: Sequence[Column], key: Sequence[C
     return q, [v for k in keys for v in k]
 
 
+def hashes_by_key_query(table: sql.Composable, columns: Sequence[Column], key: Sequence[Column],
+                        keys: Sequence[tuple]) -> tuple[sql.Composed, list[Any]]:
+    """(key columns..., row hash) of the rows whose key is in ``keys`` (text forms or values: a text form is
+    sent untyped, so the server reads it as the key column's type; a single key column with a known type
+    takes the keys as one array cast to that type).
+
+    >>> hashes_by_key_query(sql.Identifier("t"), [Column("id", "int")], [Column("id", "int", "bigint")],
+    ...                     [("1",), ("2",)])[1]
+    [['1', '2']]
+
+    >>> q, p = hashes_by_key_query(sql.Identifier("t"), [Column("id", "int")], [Column("a", "int"), Column("b", "text")],
+    ...                            [("1", "x"), ("2", "y")])
+    >>> q.as_string()[-49:], p
+    ('FROM "t" WHERE ("a", "b") IN ((%s, %s), (%s, %s))', ['1', 'x', '2', 'y'])
+    """
+    if len(key) == 1 and key[0].type_name:
+        # One array parameter, cast to the key's type: thousands of keys per statement, one index probe each.
+        q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {k} = ANY(CAST(%s AS {ty}[]))").format(
+            k=sql.Identifier(key[0].name), h=row_hash(columns), t=table,
+            ty=sql.SQL(key[0].type_name))  # type: ignore[arg-type]  # format_type() text of the catalog
+        return q, [[k[0] for k in keys]]
+    if len(key) == 1:
+        ref: sql.Composable = sql.Identifier(key[0].name)
+    else:
+        ref = sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c.name) for c in key))
+    one = key_value(key)
+    q = sql.SQL("SELECT {k}, {h} FROM {t} WHERE {r} IN ({vals})").format(
+        k=sql.SQL(", ").join(sql.Identifier(c.name) for c in key), h=row_hash(columns), t=table, r=ref,
+        vals=sql.SQL(", ").join(one for _ in keys))
+    return q, [v for k in keys for v in k]
+
+
+def quantiles_query(table: sql.Composable, key: Sequence[Column], step: int, limit: int) -> sql.Composed:
+    """Every ``step``-th key of the table in byte order, as the key columns' text forms (at most ``limit``):
+    the boundaries of the sweep's slices.
+
+    >>> quantiles_query(sql.Identifier("t"), [Column("k", "text")], 10, 3).as_string()  # doctest: +NORMALIZE_WHITESPACE
+    'SELECT "k"::text FROM (SELECT "k", row_number() OVER (ORDER BY "k" COLLATE "C") AS rn FROM "t") s
+     WHERE mod(rn, 10) = 0 ORDER BY rn LIMIT 3'
+    """
+    return sql.SQL("SELECT {kt} FROM (SELECT {k}, row_number() OVER (ORDER BY {o}) AS rn FROM {t}) s "
+                   "WHERE mod(rn, {step}) = 0 ORDER BY rn LIMIT {limit}").format(
+        kt=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in key),
+        k=sql.SQL(", ").join(sql.Identifier(c.name) for c in key),
+        o=sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(sql.Identifier(c.name)) if c.collate_c
+                             else sql.Identifier(c.name) for c in key),
+        t=table, step=sql.Literal(step), limit=sql.Literal(limit))
+
+
 def min_max_query(table: sql.Composable, key_col: Column) -> sql.Composed:
     """Smallest and largest value of a single integer key, and the planner's row estimate."""
     return sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=sql.Identifier(key_col.name), t=table)

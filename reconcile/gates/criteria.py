@@ -32,6 +32,10 @@ replay_lag                kind 'replay' runs finished within ``replay_window_hou
                           highest ``lag_seconds_p99`` below ``max_lag_p99_seconds`` (all null: the
                           latest must report ``caught_up``)
 dead_letters              ``reconcile.dead_letters`` of the migration's slot with ``resolved_at IS NULL``: none
+full_pass_recent          a complete green diff run vouching every row verified within ``max_all_verified_hours``:
+                          a full run (or one without ``coverage``: older runs read everything) at its start, an
+                          incremental one by its ``coverage.all_verified_since`` when clean; evidence: repairs
+                          (:mod:`reconcile.gates.coverage`)
 audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding
 *write gate also*
 read_gate_held            state ``read_cutover`` entered >= ``min_read_hours`` ago (``gate_state``)
@@ -40,6 +44,7 @@ occ_conflict_rate         runs within the window (as for replay_lag, whatever ta
                           (backfill): sum(conflicts) / sum(commits) below ``max_conflict_rate``
 must_change_acknowledged  every ``must-change`` finding of the latest audit run is in
                           ``reconcile.gate_acknowledgements``
+full_diff_recent          a complete green *full* diff run started within ``max_all_verified_hours``
 ========================  ==============================================================================
 
 No evidence is never a pass: a criterion with nothing stored to read fails and says what to run.
@@ -59,6 +64,7 @@ from psycopg import sql
 from reconcile.control import ident
 from reconcile.diff.balances import layout_of
 from reconcile.diff.store import BALANCES
+from reconcile.gates.coverage import full_diff_recent, full_pass_recent, repairs_evidence
 from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 from reconcile.identity import covers, migration_of
@@ -66,8 +72,9 @@ from reconcile.identity import covers, migration_of
 __all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "EvidenceScope", "evaluate_criteria", "latest_audit_run"]
 
 READ_CRITERIA = ("green_diff_streak", "latest_diff_clean", "expectations_green", "replay_lag", "dead_letters",
-                 "audit_blockers")
-WRITE_CRITERIA = READ_CRITERIA + ("read_gate_held", "occ_conflict_rate", "must_change_acknowledged")
+                 "audit_blockers", "full_pass_recent")
+WRITE_CRITERIA = READ_CRITERIA + ("read_gate_held", "occ_conflict_rate", "must_change_acknowledged",
+                                  "full_diff_recent")
 
 FINAL_DIFF = ("green", "red", "error")
 _LISTED = 10
@@ -478,9 +485,11 @@ def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, stat
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = [r for r in _runs(conn, "replay", None, scope, since=since) if r["covers"]]
     audit = _latest_audit(conn, scope)
+    repairs = repairs_evidence(conn, since)
     out = [_diff_streak(diffs, s, now, scope), _diff_clean(diffs, scope), _expectations(conn, s, now, scope),
            _replay_lag(replays, s, scope, _without_id(conn, "runs", "replay")), _dead_letters(conn, scope),
-           _audit_blockers(audit, s, scope)]
+           _audit_blockers(audit, s, scope), full_pass_recent(diffs, s, now, repairs)]
     if gate == "write":
-        out += [_read_held(state, s, now), _conflict_rate(conn, s, since, scope), _acknowledged(conn, audit, s, scope)]
+        out += [_read_held(state, s, now), _conflict_rate(conn, s, since, scope), _acknowledged(conn, audit, s, scope),
+                full_diff_recent(diffs, s, now, repairs)]
     return out

@@ -40,6 +40,9 @@ class GateSettings:
     """T2: hours the read gate must have held (state read_cutover) before the write gate."""
     max_conflict_rate: Annotated[float, Bounds(gt=0, le=1, fix="use 0.05 (5%)")] = 0.05
     """OCC conflicts per target commit over the recent runs must be below this (write gate)."""
+    max_all_verified_hours: Annotated[float, Bounds(gt=0, le=8760)] = 24.0
+    """Every row must have been verified green within this many hours: a full diff or a completed incremental
+    sweep pass (read gate), and a full diff run (write gate)."""
     require_audit_run: bool = True
     """Without a stored audit run, the audit criteria fail (no evidence); false lets them pass."""
     two_person: bool = False

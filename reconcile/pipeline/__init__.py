@@ -22,6 +22,8 @@ Modules and their steps:
   that never reported as errors; logs the reconciliation red when the checks step failed),
   ``reconcile_verdict(diff, checks, evidence, *, expected)`` (raises :class:`ReconcileRed` naming the
   failed step and its fix on a red run or a missing step result).
+- :mod:`.repair`: ``auto_repair_step(config, run_id)`` (repairs a diff run's row findings through the running
+  replay when there are at most ``[repair] auto_max_findings``; otherwise records why not).
 - :mod:`.gates`: ``gate_evaluate(config, gate, *, actor, override_reason) -> evaluation + body``,
   ``approval_body(evaluation)``, ``gate_transition(config, gate, *, by, reason, override_reason,
   evaluation)``, ``gate_publish(config, *, actor)``, ``gate_verify(config, gate, *, transition)``,

@@ -206,9 +206,11 @@ def _position(rel: po.Relation, column: str) -> int | None:
     return None
 
 
-def reserve(budget: Budget) -> Budget:
-    """The budget left for changes once the control rows of an apply transaction are set aside."""
-    return Budget(max_rows=max(1, budget.max_rows - CONTROL_ROWS), max_bytes=max(1, budget.max_bytes - CONTROL_BYTES),
+def reserve(budget: Budget, *, rows: int = 0, nbytes: int = 0) -> Budget:
+    """The budget left for changes once the control rows of an apply transaction are set aside (the
+    watermark, plus ``rows``/``nbytes`` for other control rows written with the changes)."""
+    return Budget(max_rows=max(1, budget.max_rows - CONTROL_ROWS - rows),
+                  max_bytes=max(1, budget.max_bytes - CONTROL_BYTES - nbytes),
                   fraction=budget.fraction, count_index_tuples=budget.count_index_tuples)
 
 

@@ -38,6 +38,13 @@ Kill the process anywhere and rerun: the target ends equal to the source, with n
 duplicate. Two replayers on one slot cannot both apply: each apply transaction checks the watermark
 it expects (DSQL's OCC makes the loser fail with 40001, then :class:`WatermarkMoved`).
 
+Written with the changes, in the same apply transaction (issue 18): the keys they changed, per table and
+window (:mod:`reconcile.replay.tracking`, what an incremental diff verifies), and the state of live repairs
+(:mod:`reconcile.replay.marks`: a repair's low watermark opens a chunk, the keys changed after it are noted,
+and at its high watermark the copied rows not changed in between are applied as that source transaction's
+own changes). Both are priced into the transaction budget (their rows reserved, or added to the
+transaction's cost).
+
 Bookkeeping: a run first closes ``running`` rows of this slot left by killed runs as ``abandoned``
 (:meth:`ReplayControl.abandon_stale_runs`). Messages stored on the run row, logged or raised go
 through :func:`reconcile.config.redact` with the endpoints' secrets. :meth:`Replayer.run` is the
@@ -105,6 +112,8 @@ from reconcile.replay.apply import (
 )
 from reconcile.errors import ReconcileError
 from reconcile.replay.errors import BackfillIncomplete, ReadOutOfOrder
+from reconcile.replay.marks import RepairMarks
+from reconcile.replay.tracking import ChangeTracker
 from reconcile.replay.errors import primary_message as _primary
 from reconcile.replay.settings import ReplaySettings
 from reconcile.replay.source import Assembler, SlotReader, SourceTxn, prepare_session, slot_row
@@ -218,7 +227,10 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
     refused rows predate the slot cannot be told from the rejects, so any of them blocks.
     """
     problems = []
+    live = _live_backfills(control, slot_name)
     for spec in tables:
+        if spec.name in live:  # copied through the replay itself (DBLog watermarks): nothing to wait for
+            continue
         if control.load_plan(spec.name) is None:
             problems.append(f"{spec.name} was never backfilled")
             continue
@@ -252,6 +264,13 @@ def backfill_problems(control: Control, tables: Sequence[TableSpec], slot_name: 
                 f"fix the cause{fk} and copy the table again (`reconcile backfill --table {spec.name} --force`; see "
                 "`reconcile backfill rejects`)")
     return problems
+
+
+def _live_backfills(control: Control, slot_name: str) -> set[str]:
+    """Tables whose backfill runs through the replay (``reconcile repair --whole-table``) under ``slot_name``."""
+    from reconcile.repair.store import RepairStore
+
+    return RepairStore(control.target, budget=control.budget, policy=control.policy).live_tables(slot_name)
 
 
 class _Halt(Exception):
@@ -288,7 +307,10 @@ class Replayer:
         """Passwords and tokens that must never reach a message, a log or the runs row (:func:`redact`)."""
         self.tables = list(tables)
         self.budget = budget or Budget()
-        self.batch_budget = reserve(self.budget)
+        s = self.settings
+        # Changed-key windows and repair marks are written in the apply transactions too.
+        track = (2 * len(self.tables), 2 * len(self.tables) * (s.track_bytes + 256)) if s.track_changes else (0, 0)
+        self.batch_budget = reserve(self.budget, rows=track[0], nbytes=track[1])
         self.policy = policy
         self.dialect = dialect
         self.fault = fault
@@ -361,7 +383,16 @@ class Replayer:
         self.converter = Converter(targets)
         self.pricer = Pricer(targets, self.budget)
         self.wm = self._tx(lambda c: read_watermark(c, s.slot_name), "read watermark")
+        self.tracker = ChangeTracker(s.slot_name, {n: [t.types[k] for k in t.key] for n, t in targets.items()},
+                                     enabled=s.track_changes, cap_bytes=s.track_bytes,
+                                     window_seconds=s.track_window_seconds, max_windows=s.track_max_windows)
+        self._tx(lambda c: self.tracker.load(c, self.wm.last_commit_lsn), "load change windows")
+        self.marks = RepairMarks(s.slot_name, self._tx, relation=self._relation, tables={t.name for t in self.tables})
+        self.marks.load()
         self._prepared = True
+
+    def _relation(self, table: str) -> po.Relation | None:
+        return next((r for r in self.assembler.relations.values() if r.qualified == table), None)
 
     # --- the run ------------------------------------------------------------------------------------
 
@@ -480,6 +511,7 @@ class Replayer:
         """Read, apply and advance once; True when caught up (nothing more was waiting)."""
         assert self.reader is not None
         s = self.settings
+        self.marks.begin_round()
         flush = self.reader.flush_lsn()
         rows = self.reader.peek(s.peek_changes)
         try:
@@ -541,6 +573,7 @@ class Replayer:
         self._skips: set[int] = set()
         s = self.settings
         for t in todo:
+            self.marks.scan(t)
             decision = self._decisions.get(t.commit_lsn)
             mode = "normal"
             if decision is not None:
@@ -564,6 +597,8 @@ class Replayer:
                                      "a ledger table is never a shadow write), so replay stopped before it: undo it on "
                                      "the source or re-sync the table, then skip this dead letter with a reason.", None)
             rows, nbytes = self.pricer.txn(t)
+            extra = self.marks.cost(t)
+            rows, nbytes = rows + extra[0], nbytes + extra[1]
             if mode == "split" or not self.batch_budget.within_limit(rows, nbytes):
                 self._flush(batcher)
                 if mode == "split" or s.oversized_policy == "split":
@@ -605,16 +640,24 @@ class Replayer:
                 net.add_all(t.changes)
         self._convert(net)
         slot, expected, last, fault = self.settings.slot_name, self.wm.last_commit_lsn, txns[-1], self.fault
-        writer = self.writer
+        writer, tracker, marks = self.writer, self.tracker, self.marks
+        windows = tracker.pending(txns, count=self._window_count)
 
         def apply(conn: psycopg.Connection) -> int:
             check_watermark(conn, slot, expected)
             written = writer.write(conn, net, fault)
+            tracker.write(conn, windows)
+            marks.write(conn, txns)
             write_watermark(conn, slot, last, len(txns), caught_up)
             return written
 
         written = self._tx(apply, f"apply of {len(txns)} source transaction(s)")
+        tracker.commit(windows)
+        marks.committed(txns)
         self._committed(txns, written, caught_up)
+
+    def _window_count(self, table: str) -> int:
+        return self._tx(lambda c: self.tracker.refresh_count(c, table), "change windows count")
 
     def _convert(self, net: NetChanges) -> None:
         """The column contract's source-side conversions (arrays to json, money to numeric), before the write."""
@@ -690,19 +733,22 @@ class Replayer:
         wid = self.control.open_window(slot, t, pieces=len(pieces), reason=why, run_id=self.result.run_id)
         log.warning("applying source transaction xid %d (%d changes) in %d pieces: a non-atomic window (%s)", t.xid,
                     len(t.changes), len(pieces), why)
-        writer, fault, control = self.writer, self.fault, self.control
+        writer, fault, control, tracker, marks = self.writer, self.fault, self.control, self.tracker, self.marks
         for i, piece in enumerate(pieces):
             net = NetChanges()
             net.add_all(piece.items)
             self._convert(net)
             last = i == len(pieces) - 1
             expected = self.wm.last_commit_lsn
+            windows = tracker.pending([dataclasses.replace(t, changes=list(piece.items))], count=self._window_count)
 
-            def apply(conn: psycopg.Connection, net=net, last=last, i=i) -> int:
+            def apply(conn: psycopg.Connection, net=net, last=last, i=i, windows=windows) -> int:
                 check_watermark(conn, slot, expected)
                 written = writer.write(conn, net, fault)
+                tracker.write(conn, windows)
                 control.piece_done(conn, wid, i, last)
                 if last:
+                    marks.write(conn, [t])
                     write_watermark(conn, slot, t, 1)
                 return written
 
@@ -713,7 +759,9 @@ class Replayer:
                                      f"{t.commit_lsn_text}) was refused ({_primary(exc)}); the target holds the first "
                                      f"{i} piece(s) only (non-atomic window {wid}): fix the cause and retry.",
                                   getattr(exc, "sqlstate", None))
+            tracker.commit(windows)
             if last:
+                marks.committed([t])
                 self._committed([t], written, None)
             else:
                 self.result.target_commits += 1

@@ -49,6 +49,17 @@ class ReplaySettings:
     require_backfill: bool = True
     """Refuse to apply while the initial backfill of a replicated table is incomplete (DESIGN.md, the
     copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
+    track_changes: bool = True
+    """Record which keys each apply transaction changed (``reconcile.change_windows``, in the same target
+    transaction), so an incremental diff verifies what changed; off, incremental diffs verify whole tables."""
+    track_bytes: Annotated[int, Bounds(ge=1024, le=512 * 1024, fix="use e.g. 65536 (64 KiB per table and window)")] = 65536
+    """Bytes of keys one table's window may hold; past it, nearby keys merge into ranges (single integer or
+    text keys) or the window covers the whole table (other keys)."""
+    track_window_seconds: Annotated[float, Bounds(gt=0, le=86_400, fix="use e.g. 300")] = 300.0
+    """Source-commit seconds one window spans before the next one opens."""
+    track_max_windows: Annotated[int, Bounds(ge=1, le=100_000, fix="use e.g. 288")] = 288
+    """Windows kept per table until a diff verifies them (a day of 5-minute windows); past it the current
+    window keeps growing (coarsened), so the tracking stays bounded however long no diff runs."""
 
     def __post_init__(self) -> None:
         check_fields(self, "replay")

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from markupsafe import Markup
+
 from reconcile.report import cells
 from reconcile.report.attribution import Attribution, Fault, Roles, Unexplained, attribute
 from reconcile.report.history import finding_id
+from reconcile.report.coverage import coverage_html
 from reconcile.report.notes import balance_phrase, notes as scope_notes
 from reconcile.report.sections import (coverage_view, currencies_view, expectations_view, gate_view, replay_view,
                                        seconds)
@@ -376,6 +379,7 @@ def run_view(context: dict[str, Any]) -> dict[str, Any]:
          "unexplained may be explained by a row finding beyond the limit."),
         "gate": gate_view(gate or None), "expectations": expectations_view(exp),
         "replay": replay_view(rep or None, context.get("lag_limit")), "coverage": cov,
+        "sweep_coverage": Markup(coverage_html(s)),
         "currencies": currencies_view(balances),
         "findings_total": len(findings),
         "findings_rows": [finding_row(f, names) for f in findings[:DETAIL_INLINE]],

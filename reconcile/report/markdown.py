@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconcile.report.coverage import coverage_lines
 from reconcile.report.notes import balance_phrase, headline, notes
 
 
@@ -32,5 +33,6 @@ def render_markdown(context: dict[str, Any], *, top: int = 5) -> str:
         lines += ["", "Largest money discrepancies (target − source):", ""]
         for f in money:
             lines.append(f"- {f['table']} {f['kind']} key {_cell(f['key'])}: {f['money_delta']} {f.get('currency') or ''}".rstrip())
+    lines += coverage_lines(s)
     lines += ["", "Details: report.html, findings.csv, summary.json in " + f"`{s['report_dir']}`", ""]
     return "\n".join(lines)

@@ -69,4 +69,11 @@ def notes(summary: dict[str, Any]) -> list[str]:
     elif waits.get("waits"):
         out.append(f"Waited {waits.get('waited_seconds', 0):.1f} s for the replay watermark ({waits['waits']} "
                    "wait(s), all passed).")
+    from reconcile.report.coverage import coverage_note
+
+    covered = coverage_note(summary)
+    if covered:
+        out.append(covered)
+    if (summary.get("repairs") or {}).get("sentence"):
+        out.append(f"Repairs: {summary['repairs']['sentence']}")
     return out
