@@ -138,4 +138,6 @@ def test_repair_and_replay_sigkilled_under_a_live_workload_end_equal(source_db, 
     with psycopg.connect(target_db) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM reconcile.runs WHERE kind = 'repair' "
                                      "GROUP BY status").fetchall())
-    assert statuses.get("repaired") == 1
+    # the final repair ended repaired; a killed one may have finished before its kill (repaired) or been
+    # killed mid-way (left running, or closed as abandoned); none ended in error
+    assert statuses.get("repaired", 0) >= 1 and set(statuses) <= {"repaired", "running", "abandoned"}, statuses
