@@ -290,6 +290,7 @@ INTERNAL_INVARIANTS = {
     ("reconcile/occ.py", "RetryPolicy.__post_init__"),  # built from validated [retry] settings
     ("reconcile/occ.py", "_source"),  # what the caller passes in code
     ("reconcile/occ.py", "_check_ready"),  # a connection misused by the calling code
+    ("reconcile/replay/marks.py", "RepairMarks._close"),  # repair rows are written with their key from the same row
     ("reconcile/schema/apply.py", "_exists"),  # statement kinds are constants of the planner
     ("reconcile/schema/plan.py", "build_plan.cite"),  # the planner cites only what the audit reported
 }

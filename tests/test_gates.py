@@ -716,7 +716,9 @@ def test_evidence_changed_compares_criteria_and_values_not_timestamps(cfg, conn)
     add_run(conn, "diff", "green", 0.01, GREEN_DIFF)
     result = approve(cfg, "read", by="ana", reason="as shown", evaluation=seen, conn=conn)
     assert result["evidence_changed"] is True
-    assert result["changed_criteria"] == ["green_diff_streak", "latest_diff_clean", "expectations_green"]
+    # the new diff is a full pass, so the full-pass criterion's evidence (its run id) changes too
+    assert result["changed_criteria"] == ["green_diff_streak", "latest_diff_clean", "expectations_green",
+                                          "full_pass_recent"]
     assert result["verdict_changed"] == []
 
 

@@ -93,7 +93,7 @@ def test_runs_of_another_migration_or_of_none_or_partial_leave_the_gate_as_it_wa
     assert without_legacy(after) == without_legacy(before)  # verdicts and values, timestamps aside
     ignored = {c.name: c.evidence.get("ignored_without_migration_id") for c in after.criteria}
     assert ignored == {"green_diff_streak": 1, "latest_diff_clean": None, "expectations_green": 2,
-                       "replay_lag": 1, "dead_letters": None, "audit_blockers": 1}
+                       "replay_lag": 1, "dead_letters": None, "audit_blockers": 1, "full_pass_recent": None}
     # this migration's own dead letter still counts
     _dead_letter(conn)
     assert "dead_letters" in evaluate(cfg, "read", record=False, conn=conn).failing

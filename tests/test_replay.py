@@ -239,8 +239,9 @@ def test_a_concurrent_reader_sees_the_ledger_invariants_at_every_snapshot(source
     with entries summing to zero (per currency), and each account's balance is the sum of its entries. A
     half-applied source transaction, or a group edge that split one, breaks one of them."""
     ledger_pair(source_db, target_db, accounts=40, transactions=100)
-    # Room for about two business transactions (5 rows each) per target transaction: many group edges.
-    cfg = make_config(source_db, target_db, max_rows=26, peek_changes=37, poll_interval=0.05)
+    # Room for about two business transactions (5 rows each) per target transaction: many group edges
+    # (26 rows, plus the 6 the changed-key windows of the three tables reserve in each apply transaction).
+    cfg = make_config(source_db, target_db, max_rows=32, peek_changes=37, poll_interval=0.05)
     slot = cfg.replay.slot_name
     init_replay(cfg)
     run_backfill(cfg, BackfillSettings(replay=True, slot_name=cfg.replay.slot_name))

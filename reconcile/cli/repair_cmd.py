@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from ._common import CONFIG_OPTION, load, preflight, run_app
+from ._common import CONFIG_OPTION, Number, load, preflight, run_app
 
 app = typer.Typer(help="Re-copy the keys a diff found wrong through the running replay, then verify them again.",
                   invoke_without_command=True)
@@ -33,6 +33,7 @@ def repair(
                                      help="Copy every row of --table through the replay: the backfill of a table "
                                           "added to a migration whose replay is already running."),
     wait: Optional[float] = typer.Option(None, "--wait", envvar="RECONCILE_REPAIR_WAIT",
+                                         parser=Number(setting="reconcile.repair.settings:RepairSettings.apply_wait_seconds"),
                                          help="Seconds to wait for the replay to apply the copies (default: "
                                               "repair.apply_wait_seconds in the config)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each chunk on stderr."),
