@@ -61,7 +61,11 @@ class _Background:
 
     def stop(self) -> Any:
         self._stop.set()
-        self._thread.join(timeout=60)
+        return self.wait()
+
+    def wait(self) -> Any:
+        """Wait for the work to end on its own (e.g. a workload with a duration); its result or its error."""
+        self._thread.join()
         if self.error is not None:
             raise self.error
         return self.result
@@ -86,7 +90,8 @@ def _replay_follower(config: Any) -> _Background:
 
 def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: int = 10_000,
              tps: float = 100, seed: int = 42, inject: bool = False, airflow: bool = True,
-             echo: Callable[[str], None] = print, live: bool | None = None) -> DemoResult:
+             echo: Callable[[str], None] = print, live: bool | None = None,
+             extra_stages: dict[str, dict[str, Any]] | None = None) -> DemoResult:
     """Run the whole pipeline on the local stack; see the module docstring.
 
     Args:
@@ -98,6 +103,7 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
         airflow: run backfill, replay and reconciliation as the Airflow DAGs (``dag.test()``).
         echo: where the progress lines and the summary go.
         live: update the running step's line on stderr (default: when stderr is a terminal).
+        extra_stages: settings sections merged over the demo's own (e.g. the journey's gate settings).
     """
     from reconcile import connections
     from reconcile.config import load_config
@@ -114,7 +120,10 @@ def run_demo(*, data_dir: Path | None, transactions: int = 100_000, accounts: in
     with progress.step("start the local stack") as s:
         statuses = stack.up(data)
         s.detail = f"source {statuses['source'].url.rsplit('@', 1)[-1]}, target {statuses['target'].url.rsplit('@', 1)[-1]}"
-    config_path = ws.write_config(demo_stages(ws))
+    stages = demo_stages(ws)
+    for section, values in (extra_stages or {}).items():
+        stages[section] = {**stages.get(section, {}), **values}
+    config_path = ws.write_config(stages)
     config = load_config(config_path, environ={})
     runner = _runner(airflow, ws, config_path)
 

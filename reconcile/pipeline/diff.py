@@ -216,10 +216,12 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
                  result.get("history_page"))
     for name, error in sorted((result.get("errors") or {}).items()):
         log.error("diff run %s: %s: %s", run_id, name, error)
+    from reconcile.report.coverage import coverage_note
     from reconcile.report.notes import notes
 
+    covered = coverage_note(result)  # what the run covered is information; every other note is a warning
     for note in notes(result):
-        log.warning("diff run %s: %s", run_id, note)
+        (log.info if note == covered else log.warning)("diff run %s: %s", run_id, note)
     metrics.after_diff(config, result)
     return result
 
