@@ -89,8 +89,9 @@ def _toml(value: object) -> str:
 
 def reset(source_url: str, target_url: str, *, slot_name: str, publication: str,
           target_schemas: tuple[str, ...]) -> list[str]:
-    """Drop what a previous demo left: the replication slot and publication on the source, the
-    replicated schemas and the control schema on the target. Returns what was dropped.
+    """Drop what a previous demo left: the replication slot and publication on the source (and the reverse
+    replay's state, from a `--journey`), the replicated schemas and the control schema on the target, whose
+    CDC capture is switched off. Returns what was dropped.
 
     The target is the DSQL stand-in; this bypasses its guards (``dsql_guard.internal``) because it is
     the local stack's own housekeeping, not pipeline code (on DSQL you would drop tables one by one).
@@ -106,8 +107,19 @@ def reset(source_url: str, target_url: str, *, slot_name: str, publication: str,
         if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
             conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
             dropped.append(f"publication {publication}")
+        from reconcile.reverse.source_state import SCHEMA as REVERSE_SCHEMA
+
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (REVERSE_SCHEMA,)).fetchone():
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(REVERSE_SCHEMA)))
+            dropped.append(f"source schema {REVERSE_SCHEMA}")
     with psycopg.connect(target_url, autocommit=True) as conn:
         conn.execute("SET dsql_guard.internal = on")
+        if conn.execute("SELECT current_setting('dsql_guard.cdc', true)").fetchone()[0] == "on":
+            from reconcile.local import guards
+
+            guards.configure(target_url, cdc=False)
+            conn.execute("TRUNCATE dsql_guard.cdc_log")
+            dropped.append("target CDC capture (switched off)")
         for schema in target_schemas:
             if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone():
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
