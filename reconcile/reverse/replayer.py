@@ -277,8 +277,13 @@ class ReverseReplayer:
     # --- the run -----------------------------------------------------------------------------------
 
     def run(self, *, duration: float | None = None, until_caught_up: bool = True,
-            stop: threading.Event | None = None, max_rounds: int | None = None) -> ReverseResult:
-        """Replay until caught up (default), for ``duration`` seconds, or until ``stop`` is set."""
+            stop: threading.Event | None = None, max_rounds: int | None = None,
+            max_txns: int | None = None) -> ReverseResult:
+        """Replay until caught up (default), for ``duration`` seconds, or until ``stop`` is set.
+
+        ``max_txns`` ends the run at the end of the first round that brought the DSQL transactions applied
+        to at least that many (a round applies whole groups, so the run may apply a few more; every group
+        is committed with its shard checkpoints, so the next run resumes right after it)."""
         s = self.settings
         result = ReverseResult(stream=s.stream_name)
         self.result = result
@@ -308,6 +313,8 @@ class ReverseReplayer:
                 rounds += 1
                 result.caught_up = caught_up
                 if stop.is_set() or (max_rounds is not None and rounds >= max_rounds):
+                    break
+                if max_txns is not None and result.txns_applied >= max_txns:
                     break
                 if duration is not None and time.monotonic() - start >= duration:
                     break
