@@ -87,14 +87,20 @@ def test_reverse_dag_skips_before_write_cutover_then_carries_dsql_back(dagbag, r
     assert dr.state == "success" and states == {"gate_state": "success", "reverse_tick": "skipped"}, states
     assert xcom(dr, "reverse_tick") is None and _counts(source_db) == before
 
-    # write cutover: the slice applies DSQL's transactions; the source then equals the target.
+    # write cutover: a slice bounded by max_txns applies that many, the next one the rest; the source then
+    # equals the target.
     _move_to(config, "write_cutover")
+    dr = run_dag(dagbag, DAG, {"max_txns": 3, "tick_seconds": 60}, timeout=180)
+    bounded = xcom(dr, "reverse_tick")
+    assert dr.state == "success" and bounded["txns_applied"] == 3 and bounded["caught_up"] is False, bounded
+    assert not _same_rows(source_db, target_db)
     dr = run_dag(dagbag, DAG, {"until_caught_up": True, "tick_seconds": 60}, timeout=180)
     states = task_states(dr)
     assert dr.state == "success" and states["reverse_tick"] == "success", states
     summary = xcom(dr, "reverse_tick")
     assert summary["status"] == "done" and summary["caught_up"] is True and summary["dead_letters_open"] == 0
-    assert summary["txns_applied"] >= on_target.committed_total  # one DSQL transaction per business txn
+    # one DSQL transaction per business transaction, each applied in one of the two slices
+    assert bounded["txns_applied"] + summary["txns_applied"] >= on_target.committed_total
     assert summary["changes_stale"] > 0  # the duplicates arrived, and were not written twice
     assert _same_rows(source_db, target_db) and _counts(source_db) == _counts(target_db)
 

@@ -226,6 +226,7 @@ class ReverseReplayer:
         """Reassembled changes not applied yet, by chunk id (late copies of their pieces join them)."""
         self.skip_tx: set[str] = set()
         self._lags: list[float] = []
+        self._txn_budget: int | None = None
         self._dirty = False
         self._progress = False
         self._passed_chunks: list[tuple[str, int]] = []
@@ -281,12 +282,12 @@ class ReverseReplayer:
             max_txns: int | None = None) -> ReverseResult:
         """Replay until caught up (default), for ``duration`` seconds, or until ``stop`` is set.
 
-        ``max_txns`` ends the run at the end of the first round that brought the DSQL transactions applied
-        to at least that many (a round applies whole groups, so the run may apply a few more; every group
-        is committed with its shard checkpoints, so the next run resumes right after it)."""
+        ``max_txns`` applies at most that many DSQL transactions (in commit-time order), then ends the run;
+        the ones read but not applied stay behind the shard checkpoints, so the next run reads them again."""
         s = self.settings
         result = ReverseResult(stream=s.stream_name)
         self.result = result
+        self._txn_budget = max_txns
         start = time.monotonic()
         stop = stop or threading.Event()
         runs = None
@@ -544,6 +545,8 @@ class ReverseReplayer:
             if key[0] + settle > frontier or key[0] >= blocked:
                 break
             ready.append(self.txns[key])
+        if self._txn_budget is not None:  # run(max_txns=...): the rest waits for the next run
+            ready = ready[:max(0, self._txn_budget - self.result.txns_applied)]
         group: list[_Txn] = []
         changes = 0
         for txn in ready:
