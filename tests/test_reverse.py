@@ -338,6 +338,8 @@ def test_cli_init_run_status_and_a_dead_letter_skipped(source_db, target_db, kin
     assert out.exit_code == 0 and json.loads(out.output)["actions"] == ["already initialised; nothing to do"]
     out = runner.invoke(reverse_app, ["status", "--config", str(path)])
     assert out.exit_code == 1 and "caught up never" in out.output, out.output
+    out = runner.invoke(reverse_app, ["run", "--config", str(path), "--max-txns", "0"])
+    assert out.exit_code == 2 and "--max-txns" in out.output, out.output
     pub = publisher(target_db, kc, stream)
     write_history(target_db, [[("upsert", 1, 5)], [("upsert", 2, 5)]])
     run_sql(target_db, "UPDATE app.items SET amount = 5000 WHERE id = 1")  # refused by the source's CHECK
