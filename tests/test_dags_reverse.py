@@ -37,6 +37,9 @@ def reverse_config(source_db, target_db, kinesis_url, tmp_path, monkeypatch):
     monkeypatch.setenv("RECONCILE_CONFIG", str(path))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")  # moto's server takes any credentials
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    # boto3's default session caches the credentials it resolved: a session of its own for this test, dropped
+    # afterwards, so later tests do not inherit these (a test expecting "no credentials" would see them).
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     for side in ("SOURCE", "TARGET"):
         monkeypatch.delenv(f"AIRFLOW_CONN_RECONCILE_{side}", raising=False)
     from reconcile.config import load_config
