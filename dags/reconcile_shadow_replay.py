@@ -5,7 +5,10 @@ $RECONCILE_REPLAY_TICK_SECONDS (default 50) and stops; the next run resumes from
 target holds. The lag (p50/p99 seconds, bytes behind, caught up) is logged and emitted as an event
 of the asset ``reconcile_replay_lag`` (its extra holds the numbers). A run that halts on a dead
 letter fails: replay will not go on until a person resolves it. The slot must exist
-(``reconcile replay init``, before the first backfill). Logic lives in reconcile.pipeline.replay.
+(``reconcile replay init``, before the first backfill). In the cutover state ``write_cutover`` the first
+task, ``gate_state``, skips the tick with a log line saying why: DSQL is then the system of record and
+``reconcile_reverse_replay`` carries its changes back; the forward replay resumes after a rollback from its
+watermark (the param ``run_after_write_cutover`` forces a run). Logic lives in reconcile.pipeline.replay.
 """
 
 from __future__ import annotations
@@ -34,9 +37,24 @@ REPLAY_LAG = Asset(name="reconcile_replay_lag", uri="reconcile://replay/lag")
                               description="Length of this run (default $RECONCILE_REPLAY_TICK_SECONDS, 50)."),
         "until_caught_up": Param(False, type="boolean",
                                  description="Stop as soon as nothing is left to apply (a manual drain)."),
+        "run_after_write_cutover": Param(False, type="boolean",
+                                         description="Apply even in write_cutover (normally skipped: DSQL is then "
+                                                     "the system of record)."),
     },
 )
 def reconcile_shadow_replay():
+    @task.short_circuit
+    def gate_state(params=None) -> bool:
+        import logging
+
+        from reconcile.pipeline.reverse import forward_gate
+
+        with reconcile_errors():
+            gate = forward_gate(task_config(), force=bool(params.get("run_after_write_cutover")))
+        logging.getLogger("reconcile.dags").info("shadow replay %s: %s",
+                                                 "runs" if gate["run"] else "skipped", gate["reason"])
+        return gate["run"]
+
     @task(outlets=[REPLAY_LAG], execution_timeout=timedelta(seconds=TICK_SECONDS + 240))
     def replay_tick(outlet_events=None, params=None) -> dict:
         from reconcile.pipeline.replay import lag_metrics, replay_tick as tick
@@ -48,7 +66,7 @@ def reconcile_shadow_replay():
         outlet_events[REPLAY_LAG].extra = lag_metrics(summary)
         return summary
 
-    replay_tick()
+    gate_state() >> replay_tick()
 
 
 reconcile_shadow_replay()

@@ -19,6 +19,8 @@ DiffInFlight                            Count         Migration (+ Table)  diff 
 BalanceDifferences                      Count         Migration   diff run
 ReconciliationRed                       Count         Migration   diff run: 1 red (or errored), 0 green
 ExpectationsFailed / ExpectationsEvaluated  Count     Migration   expectations run
+ReverseReplayLagSeconds                 Seconds       Migration   reverse tick: lag p99, DSQL commit → source (0: idle)
+ReverseDeadLettersOpen                  Count         Migration   reverse tick: DSQL transactions the source refused
 GateState                               None          Migration   0 shadow, 1 read_cutover, 2 write_cutover
 GateCriteriaFailing                     Count         Migration   the next gate's evaluation
 ======================================  ============  ==========  ===========================================
@@ -46,7 +48,7 @@ from typing import Any
 log = logging.getLogger("reconcile.metrics")
 
 __all__ = ["FAILURES", "MAX_DATUMS_PER_CALL", "METRIC_UNITS", "Datum", "MetricsSettings", "after_backfill_chunk", "after_checks",
-           "after_diff", "after_gate_evidence", "after_replay_tick", "migration_dimension", "publish"]
+           "after_diff", "after_gate_evidence", "after_replay_tick", "after_reverse_tick", "migration_dimension", "publish"]
 
 MAX_DATUMS_PER_CALL = 1000
 """PutMetricData's limit of metrics per request (was 20 until 2023; the payload limit is 1 MB)."""
@@ -57,6 +59,7 @@ METRIC_UNITS: dict[str, str] = {
     "DiffPersistentMismatches": "Count", "DiffInFlight": "Count", "BalanceDifferences": "Count",
     "ReconciliationRed": "Count", "ExpectationsFailed": "Count", "ExpectationsEvaluated": "Count",
     "GateState": "None", "GateCriteriaFailing": "Count",
+    "ReverseReplayLagSeconds": "Seconds", "ReverseDeadLettersOpen": "Count",
 }
 """Every metric the pipeline publishes and its unit (the table above; infra/ alarms and dashboard use these)."""
 FAILURES: Counter = Counter()
@@ -226,6 +229,25 @@ def after_replay_tick(config: Any, summary: Mapping[str, Any]) -> dict[str, int]
         return replay_datums(summary, status)
 
     return _guarded("replay", config, build)
+
+
+def reverse_datums(summary: Mapping[str, Any]) -> list[Datum]:
+    """Datums of one reverse replay tick (``summary``: :func:`reconcile.pipeline.reverse.reverse_summary`).
+
+    The lag is the p99 of the DSQL transactions the tick applied (commit on DSQL → committed on the source).
+    A tick that applied nothing but was caught up reports 0 (nothing is behind); one that applied nothing and
+    was not caught up reports no lag at all (unknown, not a made-up number).
+    """
+    lag = _num(summary.get("lag_seconds_p99"))
+    if lag is None and summary.get("caught_up") and not summary.get("txns_applied"):
+        lag = 0.0
+    return [Datum("ReverseReplayLagSeconds", lag, "Seconds"),
+            Datum("ReverseDeadLettersOpen", _num(summary.get("dead_letters_open") or 0), "Count")]
+
+
+def after_reverse_tick(config: Any, summary: Mapping[str, Any]) -> dict[str, int]:
+    """Publish a reverse replay tick's lag and open reverse dead letters."""
+    return _guarded("reverse", config, lambda: reverse_datums(summary))
 
 
 def after_backfill_chunk(config: Any, result: Mapping[str, Any]) -> dict[str, int]:

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 
 DAGS_FOLDER = Path(__file__).resolve().parent.parent / "dags"
-DAG_IDS = ("reconcile_backfill", "reconcile_cutover", "reconcile_reconcile", "reconcile_shadow_replay")
+DAG_IDS = ("reconcile_backfill", "reconcile_cutover", "reconcile_reconcile", "reconcile_reverse_replay",
+           "reconcile_shadow_replay")
 
 _ENV = {
     "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),

@@ -82,7 +82,7 @@ def _describe(matches) -> str:
 
 def test_templates_present():
     assert {p.name for p in TEMPLATES} >= {
-        "dsql-cluster.yaml", "pipeline-iam.yaml", "aurora-source-params.yaml", "monitoring.yaml"}
+        "dsql-cluster.yaml", "pipeline-iam.yaml", "aurora-source-params.yaml", "monitoring.yaml", "reverse-cdc.yaml"}
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
@@ -356,6 +356,167 @@ def test_terraform_policies_match_the_list():
 
 
 # --------------------------------------------------------------------------------------------
+# The reverse replay's CDC stream (reverse-cdc.yaml)
+
+STREAM_ARN = {"Fn::GetAtt": ["CdcStream", "Arn"]}
+KINESIS_KEY = {"Ref": "KinesisKmsKeyArn"}
+REVERSE_GRANTS = {
+    # principal: {action: allowed resources}
+    "CdcServiceRole": {"kinesis:PutRecord": [STREAM_ARN], "kinesis:PutRecords": [STREAM_ARN],
+                       "kinesis:DescribeStreamSummary": [STREAM_ARN], "kinesis:ListShards": [STREAM_ARN],
+                       "kms:GenerateDataKey": [KINESIS_KEY]},
+    "ReverseConsumerPolicy": {
+        "kinesis:GetRecords": [STREAM_ARN], "kinesis:GetShardIterator": [STREAM_ARN],
+        "kinesis:ListShards": [STREAM_ARN], "kinesis:DescribeStreamSummary": [STREAM_ARN],
+        "kms:Decrypt": [KINESIS_KEY], "secretsmanager:GetSecretValue": [{"Ref": "SourceSecretArn"}],
+        "ssm:GetParameter": [{"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+                                         ":parameter${SourceParameterName}"}]},
+    "StreamProvisionerRole": {
+        **{a: [{"Ref": "ClusterArn"}, {"Fn::Sub": "${ClusterArn}/stream/*"}]
+           for a in ("dsql:CreateStream", "dsql:GetStream", "dsql:DeleteStream", "dsql:ListStreams")},
+        "iam:PassRole": [{"Fn::GetAtt": ["CdcServiceRole", "Arn"]}], "kms:Decrypt": [{"Ref": "ClusterKmsKeyArn"}],
+        "logs:CreateLogStream": [{"Fn::GetAtt": ["StreamProvisionerLogs", "Arn"]}],
+        "logs:PutLogEvents": [{"Fn::GetAtt": ["StreamProvisionerLogs", "Arn"]}]},
+}
+REVERSE_TRUST = {"CdcServiceRole": "dsql.amazonaws.com", "StreamProvisionerRole": "lambda.amazonaws.com"}
+
+
+def _identity_statements(template: dict):
+    """(principal, statement) of every identity statement; an Fn::If statement counts as its true branch."""
+    for name, kind, document in _policy_documents(template):
+        if kind != "identity":
+            continue
+        for statement in _statements(document):
+            if set(statement) == {"Fn::If"}:
+                statement = statement["Fn::If"][1]
+            yield name, statement
+
+
+def reverse_iam_violations(template: dict) -> list[str]:
+    """Every grant of reverse-cdc.yaml beyond :data:`REVERSE_GRANTS`, and every trust beyond its service."""
+    problems = []
+    for name, resource in template["Resources"].items():
+        if resource["Type"].startswith("AWS::IAM::") and name not in REVERSE_GRANTS:
+            problems.append(f"{name}: unexpected IAM resource {resource['Type']}")
+        if "ManagedPolicyArns" in resource.get("Properties", {}):
+            problems.append(f"{name}: attaches managed policies")
+    for name, kind, document in _policy_documents(template):
+        if kind == "trust":
+            for statement in _statements(document):
+                if statement.get("Principal") != {"Service": REVERSE_TRUST.get(name)} \
+                        or statement.get("Action") != "sts:AssumeRole" or statement.get("Effect") != "Allow":
+                    problems.append(f"{name}: trusts {statement.get('Principal')} for {statement.get('Action')}")
+    for name, statement in _identity_statements(template):
+        where = f"{name} statement {statement.get('Sid')}"
+        for key in ("NotAction", "NotResource", "NotPrincipal"):
+            if key in statement:
+                problems.append(f"{where}: uses {key}")
+        if statement.get("Effect") != "Allow":
+            problems.append(f"{where}: Effect {statement.get('Effect')!r}")
+        resources = _flatten(statement.get("Resource", []))
+        for action in _flatten(statement.get("Action", [])):
+            allowed = REVERSE_GRANTS.get(name, {}).get(action)
+            if allowed is None:
+                problems.append(f"{where}: action {action} is not on the list")
+            elif not resources or any(r not in allowed for r in resources):
+                problems.append(f"{where}: {action} on {resources}")
+            if action == "iam:PassRole" and statement.get("Condition") != {
+                    "StringEquals": {"iam:PassedToService": "dsql.amazonaws.com"}}:
+                problems.append(f"{where}: iam:PassRole not limited to DSQL")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def reverse_template() -> dict:
+    return _template(CFN / "reverse-cdc.yaml")
+
+
+def test_no_native_dsql_stream_resource_so_a_custom_resource_creates_it(reverse_template):
+    """If cfn-lint's registry ever gains an AWS::DSQL stream type, this fails: switch the template to it."""
+    import cfnlint
+
+    providers = Path(cfnlint.__file__).parent / "data" / "schemas" / "providers" / "us-east-1.json"
+    dsql_types = set(re.findall(r'"(AWS::DSQL::\w+)"', providers.read_text()))
+    assert dsql_types == {"AWS::DSQL::Cluster"}, dsql_types
+    stream = reverse_template["Resources"]["DsqlCdcStream"]
+    assert stream["Type"] == "Custom::DsqlCdcStream"
+    props = stream["Properties"]
+    assert props["ServiceToken"] == {"Fn::GetAtt": ["StreamProvisioner", "Arn"]}
+    assert props["KinesisStreamArn"] == STREAM_ARN and props["RoleArn"] == {"Fn::GetAtt": ["CdcServiceRole", "Arn"]}
+    code = reverse_template["Resources"]["StreamProvisioner"]["Properties"]["Code"]["ZipFile"]
+    compile(code, "index.py", "exec")  # the inline function is valid Python
+    assert 'ordering="UNORDERED"' in code and 'format="JSON"' in code and "delete_stream" in code
+    # the function's boto3 call matches the DSQL API this boto3 knows
+    import boto3
+
+    shape = boto3.client("dsql", region_name="us-east-1").meta.service_model.operation_model("CreateStream").input_shape
+    assert {"clusterIdentifier", "targetDefinition", "ordering", "format", "clientToken"} <= set(shape.members)
+
+
+def test_reverse_cdc_stream_is_encrypted_with_two_shards_or_on_demand(reverse_template):
+    t = reverse_template
+    stream = t["Resources"]["CdcStream"]
+    props = stream["Properties"]
+    assert stream["Type"] == "AWS::Kinesis::Stream" and stream["DeletionPolicy"] == "Retain"
+    assert props["StreamEncryption"]["EncryptionType"] == "KMS"
+    assert props["StreamEncryption"]["KeyId"] == {"Fn::If": ["HasKinesisKey", KINESIS_KEY, "alias/aws/kinesis"]}
+    assert t["Parameters"]["StreamMode"]["Default"] == "ON_DEMAND"
+    assert props["ShardCount"] == {"Fn::If": ["IsProvisioned", {"Ref": "ShardCount"}, NO_VALUE]}
+    assert t["Parameters"]["ShardCount"]["MinValue"] >= 2 and props["MaxRecordSizeInKiB"] == 10240
+    assert t["Parameters"]["RetentionPeriodHours"]["MinValue"] >= 24
+    assert t["Parameters"]["StreamName"]["Default"] == "reconcile-cdc"  # = [reverse] stream_name's default
+    from reconcile.reverse.settings import ReverseSettings
+
+    assert ReverseSettings().stream_name == "reconcile-cdc"
+    assert t["Outputs"]["KinesisStreamArn"]["Value"] == STREAM_ARN
+    assert t["Outputs"]["DsqlStreamArn"]["Value"] == {"Fn::GetAtt": ["DsqlCdcStream", "Arn"]}
+
+
+def test_reverse_cdc_iam_grants_nothing_beyond_the_list(reverse_template):
+    assert reverse_iam_violations(reverse_template) == []
+    granted: dict[str, set[str]] = {}
+    for name, statement in _identity_statements(reverse_template):
+        granted.setdefault(name, set()).update(_flatten(statement["Action"]))
+    assert granted == {name: set(actions) for name, actions in REVERSE_GRANTS.items()}
+    trust = reverse_template["Resources"]["CdcServiceRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_the_consumer_may_call_what_the_reverse_replayer_calls(reverse_template):
+    """Every Kinesis call of reconcile/reverse/ is granted to the consumer (boto3 method -> IAM action)."""
+    calls = set()
+    for path in (ROOT / "reconcile" / "reverse").glob("*.py"):
+        calls |= set(re.findall(r"self\.kinesis\.([a-z_]+)\(", path.read_text()))
+    assert calls >= {"list_shards", "get_shard_iterator", "get_records"}, calls
+    needed = {"kinesis:" + "".join(w.capitalize() for w in c.split("_")) for c in calls}
+    assert needed <= set(REVERSE_GRANTS["ReverseConsumerPolicy"])
+
+
+REVERSE_OVERGRANTS = {
+    "consumer may put": lambda t: _reverse_statement(t, "ReadEveryShard")["Action"].append("kinesis:PutRecords"),
+    "any stream": lambda t: _reverse_statement(t, "ReadEveryShard").update(Resource="*"),
+    "pass role anywhere": lambda t: _reverse_statement(t, "PassTheServiceRoleToDsqlOnly").pop("Condition"),
+    "DSQL trusts anyone": lambda t: t["Resources"]["CdcServiceRole"]["Properties"]["AssumeRolePolicyDocument"]
+    ["Statement"][0].update(Principal={"AWS": "*"}),
+    "any secret": lambda t: _reverse_statement(t, "SourceCredentialsSecret").update(Resource="*"),
+}
+
+
+def _reverse_statement(template: dict, sid: str) -> dict:
+    for _, statement in _identity_statements(template):
+        if statement.get("Sid") == sid:
+            return statement
+    raise KeyError(sid)
+
+
+@pytest.mark.parametrize("mutate", REVERSE_OVERGRANTS.values(), ids=REVERSE_OVERGRANTS.keys())
+def test_reverse_iam_checker_catches_overgrants(reverse_template, mutate):
+    template = copy.deepcopy(reverse_template)
+    mutate(template)
+    assert reverse_iam_violations(template)
+
+
+# --------------------------------------------------------------------------------------------
 # SQL
 
 
@@ -482,7 +643,7 @@ def _dashboard_json(template: dict) -> dict:
     """The dashboard body with its ${...} substituted by sample values (it must then be JSON)."""
     body, names = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     values = {"AWS::Region": "us-east-1", "MetricsNamespace": "Reconcile", "ReplayLagThresholdSeconds": "120",
-              "Migration": "abc.dsql.us-east-1.on.aws/reconcile"}
+              "ReverseLagThresholdSeconds": "120", "Migration": "abc.dsql.us-east-1.on.aws/reconcile"}
     assert set(names) == {"Migration"} and names["Migration"] == {"Ref": "MigrationName"}
 
     def value(match: re.Match) -> str:
@@ -501,7 +662,8 @@ def test_monitoring_alarms_watch_published_metrics():
     t = _template(CFN / "monitoring.yaml")
     alarms = {name: r["Properties"] for name, r in t["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     watched = {p["MetricName"]: p for p in alarms.values()}
-    assert set(watched) == {"ReplayLagSeconds", "DeadLettersOpen", "ReconciliationRed"}
+    assert set(watched) == {"ReplayLagSeconds", "DeadLettersOpen", "ReconciliationRed", "ReverseReplayLagSeconds",
+                            "ReverseDeadLettersOpen"}
     for metric, p in watched.items():
         assert metric in METRIC_UNITS
         assert p["Namespace"] == {"Ref": "MetricsNamespace"}
@@ -509,6 +671,10 @@ def test_monitoring_alarms_watch_published_metrics():
         assert p["AlarmActions"] == {"Fn::If": ["HasTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
     assert watched["DeadLettersOpen"]["Threshold"] == 1 and watched["ReconciliationRed"]["Threshold"] == 1
     assert watched["ReplayLagSeconds"]["TreatMissingData"] == "breaching"  # a silent replay is a lagging one
+    # the reverse replay publishes only after write cutover: its silence before that pages nobody
+    assert watched["ReverseReplayLagSeconds"]["TreatMissingData"] == "missing"
+    assert watched["ReverseReplayLagSeconds"]["Threshold"] == {"Ref": "ReverseLagThresholdSeconds"}
+    assert watched["ReverseDeadLettersOpen"]["Threshold"] == 1
     # the namespace parameter accepts exactly what the IAM policy's condition does
     iam = _template(CFN / "pipeline-iam.yaml")["Parameters"]["MetricsNamespace"]
     assert t["Parameters"]["MetricsNamespace"]["AllowedPattern"] == iam["AllowedPattern"]
@@ -530,7 +696,7 @@ def test_monitoring_dashboard_shows_every_published_metric():
     assert shown - set(METRIC_UNITS) == set(), "the dashboard shows a metric nobody publishes"
     assert set(METRIC_UNITS) - shown <= {"ExpectationsEvaluated"}, "a published metric is missing from the dashboard"
     alarms = next(w for w in board["widgets"] if w["type"] == "alarm")["properties"]["alarms"]
-    assert len(alarms) == 3
+    assert len(alarms) == 5
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,7 +109,13 @@ def test_datums_of_each_step():
     checks = [Datum("ExpectationsFailed", 0, "Count"), Datum("ExpectationsEvaluated", 1, "Count")]
     gate = [Datum("GateState", 0, "None"), Datum("GateCriteriaFailing", 0, "Count")]
     backfill = [Datum("BackfillRowsCopied", 1, "Count", "t"), Datum("BackfillRowsRejected", 0, "Count", "t")]
-    produced = {(d.name, d.unit) for d in replay + diff + checks + gate + backfill}
+    reverse = metrics.reverse_datums({"lag_seconds_p99": 1.5, "dead_letters_open": 2, "txns_applied": 9})
+    assert {d.name: d.value for d in reverse} == {"ReverseReplayLagSeconds": 1.5, "ReverseDeadLettersOpen": 2}
+    # caught up with nothing to apply: nothing is behind (0); nothing applied and not caught up: unknown
+    assert {d.name: d.value for d in metrics.reverse_datums({"caught_up": True, "txns_applied": 0})} == \
+        {"ReverseReplayLagSeconds": 0.0, "ReverseDeadLettersOpen": 0}
+    assert {d.name: d.value for d in metrics.reverse_datums({"caught_up": False})}["ReverseReplayLagSeconds"] is None
+    produced = {(d.name, d.unit) for d in replay + diff + checks + gate + backfill + reverse}
     assert produced == set(metrics.METRIC_UNITS.items())
 
 
@@ -235,3 +241,18 @@ def test_a_pipeline_step_succeeds_when_cloudwatch_is_unreachable(source_db, targ
     results = [backfill_chunk(cfg, ref, {}) for ref in backfill_plan(cfg, {})]
     assert {r["status"] for r in results} == {"done"} and sum(metrics.FAILURES.values()) > before
     assert dataclasses.asdict(cfg.stage("metrics"))["enabled"] is True
+
+
+@mock_aws
+def test_reverse_tick_publishes_lag_and_open_dead_letters(tmp_path):
+    cfg = _config(tmp_path)
+    cw = boto3.client("cloudwatch", region_name="us-east-1")
+    mig = metrics.migration_dimension(cfg)
+    assert metrics.after_reverse_tick(cfg, {"lag_seconds_p99": 4.25, "dead_letters_open": 1, "txns_applied": 3,
+                                            "caught_up": True}) == {"published": 2, "failed": 0}
+    metrics.after_reverse_tick(cfg, {"lag_seconds_p99": None, "caught_up": False, "dead_letters_open": 0})
+    assert _stats(cw, "ReverseReplayLagSeconds", "Seconds", {"Migration": mig}) == [4.25]  # the unknown one left out
+    assert _stats(cw, "ReverseDeadLettersOpen", "Count", {"Migration": mig}) == [1.0]
+    assert set(_metrics(cw)) == {"ReverseReplayLagSeconds", "ReverseDeadLettersOpen"}
+    off = _config(tmp_path, enabled="false")
+    assert metrics.after_reverse_tick(off, {"lag_seconds_p99": 1.0}) == {"published": 0, "failed": 0}

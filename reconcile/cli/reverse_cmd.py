@@ -59,6 +59,9 @@ def run_cmd(
                                              help="Stop after this many seconds (default: once caught up)."),
     follow: bool = typer.Option(False, "--follow", envvar="RECONCILE_REVERSE_FOLLOW",
                                 help="Keep replaying until interrupted (Ctrl-C or SIGTERM stops cleanly)."),
+    max_txns: Optional[int] = typer.Option(None, "--max-txns", envvar="RECONCILE_REVERSE_MAX_TXNS",
+                                           parser=Number(int, ge=1, le=10_000_000),
+                                           help="Apply at most this many DSQL transactions, then stop."),
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -69,7 +72,7 @@ def run_cmd(
     if follow:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    result = run_reverse(load(config), duration=duration, until_caught_up=not follow, stop=stop)
+    result = run_reverse(load(config), duration=duration, until_caught_up=not follow, stop=stop, max_txns=max_txns)
     if as_json:
         _echo_json(result.to_dict())
     else:

@@ -14,6 +14,9 @@ Modules and their steps:
   ``backfill_summary(config, params, chunk_ids, *, run_label) -> dict``, ``backfill_params``.
 - :mod:`.replay`: ``replay_init(config)``, ``replay_tick(config, *, duration, max_txns) -> summary``,
   ``replay_status(config)``, ``lag_metrics(summary)``.
+- :mod:`.reverse`: ``reverse_gate(config) / forward_gate(config, *, force)`` (``{"state", "run", "reason"}``:
+  which replay applies in the current cutover state), ``reverse_tick(config, *, duration, max_txns,
+  until_caught_up) -> summary`` (secret-free: counts, lag, caught up, dead letters open).
 - :mod:`.diff`: ``diff_start(config, *, tables, run_id) -> {"run_id", "tables", "reused"}``
   (``run_id``: ``diff_run_id_for(dag_id, run_id)``, so a retry reuses its run), ``opened_run(started)``,
   ``diff_one_table(config, run_id, table)``, ``diff_balances_step(config, run_id)``,

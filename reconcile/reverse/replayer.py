@@ -226,6 +226,7 @@ class ReverseReplayer:
         """Reassembled changes not applied yet, by chunk id (late copies of their pieces join them)."""
         self.skip_tx: set[str] = set()
         self._lags: list[float] = []
+        self._txn_budget: int | None = None
         self._dirty = False
         self._progress = False
         self._passed_chunks: list[tuple[str, int]] = []
@@ -277,11 +278,16 @@ class ReverseReplayer:
     # --- the run -----------------------------------------------------------------------------------
 
     def run(self, *, duration: float | None = None, until_caught_up: bool = True,
-            stop: threading.Event | None = None, max_rounds: int | None = None) -> ReverseResult:
-        """Replay until caught up (default), for ``duration`` seconds, or until ``stop`` is set."""
+            stop: threading.Event | None = None, max_rounds: int | None = None,
+            max_txns: int | None = None) -> ReverseResult:
+        """Replay until caught up (default), for ``duration`` seconds, or until ``stop`` is set.
+
+        ``max_txns`` applies at most that many DSQL transactions (in commit-time order), then ends the run;
+        the ones read but not applied stay behind the shard checkpoints, so the next run reads them again."""
         s = self.settings
         result = ReverseResult(stream=s.stream_name)
         self.result = result
+        self._txn_budget = max_txns
         start = time.monotonic()
         stop = stop or threading.Event()
         runs = None
@@ -308,6 +314,8 @@ class ReverseReplayer:
                 rounds += 1
                 result.caught_up = caught_up
                 if stop.is_set() or (max_rounds is not None and rounds >= max_rounds):
+                    break
+                if max_txns is not None and result.txns_applied >= max_txns:
                     break
                 if duration is not None and time.monotonic() - start >= duration:
                     break
@@ -537,6 +545,8 @@ class ReverseReplayer:
             if key[0] + settle > frontier or key[0] >= blocked:
                 break
             ready.append(self.txns[key])
+        if self._txn_budget is not None:  # run(max_txns=...): the rest waits for the next run
+            ready = ready[:max(0, self._txn_budget - self.result.txns_applied)]
         group: list[_Txn] = []
         changes = 0
         for txn in ready:
