@@ -60,7 +60,8 @@ REGION = "us-east-1"
 EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
 STORAGE_MODES = ("s3", "path", "config")
 CENTRAL = ("api-server", "scheduler", "dag-processor", "triggerer")
-DAG_IDS = ("reconcile_backfill", "reconcile_cutover", "reconcile_reconcile", "reconcile_shadow_replay")
+DAG_IDS = ("reconcile_backfill", "reconcile_cutover", "reconcile_reconcile", "reconcile_reverse_replay",
+           "reconcile_shadow_replay")
 _MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_DEFAULT_REGION": REGION}
 
