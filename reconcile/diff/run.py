@@ -11,7 +11,9 @@ over the tables in separate tasks, and any step can be killed and run again:
 * :func:`diff_balances` does the same for the money (:mod:`reconcile.diff.balances`);
 * :func:`finish_diff` sets the verdict, writes the report folder (:mod:`reconcile.report`) and
   closes the run with status ``green``, ``red`` (or ``error`` when a table could not be
-  compared) and the summary JSON of the shared contract: ``verdict``, ``persistent_mismatches``,
+  compared) and the summary JSON of the shared contract: ``direction`` (``forward``: the source is the
+  system of record, ``reverse``: the target is, after write cutover; :mod:`reconcile.direction`: a table's
+  ``missing`` is what the other side lacks of the system of record's rows), ``verdict``, ``persistent_mismatches``,
   ``balance_differences``, ``in_flight``, ``start_lsn``, ``tables {name: {status, missing, extra,
   changed, in_flight, rows_source, rows_target}}``, ``report_dir``, ``duration_seconds``, and
 
@@ -53,6 +55,7 @@ from reconcile.diff.compare import KINDS, Finding, compare_rows
 from reconcile.diff.errors import DiffError, RunNotFound
 from reconcile.diff.side import Pair, Side
 from reconcile.budget import budget_from
+from reconcile.direction import REVERSE, swap_counts
 from reconcile.errors import ReconcileError
 from reconcile.identity import run_scope
 from reconcile.occ import policy_from, retry_step, scrubbed, stage_error
@@ -93,7 +96,8 @@ def _settings(config: Any) -> Any:
 
 
 def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None,
-               lag_wait_seconds: float | None = None, run_id: str | None = None, mode: str | None = None) -> str:
+               lag_wait_seconds: float | None = None, run_id: str | None = None, mode: str | None = None,
+               direction: str | None = None) -> str:
     """Open a diff run; returns its run_id.
 
     Args:
@@ -103,12 +107,16 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         run_id: the run's id (an orchestrator derives it from its own run, so a retry opens no second run;
             the insert is ``ON CONFLICT DO NOTHING``); default a new random id.
         mode: ``full`` or ``incremental`` (:mod:`reconcile.diff.incremental`); default ``[diff] mode``.
+        direction: ``forward`` or ``reverse`` (:mod:`reconcile.direction`); default from the cutover state
+            when the run starts (``write_cutover``: reverse). Recorded in ``runs.direction`` and the summary.
 
     Raises:
         ConfigError: a named table is not configured.
         DiffError: ``mode`` is neither full nor incremental.
+        InvalidArgument: ``direction`` is neither forward nor reverse.
     """
     from reconcile.control import migrate
+    from reconcile.direction import check_direction, direction_of
 
     names = [config.table(t).name for t in tables] if tables else [t.name for t in config.tables]
     settings = _settings(config)
@@ -116,6 +124,7 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         settings = dataclasses.replace(settings, lag_wait_seconds=lag_wait_seconds)
     wait = settings.lag_wait_seconds
     mode = mode or settings.mode
+    check_direction(direction)
     if mode not in incremental.MODES:
         raise DiffError(f"diff mode {mode!r} is not one of {', '.join(incremental.MODES)}; use full or incremental")
     with _connect(config.source) as src:
@@ -123,13 +132,14 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     run_id = run_id or store.new_run_id()
     with _connect(config.target) as tgt:
         migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
+        direction = direction_of(tgt, direction)
         store.insert_run(tgt, run_id, {
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
-            "lag_wait_seconds": wait, "mode": mode,
+            "lag_wait_seconds": wait, "mode": mode, "direction": direction,
             "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
             "source": config.source.describe(), "target": config.target.describe(),
-        }, policy_from(config), scope=run_scope(config, names))
-    log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
+        }, policy_from(config), scope=run_scope(config, names), direction=direction)
+    log.info("diff run %s started at source LSN %s (%d tables, %s)", run_id, start_lsn, len(names), direction)
     return run_id
 
 
@@ -247,6 +257,11 @@ def _waiter(config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Co
             table: str) -> RunWaiter | None:
     """A watermark waiter when a replay writes a watermark for the slot, else None (static diff, said on the console)."""
     slot = run["settings"].get("slot_name") or lag.slot_name(config)
+    if run["settings"].get("direction") == REVERSE:
+        log.warning("diff %s: a reverse reconciliation does not wait for the forward replay's watermark (the target "
+                    "is the system of record); comparing statically: run it once `reconcile reverse status` is "
+                    "caught up", table)
+        return None
     if lag.watermark(pair.target.conn(), slot) is None:
         log.warning("diff %s: no replay has written a watermark for slot %r on the target; comparing statically "
                     "(differences are not re-checked for replay lag)", table, slot)
@@ -335,8 +350,9 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
                            candidates=len(cands), buckets_fetched=cands.buckets_fetched, segments=cands.segments,
                            shown_findings=min(len(findings), settings.max_findings), coverage=plan.describe(cands))
             counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
+            missing, extra = swap_counts(run["settings"].get("direction"), counts)  # as the system of record sees it
             result = {"table": spec.name, "status": "red" if findings else "green",
-                      "missing": counts["missing_in_target"], "extra": counts["extra_in_target"],
+                      "missing": missing, "extra": extra,
                       "changed": counts["changed"], "in_flight": in_flight, "rows_source": cands.rows_source,
                       "rows_target": cands.rows_target, "queries": pair.queries}
             stored = findings[:settings.max_findings]
@@ -486,6 +502,7 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         parent = Path(report_dir if report_dir is not None else settings.report_dir)
         folder = parent / run_id
         summary = {
+            "direction": run["settings"].get("direction") or "forward",
             "verdict": verdict, "persistent_mismatches": persistent, "balance_differences": balance_diffs,
             "in_flight": in_flight, "start_lsn": run["settings"].get("start_lsn"), "tables": tables,
             "report_dir": str(folder), "duration_seconds": round(duration, 3),
@@ -555,9 +572,12 @@ def _lag_waits(waits: list[dict]) -> dict[str, Any]:
 
 
 def run_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None, report_dir: str | Path | None = None,
-             lag_wait_seconds: float | None = None, mode: str | None = None) -> DiffResult:
-    """Start a run, diff every table, diff the balances and finish (the whole run in one call)."""
-    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds, mode=mode)
+             lag_wait_seconds: float | None = None, mode: str | None = None,
+             direction: str | None = None) -> DiffResult:
+    """Start a run, diff every table, diff the balances and finish (the whole run in one call).
+
+    ``direction``: forward or reverse; default from the cutover state (:func:`start_diff`)."""
+    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds, mode=mode, direction=direction)
     with _connect(config.target) as control:
         names = _run_settings(control, run_id)["settings"]["tables"]
     for name in names:
