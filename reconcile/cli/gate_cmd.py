@@ -26,7 +26,8 @@ REASON_OPTION = typer.Option(..., "--reason", envvar="RECONCILE_GATE_REASON", he
 # No environment twin on purpose: an exported override would silently override every later approval.
 OVERRIDE_OPTION = typer.Option(None, "--override",
                                help="Act although the gate refuses; the text is the override's own reason (recorded).")
-GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover) or write (read_cutover -> write_cutover).")
+GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover), write (read_cutover -> write_cutover) or rollback "
+                                    "(write_cutover -> read_cutover: passed by `gate rollback`).")
 
 
 def _caller(cfg: Any, **texts: str | None) -> dict[str, Any] | None:
@@ -119,7 +120,7 @@ def status_cmd(config: Optional[Path] = CONFIG_OPTION, as_json: bool = JSON_OPTI
     for ev in st["gates"].values():
         lines += _criteria_lines(ev)
     if not st["gates"]:
-        lines.append("no gate left to approve")
+        lines.append("no gate to evaluate")
     _emit(st, as_json, "\n".join(lines))
     raise typer.Exit(0 if st["chain"]["ok"] else 1)
 
@@ -173,7 +174,8 @@ def rollback_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Move the state one step back (from write_cutover only with --override: no reverse sync exists yet)."""
+    """Move the state one step back. From write_cutover the rollback gate must pass (reverse replay caught up,
+    a green reverse reconciliation, no open reverse dead letter: `gate evaluate rollback`), or --override."""
     from reconcile.gates import GateRefused, rollback
 
     cfg = load(config)
@@ -183,7 +185,8 @@ def rollback_cmd(
     except GateRefused as exc:
         _refused(exc, as_json)
     _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
-                           + (" (override recorded)" if result["override"] else ""))
+                           + (" (override recorded)" if result["override"] else "")
+                           + (f" on evidence {result['evidence_hash'][:12]}" if result.get("evidence_hash") else ""))
 
 
 @app.command("acknowledge")

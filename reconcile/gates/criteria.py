@@ -69,7 +69,7 @@ from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 from reconcile.identity import covers, migration_of
 
-__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "EvidenceScope", "evaluate_criteria", "latest_audit_run"]
+__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "EvidenceScope", "diff_runs", "evaluate_criteria", "latest_audit_run"]
 
 READ_CRITERIA = ("green_diff_streak", "latest_diff_clean", "expectations_green", "replay_lag", "dead_letters",
                  "audit_blockers", "full_pass_recent")
@@ -102,6 +102,9 @@ def _runs(conn: psycopg.Connection, kind: str, statuses: tuple[str, ...] | None,
     """Runs of ``kind`` of this migration, newest first; ``covers``: the run covered the whole table set."""
     where = [sql.SQL("kind = %s"), sql.SQL("migration_id = %s")]
     params: list[Any] = [kind, scope.migration_id]
+    if kind in DIRECTED:
+        where.append(sql.SQL("coalesce(direction, 'forward') = %s"))
+        params.append(scope.direction)
     if statuses is not None:
         where.append(sql.SQL("status IN ({})").format(sql.SQL(", ").join([sql.Placeholder()] * len(statuses))))
         params.extend(statuses)
@@ -157,6 +160,9 @@ class EvidenceScope:
     """Whether the config has a ledger (accounts + entries roles), so a complete run diffs the balances."""
     slot: str
     """The replay slot (``[replay] slot_name``): whose dead letters count."""
+    direction: str = "forward"
+    """Which reconciliations count (:mod:`reconcile.direction`): forward for the read and write gates,
+    reverse for the rollback gate. Diff and check runs record theirs; older rows are forward."""
 
     @classmethod
     def of(cls, config: Any) -> EvidenceScope:
@@ -164,6 +170,8 @@ class EvidenceScope:
         return cls(identity.id, tuple(t.name for t in config.tables), layout_of(config) is not None, identity.slot)
 
 
+DIRECTED = ("diff", "check")
+"""Run kinds that record a direction (``runs.direction``)."""
 COMPARED = ("green", "red")
 """Statuses of a table (or the balance diff) that was actually compared (``error``/``skipped`` were not)."""
 _RED_CHECK = ("red", "error")
@@ -182,12 +190,13 @@ def _diff_runs(conn: psycopg.Connection, scope: EvidenceScope, where: sql.Compos
                 "(SELECT d.status FROM {results} d WHERE d.run_id = r.run_id AND d.table_name = %s), "
                 "(SELECT c.status FROM {runs} c WHERE c.part_of = r.run_id AND c.kind = 'check' "
                 "AND c.migration_id = r.migration_id ORDER BY c.started_at DESC LIMIT 1) "
-                "FROM {runs} r WHERE r.kind = 'diff' AND r.migration_id = %s AND {where} "
+                "FROM {runs} r WHERE r.kind = 'diff' AND r.migration_id = %s "
+                "AND coalesce(r.direction, 'forward') = %s AND {where} "
                 "ORDER BY {end} DESC, r.started_at DESC{limit}").format(
         results=ident("diff_results"), runs=ident("runs"), where=where, end=end,
         limit=sql.SQL(" LIMIT {}").format(sql.Literal(limit)) if limit else sql.SQL(""))
     out = []
-    for r in conn.execute(q, [BALANCES, scope.migration_id, *params]).fetchall():
+    for r in conn.execute(q, [BALANCES, scope.migration_id, scope.direction, *params]).fetchall():
         summary = _summary(r[4])
         tables = summary.get("tables") if isinstance(summary.get("tables"), dict) else {}
         gaps = [t for t in scope.tables if not (isinstance(tables.get(t), dict) and tables[t].get("status") in COMPARED)]
@@ -198,6 +207,10 @@ def _diff_runs(conn: psycopg.Connection, scope: EvidenceScope, where: sql.Compos
                     "gaps": gaps, "complete": not gaps, "balances": r[5], "checks": r[6],
                     "counts": r[1] == "green" and not gaps and balances_green and r[6] == "green"})
     return out
+
+
+diff_runs = _diff_runs
+"""Public name for the rollback gate (:mod:`reconcile.gates.rollback_gate`)."""
 
 
 def _end(run: dict[str, Any]) -> dt.datetime:
@@ -476,11 +489,16 @@ def _acknowledged(conn: psycopg.Connection, audited: dict[str, Any], s: GateSett
 
 
 def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, state: dict[str, Any],
-                      now: dt.datetime, scope: EvidenceScope) -> list[Criterion]:
-    """Inside one read transaction: every criterion of ``gate`` ('read' or 'write'), in a fixed order.
+                      now: dt.datetime, scope: EvidenceScope, reverse: Any = None) -> list[Criterion]:
+    """Inside one read transaction: every criterion of ``gate`` ('read', 'write' or 'rollback'), in a fixed order.
 
-    ``scope`` says whose runs count and which are complete (:meth:`EvidenceScope.of` the config).
+    ``scope`` says whose runs count and which are complete (:meth:`EvidenceScope.of` the config);
+    ``reverse``: the rollback gate's :class:`~reconcile.gates.rollback_gate.ReverseSnapshot` of the source.
     """
+    if gate == "rollback":
+        from reconcile.gates.rollback_gate import rollback_criteria
+
+        return rollback_criteria(conn, s, state, now, scope, reverse)
     diffs = _diff_history(conn, scope)
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = [r for r in _runs(conn, "replay", None, scope, since=since) if r["covers"]]
