@@ -203,3 +203,107 @@ def test_a_diff_after_write_cutover_is_reverse_and_counts_from_the_target(source
     assert out.exit_code == 1 and ", reverse, start LSN" in out.stdout.splitlines()[0], out.stdout
     bad = CliRunner().invoke(diff_app, ["--direction", "sideways", "--config", str(tmp_path / "reconcile.toml")])
     assert bad.exit_code != 0 and "not one of forward, reverse" in (bad.stdout + str(bad.exception))
+
+
+# --- a blocker retired by evidence ------------------------------------------------------------------
+
+BALANCE_TRIGGER = "trigger_balance:ledger.entries.post_balance"
+
+
+def balance_blocker(conn, cfg: Config) -> str:  # noqa: F811
+    """The latest audit: the demo's balance trigger (a blocker whose replacement is the balance invariant)
+    and a plain trigger (a blocker without one)."""
+    from tests.test_gates import add_audit
+
+    accounts, entries = cfg.tables_with_role("accounts")[0], cfg.tables_with_role("entries")[0]
+    invariant = {"name": f"balance_equals_sum_of_entries:{accounts.name}.{accounts.balance_column}",
+                 "kind": "balance_equals_sum_of_entries", "accounts": accounts.name,
+                 "balance_column": accounts.balance_column, "account_key": accounts.account_column,
+                 "entries": entries.name, "amount_column": entries.amount_column,
+                 "entry_account_column": entries.account_column, "replaces_trigger": "ledger.entries.post_balance"}
+    run_id = add_audit(conn, blockers=1)  # trigger:ledger.t0, no replacement
+    conn.execute("INSERT INTO reconcile.audit_findings (run_id, finding_no, finding_id, code, severity, level, "
+                 "object_type, object, message, why, fix, details) VALUES (%s, 99, %s, 'trigger_balance', 'blocker', "
+                 "'catalog', 'trigger', 'ledger.entries.post_balance', 'm', 'w', 'f', %s)",
+                 (run_id, BALANCE_TRIGGER, json.dumps({"invariant": invariant})))
+    return run_id
+
+
+def expectation_results(conn, cfg: Config, result: str = "passed", *, only_missing: bool = True) -> list[str]:  # noqa: F811
+    """Record the replacement expectation's result on the target in every check run (lacking one)."""
+    from reconcile.checks.generate import ledger_balance, replacement_of
+
+    accounts = cfg.tables_with_role("accounts")[0]
+    inv = {"kind": "balance_equals_sum_of_entries", "name": "x", "accounts": accounts.name,
+           "balance_column": accounts.balance_column, "account_key": accounts.account_column,
+           "entries": cfg.tables_with_role("entries")[0].name,
+           "amount_column": cfg.tables_with_role("entries")[0].amount_column,
+           "entry_account_column": cfg.tables_with_role("entries")[0].account_column}
+    suite, name = replacement_of(inv, ledger_balance(cfg), {t.name for t in cfg.tables})
+    runs = [r[0] for r in conn.execute(
+        "SELECT run_id::text FROM reconcile.runs r WHERE kind = 'check' AND (NOT %s OR NOT EXISTS "
+        "(SELECT 1 FROM reconcile.check_results c WHERE c.run_id = r.run_id))", (only_missing,)).fetchall()]
+    for run_id in runs:
+        conn.execute("INSERT INTO reconcile.check_results (run_id, result_no, side, suite, name, expectation, success, "
+                     "status) VALUES (%s, 1000, 'target', %s, %s, 'UnexpectedRowsExpectation', %s, %s) "
+                     "ON CONFLICT (run_id, result_no) DO UPDATE SET status = excluded.status, success = excluded.success",
+                     (run_id, suite, name, result == "passed", result))
+    return runs
+
+
+def test_a_blocker_is_retired_only_with_a_replacement_green_over_the_streak(cfg, conn):  # noqa: F811
+    from reconcile.gates import GateError, retire
+
+    green_history(conn)
+    balance_blocker(conn, cfg)
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    assert ev.failing == ("audit_blockers",) and ev.criterion("audit_blockers").evidence["blockers"] == 2
+    with pytest.raises(GateError, match="retire it on evidence"):
+        acknowledge(cfg, BALANCE_TRIGGER, by="ana", reason="app posts balances", conn=conn)
+    # a blocker without a replacement can never be retired
+    with pytest.raises(GateRefused, match="no replacement") as refused:
+        retire(cfg, "trigger:ledger.t0", by="ana", reason="we will live without it", conn=conn)
+    assert refused.value.failing == ("replacement",)
+    # with a replacement, but one check run of the window did not pass it
+    expectation_results(conn, cfg)
+    latest = add_run(conn, "check", "green", 0.5, {"success": True})
+    expectation_results(conn, cfg, "failed")
+    with pytest.raises(GateRefused, match=rf"has not been green \(.*failed on the target in check run {latest}"):
+        retire(cfg, BALANCE_TRIGGER, by="ana", reason="app posts balances", conn=conn)
+    assert [json.loads(e[5])["action"] for e in events(conn) if e[1] == "refusal"] == \
+        ["retire trigger:ledger.t0", f"retire {BALANCE_TRIGGER}"]
+    # every check run of the streak window passed it: retired, shown in the evidence
+    vouching = expectation_results(conn, cfg, "passed", only_missing=False)
+    result = retire(cfg, BALANCE_TRIGGER, by="ana", reason="app posts balances in the same transaction", conn=conn)
+    assert result["status"] == "retired" and set(result["vouching_check_runs"]) <= set(vouching)
+    assert result["replacement"]["name"] in ("balance_equals_sum_of_entries",) or \
+        result["replacement"]["name"].startswith("invariant:")
+    assert retire(cfg, BALANCE_TRIGGER, by="bo", reason="again", conn=conn)["status"] == "already"
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    crit = ev.criterion("audit_blockers")
+    assert crit.evidence["blocker_ids"] == ["trigger:ledger.t0"]  # the one without a replacement still blocks
+    (retired,) = crit.evidence["retired"]
+    assert (retired["finding_id"], retired["retired_by"], retired["reason"]) == \
+        (BALANCE_TRIGGER, "ana", "app posts balances in the same transaction")
+    assert retired["vouching_check_runs"] and latest in retired["vouching_check_runs"]
+    (event,) = [json.loads(e[5]) for e in events(conn) if e[1] == "retirement"]
+    assert event["finding_id"] == BALANCE_TRIGGER and event["vouching_check_runs"] == result["vouching_check_runs"]
+
+
+def test_a_retired_blocker_clears_the_gate_until_its_replacement_turns_red(cfg, conn):  # noqa: F811
+    from reconcile.gates import retire
+
+    green_history(conn, audit=False)
+    run_id = balance_blocker(conn, cfg)
+    conn.execute("DELETE FROM reconcile.audit_findings WHERE run_id = %s AND finding_id = 'trigger:ledger.t0'",
+                 (run_id,))
+    expectation_results(conn, cfg)
+    retire(cfg, BALANCE_TRIGGER, by="ana", reason="app posts balances", conn=conn)
+    ev = evaluate(cfg, "read", record=False, conn=conn)
+    assert ev.passed, ev.to_dict()
+    assert "retired by evidence" in ev.criterion("audit_blockers").message
+    add_run(conn, "check", "red", 0.1, {"success": False})
+    expectation_results(conn, cfg, "failed")
+    crit = evaluate(cfg, "read", record=False, conn=conn).criterion("audit_blockers")
+    assert not crit.passed and "retired by ana, but" in crit.message
+    assert crit.evidence["not_retired"][0]["finding_id"] == BALANCE_TRIGGER

@@ -197,7 +197,8 @@ def acknowledge_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged)."""
+    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged; blockers are
+    retired with `gate retire`)."""
     from reconcile.gates import acknowledge
 
     cfg = load(config)
@@ -205,6 +206,33 @@ def acknowledge_cmd(
                          identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
     text = (f"{finding} acknowledged by {by}" if result["status"] == "acknowledged"
             else f"{finding} was acknowledged already by {result['acknowledged_by']} at {result['acknowledged_at']}")
+    _emit(result, as_json, text)
+
+
+@app.command("retire")
+def retire_cmd(
+    finding: str = typer.Argument(..., help="The audit blocker's id (code:object), e.g. trigger_balance:ledger.entries.t."),
+    by: str = BY_OPTION,
+    reason: str = REASON_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Retire an audit blocker on evidence: it has a replacement the audit derived, and that expectation passed on
+    the target in every check run of the streak window (exit 1 when refused)."""
+    from reconcile.gates import GateRefused, retire
+
+    cfg = load(config)
+    try:
+        result = retire(cfg, finding, by=by, reason=reason,
+                        identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
+    except GateRefused as exc:
+        _refused(exc, as_json)
+    if result["status"] == "retired":
+        r = result["replacement"]
+        text = (f"{finding} retired by {by}: replaced by {r['suite']}/{r['name']}, green in "
+                f"{len(result['vouching_check_runs'])} check run(s)")
+    else:
+        text = f"{finding} was retired already by {result['retired_by']} at {result['retired_at']}"
     _emit(result, as_json, text)
 
 

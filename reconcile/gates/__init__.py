@@ -10,7 +10,9 @@ Public API (used by the Airflow cutover DAG, the demo and ``reconcile gate``; re
 - :func:`rollback` ``(config, *, by, reason, override_reason=None, identity=None, evaluation=None) -> dict``
   (from write_cutover only when the rollback gate passes, or with ``override_reason``).
 - :func:`reject` ``(config, gate, *, by, reason, identity=None, evaluation=None) -> dict`` (a Reject, recorded).
-- :func:`acknowledge` ``(config, finding_id, *, by, reason) -> dict``.
+- :func:`acknowledge` ``(config, finding_id, *, by, reason) -> dict`` (must-change findings; a blocker is retired).
+- :func:`retire` ``(config, finding_id, *, by, reason, identity=None) -> dict``: retire an audit blocker whose
+  replacement expectation has been green (:mod:`reconcile.gates.retirement`).
 - :func:`current_state` ``(config) -> str``, :func:`publish` ``(config) -> dict``, :func:`history`.
 
 Every function also takes ``conn=`` (an autocommit target connection to reuse). Modules: ``settings``
@@ -30,7 +32,7 @@ from typing import Any
 _EXPORTS = {
     "STATES": "cutover", "acknowledge": "cutover", "approve": "cutover", "current_state": "cutover",
     "evaluate": "cutover", "gate_status": "cutover", "history": "cutover", "publish": "cutover",
-    "rollback": "cutover", "reject": "cutover", "READ_CRITERIA": "criteria", "WRITE_CRITERIA": "criteria",
+    "rollback": "cutover", "reject": "cutover", "retire": "cutover", "READ_CRITERIA": "criteria", "WRITE_CRITERIA": "criteria",
     "ROLLBACK_CRITERIA": "rollback_gate", "GateError": "errors",
     "GateRefused": "errors", "PublishFailed": "errors", "GATES": "evidence", "Criterion": "evidence",
     "Evaluation": "evidence", "GateSettings": "settings",
@@ -65,5 +67,6 @@ __all__ = [
     "history",
     "publish",
     "reject",
+    "retire",
     "rollback",
 ]

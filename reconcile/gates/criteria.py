@@ -36,7 +36,10 @@ full_pass_recent          a complete green diff run vouching every row verified 
                           a full run (or one without ``coverage``: older runs read everything) at its start, an
                           incremental one by its ``coverage.all_verified_since`` when clean; evidence: repairs
                           (:mod:`reconcile.gates.coverage`)
-audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding
+audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding, except those retired
+                          by evidence (acknowledged with ``reconcile gate retire`` and their replacement
+                          expectation green on the target in every check run of the streak window:
+                          :mod:`reconcile.gates.retirement`)
 *write gate also*
 read_gate_held            state ``read_cutover`` entered >= ``min_read_hours`` ago (``gate_state``)
 occ_conflict_rate         runs within the window (as for replay_lag, whatever tables they covered) whose
@@ -160,14 +163,20 @@ class EvidenceScope:
     """Whether the config has a ledger (accounts + entries roles), so a complete run diffs the balances."""
     slot: str
     """The replay slot (``[replay] slot_name``): whose dead letters count."""
+    covered: frozenset[tuple[str, ...]] = frozenset()
+    """(accounts, balance, entries, amount) the ledger suite's balance expectation checks: what replaces a
+    balance trigger (:mod:`reconcile.gates.retirement`)."""
     direction: str = "forward"
     """Which reconciliations count (:mod:`reconcile.direction`): forward for the read and write gates,
     reverse for the rollback gate. Diff and check runs record theirs; older rows are forward."""
 
     @classmethod
     def of(cls, config: Any) -> EvidenceScope:
+        from reconcile.checks.generate import ledger_balance
+
         identity = migration_of(config)
-        return cls(identity.id, tuple(t.name for t in config.tables), layout_of(config) is not None, identity.slot)
+        return cls(identity.id, tuple(t.name for t in config.tables), layout_of(config) is not None, identity.slot,
+                   frozenset(ledger_balance(config)))
 
 
 DIRECTED = ("diff", "check")
@@ -395,12 +404,12 @@ def _latest_audit(conn: psycopg.Connection, scope: EvidenceScope) -> dict[str, A
     if found is None:
         return {"run": None, "legacy": legacy}
     run_id, started = found
-    findings = conn.execute(sql.SQL("SELECT finding_id, severity, message FROM {} WHERE run_id = %s "
+    findings = conn.execute(sql.SQL("SELECT finding_id, severity, message, details FROM {} WHERE run_id = %s "
                                     "AND severity IN ('blocker', 'must-change') ORDER BY finding_no").format(
         ident("audit_findings")), (run_id,)).fetchall()
     return {"legacy": legacy, "run": {
         "run_id": run_id, "started_at": started,
-        "blockers": [{"finding_id": f[0], "message": f[2]} for f in findings if f[1] == "blocker"],
+        "blockers": [{"finding_id": f[0], "message": f[2], "details": f[3]} for f in findings if f[1] == "blocker"],
         "must_change": [{"finding_id": f[0], "message": f[2]} for f in findings if f[1] == "must-change"]}}
 
 
@@ -412,18 +421,32 @@ def _no_audit(name: str, audited: dict[str, Any], s: GateSettings, scope: Eviden
                      "no audit run of this migration is stored (not required by [gates] require_audit_run)")
 
 
-def _audit_blockers(audited: dict[str, Any], s: GateSettings, scope: EvidenceScope) -> Criterion:
+def _audit_blockers(conn: psycopg.Connection, audited: dict[str, Any], s: GateSettings, scope: EvidenceScope,
+                    now: dt.datetime) -> Criterion:
+    """No blocker in the latest audit, except those retired by evidence (:mod:`reconcile.gates.retirement`)."""
+    from reconcile.gates.retirement import retirements
+
     name = "audit_blockers"
     audit = audited["run"]
     if audit is None:
         return _no_audit(name, audited, s, scope)
     blockers = audit["blockers"]
+    retired, still = retirements(conn, blockers, scope, s, now)
     evidence = _legacy({"audit_run": audit["run_id"], "audited_at": iso(audit["started_at"]),
-                        "blockers": len(blockers), "blocker_ids": [b["finding_id"] for b in blockers[:_LISTED]]},
-                       audited["legacy"])
-    if blockers:
-        return Criterion(name, False, evidence, f"the latest audit has {len(blockers)} blocker(s), e.g. "
-                                                f"{blockers[0]['finding_id']}")
+                        "blockers": len(still), "blocker_ids": [b["finding_id"] for b in still[:_LISTED]],
+                        "retired": retired[:_LISTED]}, audited["legacy"])
+    unproven = [b for b in still if b.get("not_retired_because")]
+    if unproven:
+        evidence["not_retired"] = unproven[:_LISTED]
+    if still:
+        first = still[0]
+        why = (f" (retired by {first['retired_by']}, but {first['not_retired_because']})"
+               if first.get("not_retired_because") else "")
+        return Criterion(name, False, evidence, f"the latest audit has {len(still)} blocker(s) not retired by "
+                                                f"evidence, e.g. {first['finding_id']}{why}")
+    if retired:
+        return Criterion(name, True, evidence, f"the latest audit's {len(retired)} blocker(s) are retired by "
+                                               f"evidence ({', '.join(r['finding_id'] for r in retired[:3])})")
     return Criterion(name, True, evidence, "the latest audit has no blocker")
 
 
@@ -506,7 +529,7 @@ def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, stat
     repairs = repairs_evidence(conn, since)
     out = [_diff_streak(diffs, s, now, scope), _diff_clean(diffs, scope), _expectations(conn, s, now, scope),
            _replay_lag(replays, s, scope, _without_id(conn, "runs", "replay")), _dead_letters(conn, scope),
-           _audit_blockers(audit, s, scope), full_pass_recent(diffs, s, now, repairs)]
+           _audit_blockers(conn, audit, s, scope, now), full_pass_recent(diffs, s, now, repairs)]
     if gate == "write":
         out += [_read_held(state, s, now), _conflict_rate(conn, s, since, scope), _acknowledged(conn, audit, s, scope),
                 full_diff_recent(diffs, s, now, repairs)]

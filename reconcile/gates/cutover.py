@@ -52,7 +52,7 @@ from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
 __all__ = ["STATES", "acknowledge", "approve", "clean_text", "current_state", "evaluate", "gate_status", "history", "publish",
-           "reject", "rollback", "same_person"]
+           "reject", "retire", "rollback", "same_person"]
 
 log = logging.getLogger(__name__)
 
@@ -682,6 +682,9 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str, identity:
             if row is None:
                 raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
                                 "(code:object) from `reconcile audit` or `reconcile gate status`.")
+            if row[1] == "blocker":
+                raise GateError(f"{finding_id} is a blocker: acknowledging does not clear it; retire it on evidence "
+                                "(`reconcile gate retire FINDING --by --reason`) when it has a replacement.")
             old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
                 acks), (finding_id,)).fetchone()
             if old is not None:
@@ -701,6 +704,87 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str, identity:
         if result["status"] == "acknowledged":
             result["pinned"] = _pin(c, config)
         return result
+
+
+# --- retire -----------------------------------------------------------------------------------
+
+
+def retire(config: Any, finding_id: str, *, by: str, reason: str, identity: dict[str, Any] | None = None,
+           conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Retire an audit blocker on evidence: its replacement expectation has been green (:mod:`reconcile.gates.retirement`).
+
+    Accepted when the blocker (of the latest audit run of this migration) has a replacement the audit derived
+    and that expectation passed on the target in every check run of the streak window (at least one);
+    recorded as a ``retirement`` event (with the expectation and the vouching check runs) and a
+    ``gate_acknowledgements`` row. The ``audit_blockers`` criterion then stops counting the blocker for as long
+    as the replacement stays green. Insert-only: a blocker retired already stays as first retired
+    (``status: "already"``).
+
+    Returns:
+        ``{"status": "retired" | "already", "finding_id", "retired_by", "replacement", "vouching_check_runs",
+        "event"}``.
+
+    Raises:
+        GateError: the latest audit run has no such finding, or it is not a blocker.
+        GateRefused: the blocker has no replacement, or its replacement has not been green (recorded).
+    """
+    from reconcile.gates.retirement import replacement, vouching
+
+    finding_id = _required(finding_id, "FINDING")
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    who = checked_identity(identity)
+    acks, findings = ident("gate_acknowledgements"), ident("audit_findings")
+    scope = EvidenceScope.of(config)
+    with _target(config, conn) as c:
+        def transact(t: psycopg.Connection) -> dict[str, Any]:
+            latest = latest_audit_run(t, scope)
+            row = None if latest is None else t.execute(sql.SQL(
+                "SELECT run_id, severity, details FROM {} WHERE finding_id = %s AND run_id = %s").format(findings),
+                (finding_id, latest[0])).fetchone()
+            if row is None:
+                raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
+                                "(code:object) from `reconcile audit` or `reconcile gate status`.")
+            if row[1] != "blocker":
+                raise GateError(f"{finding_id} is a {row[1]} finding, not a blocker; acknowledge it instead "
+                                "(`reconcile gate acknowledge`).")
+            old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
+                acks), (finding_id,)).fetchone()
+            if old is not None:
+                return {"status": "already", "finding_id": finding_id, "retired_by": old[0],
+                        "retired_at": iso(old[1])}
+            repl = replacement(row[2], scope)
+            if repl is None:
+                raise _Refused(f"{finding_id} has no replacement the audit derived (no invariant an expectation "
+                               "checks), so no evidence can retire it; fix it on the source, or pass the gate with "
+                               "--override REASON.", ("replacement",))
+            (now,) = t.execute("SELECT now()").fetchone()
+            proof = vouching(t, scope, config.gates, now, repl)
+            if not proof["green"]:
+                raise _Refused(f"{finding_id} cannot be retired yet: its replacement {proof['expectation']} has not "
+                               f"been green ({proof['reason']}); run `reconcile check` until it is, then retire it.",
+                               ("replacement_green",), details={"finding_id": finding_id, "replacement": repl,
+                                                                "check_runs": proof["runs"]})
+            vouch = [r["run_id"] for r in proof["runs"]]
+            (written,) = trail.append(t, [{"event": "retirement", "gate": None, "actor": by, "reason": reason,
+                                           "details": {"finding_id": finding_id, "severity": "blocker",
+                                                       "audit_run": str(row[0]), "replacement": repl,
+                                                       "window_hours": proof["window_hours"],
+                                                       "vouching_check_runs": vouch, "authenticated": who}}])
+            t.execute(sql.SQL("INSERT INTO {} (finding_id, audit_run_id, severity, acknowledged_by, reason, "
+                              "acknowledged_at, event_id) VALUES (%s, %s, 'blocker', %s, %s, now(), %s) "
+                              "ON CONFLICT (finding_id) DO NOTHING").format(acks),
+                      (finding_id, row[0], by, reason, written["event_id"]))
+            return {"status": "retired", "finding_id": finding_id, "retired_by": by, "replacement": repl,
+                    "vouching_check_runs": vouch, "event": written["event_id"]}
+
+        try:
+            result = _tx(c, config, transact, "blocker retirement")
+        except _Refused as refusal:
+            raise _record_refusal(c, config, gate=None, by=by, reason=reason, action=f"retire {finding_id}",
+                                  refusal=refusal, identity=who) from None
+        if result["status"] == "retired":
+            result["pinned"] = _pin(c, config)
+        return jsonable(result)
 
 
 # --- publish ----------------------------------------------------------------------------------
