@@ -9,7 +9,9 @@
 A diff run (and its expectations run) records its direction in ``reconcile.runs.direction``; by default
 it is derived from the cutover state when the run starts (``write_cutover`` -> reverse, else forward),
 ``reconcile diff --direction`` forces it. The forward gates (read, write) count only forward runs; the
-rollback gate counts only reverse ones. Runs written before the column existed are forward.
+rollback gate counts only reverse ones. Runs written before the column existed are forward. A reverse
+diff re-checks after the reverse replay's caught-up point, not the forward watermark
+(:class:`reconcile.diff.run.ReverseWaiter`), and repairs are refused in reverse.
 
 >>> swap_counts("reverse", {"missing_in_target": 2, "extra_in_target": 5})
 (5, 2)

@@ -205,6 +205,37 @@ def test_a_diff_after_write_cutover_is_reverse_and_counts_from_the_target(source
     assert bad.exit_code != 0 and "not one of forward, reverse" in (bad.stdout + str(bad.exception))
 
 
+
+def test_a_reverse_diff_rechecks_after_the_reverse_replay_catches_up(source_db, target_db, tmp_path: Path):
+    """In reverse the re-checks wait for the reverse replay's caught-up point (on the source), not the forward
+    replay's watermark: a caught-up reverse replay answers at once, a stale one times out (recorded)."""
+    from reconcile.diff import run_diff
+    from tests.test_diff import SMALL
+
+    items_pair(source_db, target_db, rows=20)
+    run_sql(target_db, "UPDATE app.items SET name = 'renamed on dsql' WHERE id = 3")
+    _write_cutover_state(target_db)
+    cfg = diff_config(source_db, target_db, ITEMS, settings=dataclasses.replace(SMALL, lag_wait_seconds=1))
+    stream = cfg.stage("reverse").stream_name
+    with psycopg.connect(source_db, autocommit=True) as src:
+        for stmt in source_state.DDL:
+            src.execute(stmt)
+        src.execute("INSERT INTO reconcile_reverse.streams (stream, start_ts_ns, caught_up_ns) VALUES (%s, 0, %s)",
+                    (stream, time.time_ns() + 3600 * 10**9))
+    caught_up = run_diff(cfg, report_dir=tmp_path)
+    with psycopg.connect(target_db) as conn:
+        (details,) = conn.execute("SELECT details FROM reconcile.diff_results WHERE run_id = %s AND table_name = "
+                                  "'app.items'", (caught_up.run_id,)).fetchone()
+    assert json.loads(details)["lag_aware"] and json.loads(details)["watermark_passed"]
+    assert caught_up.summary["tables"]["app.items"]["changed"] == 1 and caught_up.summary["lag_waits"]["waits"] == 0
+    run_sql(source_db, f"UPDATE reconcile_reverse.streams SET caught_up_ns = {time.time_ns() - 3600 * 10**9} "
+                       f"WHERE stream = '{stream}'")
+    stale = run_diff(cfg, report_dir=tmp_path)
+    waits = stale.summary["lag_waits"]
+    assert waits["timed_out"] == 1 and "reverse replay of stream" in waits["reason"], waits
+    assert stale.summary["tables"]["app.items"]["changed"] == 1
+
+
 # --- a blocker retired by evidence ------------------------------------------------------------------
 
 BALANCE_TRIGGER = "trigger_balance:ledger.entries.post_balance"

@@ -204,6 +204,17 @@ class RunWaiter:
     def read(self) -> int | None:
         return lag.watermark(self.pair.target.conn(), self.slot)
 
+    def position(self) -> int:
+        """Where the replay must be for a re-read to be meaningful: the source's current LSN."""
+        return lag.lsn_int(lag.current_lsn(self.pair.source.conn())) or 0
+
+    def state(self) -> str:
+        """Whether a replay is advancing the watermark (a phrase for the console)."""
+        return lag.slot_state(self.pair.source.conn(), self.slot)
+
+    def fmt(self, value: int | None) -> str:
+        return _lsn(value)
+
     def wait(self, lsn: int) -> bool:
         """True once the watermark is at or past ``lsn``; False when the run's lag wait ends first (or has ended)."""
         policy = policy_from(self.config)
@@ -216,16 +227,16 @@ class RunWaiter:
         if ended and (mark or 0) <= max(w["watermark"] or 0 for w in ended):
             first = ended[0]
             reason = (f"the run's lag wait ended at {first['table']} and the replay watermark has not moved since "
-                      f"({_lsn(mark)})")
+                      f"({self.fmt(mark)})")
             log.warning("diff %s: not waiting for the replay: %s; comparing statically", self.label, reason)
             store.record_wait(self.control, self.run_id, self.table, "skipped", target_lsn=lsn, watermark=mark,
                               reason=reason, policy=policy)
             self.passed = False
             return False
-        state = lag.slot_state(self.pair.source.conn(), self.slot)
+        state = self.state()
         shared = [w for w in waits if w["outcome"] is None and (w["remaining"] or 0) > 0]
         seconds = min(w["remaining"] for w in shared) if shared else self.seconds
-        reason = f"the replay watermark ({_lsn(mark)}) is behind the source ({_lsn(lsn)}); {state}"
+        reason = f"the replay watermark ({self.fmt(mark)}) is behind the source ({self.fmt(lsn)}); {state}"
         if shared:
             log.warning("diff %s: %s; waiting with %s: %.0f s left of this run's lag wait", self.label, reason,
                         shared[0]["table"], seconds)
@@ -237,31 +248,70 @@ class RunWaiter:
         t0 = time.monotonic()
         waiter = lag.Waiter(self.read, t0 + seconds, poll=self.poll, every=min(10.0, max(1.0, seconds / 6)),
                             tick=lambda left: log.warning("diff %s: waiting for the replay watermark to reach %s: "
-                                                          "%.0f s left", self.label, _lsn(lsn), left))
+                                                          "%.0f s left", self.label, self.fmt(lsn), left))
         passed = waiter.wait(lsn)
         waited = time.monotonic() - t0
         outcome = "passed" if passed else "timed_out"
         store.finish_wait(self.control, self.run_id, wait_id, outcome, watermark=waiter.mark, waited=waited,
                           policy=policy)
         if passed:
-            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, _lsn(lsn), waited)
+            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, self.fmt(lsn), waited)
         else:
             log.warning("diff %s: the replay watermark (%s) did not reach %s within %.0f s (%s); comparing "
                         "statically: what still differs is reported, and later tables of this run do not wait "
-                        "unless the watermark moves", self.label, _lsn(waiter.mark), _lsn(lsn), waited, state)
+                        "unless the watermark moves", self.label, self.fmt(waiter.mark), self.fmt(lsn), waited, state)
         self.passed = passed
         return passed
 
 
+class ReverseWaiter(RunWaiter):
+    """A reverse reconciliation's waits: the target (DSQL) is the system of record, so a re-check waits for the
+    reverse replay's caught-up point (``reconcile_reverse.streams.caught_up_ns`` on the source: every DSQL
+    change committed before it is applied) to pass the target's clock at the re-check (nanoseconds), with the
+    same once-per-run lag wait and records as the forward waits."""
+
+    def __init__(self, config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
+                 table: str, slot: str, stream: str) -> None:
+        super().__init__(config, run_id, run, pair, control, table, slot)
+        self.stream = stream
+
+    def read(self) -> int | None:
+        from reconcile.reverse import source_state
+
+        src = self.pair.source.conn()
+        if not source_state.exists(src):
+            return None
+        st = source_state.read_stream(src, self.stream)
+        return st.caught_up_ns if st is not None else None
+
+    def position(self) -> int:
+        return int(self.pair.target.conn().execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint").fetchone()[0])
+
+    def state(self) -> str:
+        return f"the reverse replay of stream {self.stream} moves it (`reconcile reverse run`)"
+
+    def fmt(self, value: int | None) -> str:
+        import datetime as dt
+
+        if value is None:
+            return "none"
+        return dt.datetime.fromtimestamp(value / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _waiter(config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
             table: str) -> RunWaiter | None:
-    """A watermark waiter when a replay writes a watermark for the slot, else None (static diff, said on the console)."""
+    """A watermark waiter when a replay writes a watermark for the slot (in reverse: when the reverse replay
+    has a caught-up point on the source), else None (static diff, said on the console)."""
     slot = run["settings"].get("slot_name") or lag.slot_name(config)
     if run["settings"].get("direction") == REVERSE:
-        log.warning("diff %s: a reverse reconciliation does not wait for the forward replay's watermark (the target "
-                    "is the system of record); comparing statically: run it once `reconcile reverse status` is "
-                    "caught up", table)
-        return None
+        stream = config.stage("reverse").stream_name
+        waiter = ReverseWaiter(config, run_id, run, pair, control, table, slot, stream)
+        if waiter.read() is None:
+            log.warning("diff %s: no reverse replay of stream %s has caught up on the source; comparing statically "
+                        "(differences are not re-checked for reverse replay lag)", table, stream)
+            return None
+        return waiter
     if lag.watermark(pair.target.conn(), slot) is None:
         log.warning("diff %s: no replay has written a watermark for slot %r on the target; comparing statically "
                     "(differences are not re-checked for replay lag)", table, slot)
@@ -277,8 +327,7 @@ def _recheck(pair: Pair, waiter: RunWaiter, rounds: int, findings: list[Finding]
     for _ in range(rounds):
         if not findings:
             break
-        target_lsn = lag.lsn_int(lag.current_lsn(pair.source.conn()))
-        passed = waiter.wait(target_lsn or 0)
+        passed = waiter.wait(waiter.position())
         findings = redo(findings)
         if not passed:
             break

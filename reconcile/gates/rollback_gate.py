@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from reconcile.control import ident
+from reconcile.errors import ReconcileError
 from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 
@@ -71,7 +72,7 @@ def reverse_snapshot(config: Any) -> ReverseSnapshot:
     try:
         with connect(config.source) as src:
             state = source_state.read_stream(src, s.stream_name) if source_state.exists(src) else None
-    except (psycopg.Error, OSError) as exc:
+    except (psycopg.Error, OSError, ReconcileError) as exc:
         return ReverseSnapshot(s.stream_name, s.lag_limit_seconds,
                                error=config.safe_message(exc) if hasattr(config, "safe_message") else type(exc).__name__)
     return ReverseSnapshot(s.stream_name, s.lag_limit_seconds, state.to_dict() if state is not None else None)

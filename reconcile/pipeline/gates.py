@@ -252,15 +252,16 @@ def gate_verify(config: Config, gate: str, *, pending_ok: bool = True,
 
 
 def gate_evidence(config: Config, *, actor: str | None = None) -> dict[str, Any]:
-    """Record an evaluation of the next gate (read from shadow, write from read_cutover) as evidence.
+    """Record an evaluation of the next gate (read from shadow, write from read_cutover, rollback from
+    write_cutover: a reverse reconciliation is the rollback gate's evidence) as evidence.
 
     Returns:
-        The evaluation dict, or ``{"gate": None, "state": "write_cutover"}`` when no gate is left.
+        The evaluation dict, or ``{"gate": None, "state": ...}`` when no gate applies.
     """
     from reconcile import gates
 
     state = gates.current_state(config)
-    gate = {"shadow": "read", "read_cutover": "write"}.get(state)
+    gate = {"shadow": "read", "read_cutover": "write", "write_cutover": "rollback"}.get(state)
     if gate is None:
         log.info("cutover state is %s: no gate left to gather evidence for", state)
         metrics.after_gate_evidence(config, {"gate": None, "state": state})
