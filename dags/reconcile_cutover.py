@@ -1,6 +1,8 @@
 """reconcile_cutover: evaluate a gate, ask a person, then move the cutover state and publish it.
 
-Manual, one gate per run (``read``: shadow -> read_cutover, ``write``: read_cutover -> write_cutover).
+Manual, one gate per run (``read``: shadow -> read_cutover, ``write``: read_cutover -> write_cutover,
+``rollback``: write_cutover -> read_cutover, passed when the reverse replay is caught up, the latest reverse
+reconciliation is green and no reverse dead letter is open; its transition is reconcile.gates.rollback).
 evaluate_gate -> approve_gate (Airflow's human-in-the-loop ApprovalOperator; its body is the
 evidence summary) -> transition (the responder is recorded as the approver, with the Airflow user id
 as the authenticated identity the two-person rule compares) -> publish -> verify. Reject skips
@@ -48,7 +50,8 @@ class AnsweredApproval(ApprovalOperator):
     tags=TAGS,
     doc_md=__doc__,
     params={
-        "gate": Param("read", type="string", enum=["read", "write"], description="The gate to pass."),
+        "gate": Param("read", type="string", enum=["read", "write", "rollback"],
+                      description="The gate to pass (rollback: write_cutover -> read_cutover)."),
         "reason": Param("cutover approved in Airflow", type="string", minLength=1,
                         description="Why this gate is being passed (recorded in the audit trail)."),
         "override_reason": Param(None, type=["null", "string"],

@@ -118,3 +118,35 @@ def test_evidence_that_turns_red_while_the_approval_waits_refuses_the_transition
     details = json.loads(details)
     assert actor == "alice" and details["failing"] == ["dead_letters"]
     assert details["seen_evidence_hash"] == seen["evidence_hash"] and details["changed_criteria"] == ["dead_letters"]
+
+
+def test_the_rollback_gate_goes_through_the_same_approval_and_trail(dagbag, cutover_config):
+    """write_cutover -> read_cutover: evaluated (reverse replay caught up, a green reverse reconciliation, no
+    reverse dead letter), approved by a person, rolled back with the evidence hash, published, verified."""
+    from reconcile import control
+    from reconcile.connections import connect
+    from reconcile.gates import approve, current_state, history
+    from tests.test_gates import bind
+    from tests.test_gates_rollback import reverse_run, reverse_state
+
+    for gate in ("read", "write"):
+        approve(cutover_config, gate, by="ana", reason="test", override_reason="no history in a test")
+    with bind(connect(cutover_config.target), cutover_config) as conn:
+        control.migrate(conn)
+        reverse_run(conn)
+    reverse_state(cutover_config, caught_up_seconds_ago=1)
+    responder = HitlResponder("reconcile_cutover", "approve_gate", "Approve", user="carol")
+    dr = run_dag(dagbag, "reconcile_cutover", {"gate": "rollback", "reason": "latency on DSQL"}, respond=[responder])
+    states = task_states(dr)
+    assert dr.state == "success", states
+    assert "rollback gate: write_cutover → read_cutover" in responder.seen["body"]
+    assert "reverse_reconciliation_green" in responder.seen["body"]
+    moved, shown = xcom(dr, "transition"), xcom(dr, "evaluate_gate")
+    assert (moved["status"], moved["from"], moved["to"], moved["override"]) == \
+        ("rolled_back", "write_cutover", "read_cutover", False)
+    assert moved["seen_evidence_hash"] == shown["evidence_hash"]
+    assert xcom(dr, "verify")["state"] == "read_cutover" and current_state(cutover_config) == "read_cutover"
+    trail = history(cutover_config)
+    (rolled,) = [e for e in trail["events"] if e["event"] == "rollback"]
+    assert rolled["actor"] == "carol" and rolled["evidence_hash"] == moved["evidence_hash"]
+    assert rolled["details"]["authenticated"]["id"] == "carol" and trail["chain"]["ok"]

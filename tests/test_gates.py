@@ -343,7 +343,7 @@ def test_override_is_recorded_with_its_own_reason_and_the_failing_criteria(cfg, 
     assert details["approval_reason"] == "demo day" and "green_diff_streak" in details["failing"]
 
 
-def test_rollback_steps_back_and_refuses_write_cutover_without_override(cfg, conn):
+def test_rollback_steps_back_and_refuses_write_cutover_without_reverse_evidence_or_override(cfg, conn):
     with pytest.raises(GateRefused, match="nothing to roll back"):
         rollback(cfg, by="ana", reason="oops", conn=conn)
     green_history(conn)
@@ -353,14 +353,14 @@ def test_rollback_steps_back_and_refuses_write_cutover_without_override(cfg, con
     assert state_row(conn) == ("shadow", "shadow")
     approve(cfg, "read", by="ana", reason="fixed", conn=conn)
     approve(cfg, "write", by="ana", reason="held", conn=conn)
-    with pytest.raises(GateRefused, match="reverse sync") as refused:
-        rollback(cfg, by="bo", reason="bad numbers", conn=conn)
-    assert refused.value.failing == ("reverse_sync",)
+    with pytest.raises(GateRefused, match="would lose writes made on the target") as refused:
+        rollback(cfg, by="bo", reason="bad numbers", conn=conn)  # no reverse replay, no reverse reconciliation
+    assert refused.value.failing == ("reverse_replay_lag", "reverse_reconciliation_green")
     assert current_state(cfg, conn=conn) == "write_cutover"
     result = rollback(cfg, by="bo", reason="bad numbers", override_reason="writes copied back by hand", conn=conn)
     assert (result["from"], result["to"], result["override"]) == ("write_cutover", "read_cutover", True)
     kinds = [e[1] for e in events(conn)]
-    assert kinds.count("rollback") == 2 and kinds[-3:] == ["override", "rollback", "publish"]
+    assert kinds.count("rollback") == 2 and kinds[-4:] == ["evaluation", "override", "rollback", "publish"]
     assert [e[1] for e in events(conn) if e[1] == "refusal"] == ["refusal", "refusal"]
     assert gate_status(cfg, conn=conn)["chain"]["ok"]
 

@@ -79,7 +79,11 @@ def test_gate_commands_and_their_exit_codes(toml, target_db, monkeypatch, capsys
     assert code == 0 and "read_cutover -> write_cutover" in out
 
     code, _, err = cli(monkeypatch, capsys, "gate", "rollback", "--by", "bo", "--reason", "r", "--config", c)
-    assert code == 1 and "reverse sync" in err
+    assert code == 1 and "reverse_replay_lag" in err and "reconcile reverse run" in err
+    code, out, _ = cli(monkeypatch, capsys, "gate", "evaluate", "rollback", "--json", "--config", c)
+    assert code == 1 and "reverse_reconciliation_green" in json.loads(out)["failing"]
+    code, out, _ = cli(monkeypatch, capsys, "gate", "status", "--config", c)
+    assert "rollback gate: FAIL" in out and "[FAIL] reverse_replay_lag" in out
     code, out, _ = cli(monkeypatch, capsys, "gate", "rollback", "--by", "bo", "--reason", "r", "--override",
                        "copied back", "--config", c)
     assert code == 0 and "write_cutover -> read_cutover (override recorded)" in out

@@ -44,7 +44,7 @@ from reconcile.checks.ledger import balance_query
 from reconcile.checks.spec import Check, escape_query, ident, qualified
 from reconcile.config import Config
 
-__all__ = ["generate_suite", "read_invariants", "table_checks"]
+__all__ = ["generate_suite", "ledger_balance", "read_invariants", "replacement_of", "table_checks"]
 
 _IN_SET = re.compile(r"^CHECK \(\(?\(?(?P<col>\"[^\"]+\"|\w+)\)? = ANY \(\(?ARRAY\[(?P<items>.*)\]\)?(?:::[\w.\"]+(?:\[\])?)?\)\)\)?$")
 _ITEM = re.compile(r"^'(?P<v>(?:[^']|'')*)'(?:::[\w .\"]+)?$")
@@ -125,6 +125,38 @@ def _trigger_invariants(catalog: Catalog) -> list[Invariant]:
             if inv is not None:
                 out.append(inv)
     return out
+
+
+def replacement_of(invariant: dict[str, Any] | None, covered: set[tuple[str, ...]],
+                   tables: set[str]) -> tuple[str, str] | None:
+    """The expectation (suite, name) that checks ``invariant`` (an audit finding's ``details["invariant"]``)
+    in every check run, or None when no expectation does (another kind, or a table outside the migration).
+
+    The ledger suite's ``balance_equals_sum_of_entries`` when it covers the same columns (``covered``:
+    :func:`ledger_balance`), else the generated ``invariant:<name>`` check of the accounts table's suite.
+
+    >>> inv = {"name": "balance_equals_sum_of_entries:a.acc.bal", "kind": "balance_equals_sum_of_entries",
+    ...        "accounts": "a.acc", "balance_column": "bal", "account_key": "id", "entries": "a.ent",
+    ...        "amount_column": "amt", "entry_account_column": "acc_id"}
+    >>> replacement_of(inv, set(), {"a.acc", "a.ent"})
+    ('a.acc', 'invariant:balance_equals_sum_of_entries:a.acc.bal')
+    >>> replacement_of(inv, {("a.acc", "bal", "a.ent", "amt")}, {"a.acc", "a.ent"})
+    ('ledger', 'balance_equals_sum_of_entries')
+    """
+    if not isinstance(invariant, dict) or invariant.get("kind") != "balance_equals_sum_of_entries":
+        return None
+    spec = {k: v for k, v in invariant.items() if k not in ("name", "kind")}
+    if (spec.get("accounts"), spec.get("balance_column"), spec.get("entries"), spec.get("amount_column")) in covered:
+        from reconcile.checks.ledger import SUITE
+
+        return SUITE, "balance_equals_sum_of_entries"
+    check = _invariant_check(Invariant(str(invariant.get("name")), invariant["kind"], spec), covered, tables)
+    return None if check is None else (check.suite, check.name)
+
+
+def ledger_balance(config: Config) -> set[tuple[str, ...]]:
+    """(accounts, balance, entries, amount) the ledger suite's balance invariant covers (empty: none)."""
+    return _ledger_balance(config)
 
 
 def _ledger_balance(config: Config) -> set[tuple[str, ...]]:

@@ -122,7 +122,8 @@ def build_checks(config: Config, *, suites: Sequence[str], sides: Sequence[str],
 
 def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path | str | None = None,
                suites: Sequence[str] | None = None,
-               local_url: Callable[[str], str] | None = None, part_of: str | None = None) -> CheckResult:
+               local_url: Callable[[str], str] | None = None, part_of: str | None = None,
+               direction: str | None = None) -> CheckResult:
     """Run the invariant expectations and record the run (see the module docstring for the contract).
 
     Args:
@@ -133,6 +134,8 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         suites: suite kinds to run (default ``[checks] suites``).
         local_url: for local endpoints, ``role -> conninfo`` (tests); None asks the local stack.
         part_of: the diff run of the reconciliation these expectations belong to (recorded as ``part_of``).
+        direction: ``forward`` or ``reverse`` (recorded in ``runs.direction``); default: the ``part_of`` diff
+            run's, else from the cutover state (:mod:`reconcile.direction`).
 
     Returns:
         The :class:`CheckResult`; ``.success`` is True when every expectation passed.
@@ -166,7 +169,7 @@ def run_checks(config: Config, *, sides: Sequence[str] = SIDES, report_dir: Path
         settings = {"sides": list(sides), "suites": list(suites), "report_dir": str(report) if report else None,
                     "checks": config.describe()["checks"]}
         run_id = store.start_run(target, settings, policy=policy, counters=counters, scope=run_scope(config),
-                                 part_of=part_of)
+                                 part_of=part_of, direction=direction)
         result = CheckResult(run_id, False, sides=sides)
         try:
             source = connect(config.source, local_url=local_url) if "source" in sides or "parity" in suites \

@@ -35,14 +35,22 @@ _RESULT = sql.SQL(
 
 def start_run(target: psycopg.Connection, settings: dict[str, Any], *, policy: RetryPolicy,
               counters: RetryCounters | None = None, scope: RunScope | None = None,
-              part_of: str | None = None) -> str:
+              part_of: str | None = None, direction: str | None = None) -> str:
     """Insert the ``running`` check run; returns its id. ``scope``: its migration and the tables it covers;
-    ``part_of``: the diff run of the reconciliation it belongs to."""
+    ``part_of``: the diff run of the reconciliation it belongs to; ``direction``: forward or reverse
+    (:mod:`reconcile.direction`; None: the ``part_of`` diff run's, else from the cutover state)."""
+    from reconcile.direction import direction_of
+
+    if direction is None and part_of is not None:
+        row = target.execute(sql.SQL("SELECT direction FROM {} WHERE run_id = %s").format(ident("runs")),
+                             (part_of,)).fetchone()
+        direction = row[0] if row is not None else None
+    direction = direction_of(target, direction)
     run_id = str(uuid.uuid4())
-    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables, part_of) "
-                "VALUES (%s, %s, 'running', %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
-    values = (run_id, KIND, json.dumps(settings, default=str), scope.migration_id if scope else None,
-              scope.tables_json if scope else None, part_of)
+    q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables, part_of, direction) "
+                "VALUES (%s, %s, 'running', %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
+    values = (run_id, KIND, json.dumps({**settings, "direction": direction}, default=str),
+              scope.migration_id if scope else None, scope.tables_json if scope else None, part_of, direction)
     run_with_retry(target, lambda c: c.execute(q, values), policy=policy, counters=counters, label="check run start")
     return run_id
 

@@ -27,6 +27,9 @@ LAG_WAIT_OPTION = typer.Option(None, "--lag-wait", envvar="RECONCILE_DIFF_LAG_WA
                                parser=Number(setting="reconcile.diff.settings:DiffSettings.lag_wait_seconds"),
                                help="Seconds to wait for the replay watermark before re-checking (default: diff.lag_wait_seconds in the config).")
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+DIRECTION_OPTION = typer.Option(None, "--direction", envvar="RECONCILE_DIFF_DIRECTION",
+                                help="forward (the source is the system of record) or reverse (after write cutover: "
+                                     "the target is); default: from the cutover state (write_cutover: reverse).")
 MODE_OPTION = typer.Option(None, "--full/--incremental", envvar="RECONCILE_DIFF_FULL",
                            help="Read every row (--full), or only what changed since the last verification plus one "
                                 "sweep slice (--incremental); default: diff.mode in the config.")
@@ -37,7 +40,8 @@ def _text(summary: dict) -> str:
 
     lines = [f"diff {headline(summary)}: {summary['persistent_mismatches']:,} persistent mismatches, "
              f"{balance_phrase(summary)}, {summary['in_flight']:,} in flight "
-             f"(run {summary['run_id']}, start LSN {summary['start_lsn']}, {summary['duration_seconds']:.1f} s)"]
+             f"(run {summary['run_id']}, {summary.get('direction') or 'forward'}, start LSN {summary['start_lsn']}, "
+             f"{summary['duration_seconds']:.1f} s)"]
     lines += [f"  {note}" for note in notes(summary)]
     for name, t in summary["tables"].items():
         lines.append(f"  {name:<28} {t['status']:<6} missing {t['missing']:,}  extra {t['extra']:,}  "
@@ -55,6 +59,7 @@ def diff(
     report_dir: Optional[Path] = REPORT_DIR_OPTION,
     lag_wait: Optional[float] = LAG_WAIT_OPTION,
     full: Optional[bool] = MODE_OPTION,
+    direction: Optional[str] = DIRECTION_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -63,11 +68,14 @@ def diff(
     if ctx.invoked_subcommand is not None:
         return
     from reconcile.diff import run_diff
+    from reconcile.direction import check_direction
 
+    check_direction(direction)
     cfg = load(config)
     preflight(cfg, "diff")
     mode = None if full is None else ("full" if full else "incremental")
-    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait, mode=mode)
+    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait, mode=mode,
+                      direction=direction)
     summary = result.to_dict()
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))
     if summary.get("status") == "error":
@@ -100,6 +108,7 @@ def show_cmd(
                 balances = (s.get("balances") or {}).get("status")
                 shown = s.get("balance_differences", "-") if balances in (None, "green", "red") else balances
                 partial = "  NOT FULL" if s.get("full_reconciliation") is False else ""
+                partial += "  REVERSE" if s.get("direction") == "reverse" else ""
                 typer.echo(f"{r['run_id']}  {r['status']:<7} {r['started_at']}  "
                            f"mismatches {s.get('persistent_mismatches', '-')}  balances {shown}  "
                            f"in flight {s.get('in_flight', '-')}{partial}")

@@ -26,7 +26,8 @@ REASON_OPTION = typer.Option(..., "--reason", envvar="RECONCILE_GATE_REASON", he
 # No environment twin on purpose: an exported override would silently override every later approval.
 OVERRIDE_OPTION = typer.Option(None, "--override",
                                help="Act although the gate refuses; the text is the override's own reason (recorded).")
-GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover) or write (read_cutover -> write_cutover).")
+GATE_ARG = typer.Argument(..., help="read (shadow -> read_cutover), write (read_cutover -> write_cutover) or rollback "
+                                    "(write_cutover -> read_cutover: passed by `gate rollback`).")
 
 
 def _caller(cfg: Any, **texts: str | None) -> dict[str, Any] | None:
@@ -119,7 +120,7 @@ def status_cmd(config: Optional[Path] = CONFIG_OPTION, as_json: bool = JSON_OPTI
     for ev in st["gates"].values():
         lines += _criteria_lines(ev)
     if not st["gates"]:
-        lines.append("no gate left to approve")
+        lines.append("no gate to evaluate")
     _emit(st, as_json, "\n".join(lines))
     raise typer.Exit(0 if st["chain"]["ok"] else 1)
 
@@ -173,7 +174,8 @@ def rollback_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Move the state one step back (from write_cutover only with --override: no reverse sync exists yet)."""
+    """Move the state one step back. From write_cutover the rollback gate must pass (reverse replay caught up,
+    a green reverse reconciliation, no open reverse dead letter: `gate evaluate rollback`), or --override."""
     from reconcile.gates import GateRefused, rollback
 
     cfg = load(config)
@@ -183,7 +185,8 @@ def rollback_cmd(
     except GateRefused as exc:
         _refused(exc, as_json)
     _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
-                           + (" (override recorded)" if result["override"] else ""))
+                           + (" (override recorded)" if result["override"] else "")
+                           + (f" on evidence {result['evidence_hash'][:12]}" if result.get("evidence_hash") else ""))
 
 
 @app.command("acknowledge")
@@ -194,7 +197,8 @@ def acknowledge_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged)."""
+    """Acknowledge an audit finding (the write gate needs every must-change finding acknowledged; blockers are
+    retired with `gate retire`)."""
     from reconcile.gates import acknowledge
 
     cfg = load(config)
@@ -202,6 +206,33 @@ def acknowledge_cmd(
                          identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
     text = (f"{finding} acknowledged by {by}" if result["status"] == "acknowledged"
             else f"{finding} was acknowledged already by {result['acknowledged_by']} at {result['acknowledged_at']}")
+    _emit(result, as_json, text)
+
+
+@app.command("retire")
+def retire_cmd(
+    finding: str = typer.Argument(..., help="The audit blocker's id (code:object), e.g. trigger_balance:ledger.entries.t."),
+    by: str = BY_OPTION,
+    reason: str = REASON_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Retire an audit blocker on evidence: it has a replacement the audit derived, and that expectation passed on
+    the target in every check run of the streak window (exit 1 when refused)."""
+    from reconcile.gates import GateRefused, retire
+
+    cfg = load(config)
+    try:
+        result = retire(cfg, finding, by=by, reason=reason,
+                        identity=_caller(cfg, **{"FINDING": finding, "--by": by, "--reason": reason}))
+    except GateRefused as exc:
+        _refused(exc, as_json)
+    if result["status"] == "retired":
+        r = result["replacement"]
+        text = (f"{finding} retired by {by}: replaced by {r['suite']}/{r['name']}, green in "
+                f"{len(result['vouching_check_runs'])} check run(s)")
+    else:
+        text = f"{finding} was retired already by {result['retired_by']} at {result['retired_at']}"
     _emit(result, as_json, text)
 
 

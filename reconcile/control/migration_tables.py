@@ -10,6 +10,7 @@ Columns (see :mod:`reconcile.identity`):
   (:func:`reconcile.identity.migration_of` the config it ran with); NULL on rows written before
   this step, which no gate counts.
 * ``runs.tables``, ``audit_runs.tables``: the tables the run covered, a sorted JSON list of names.
+* ``runs.direction`` (907): ``forward`` or ``reverse`` (:mod:`reconcile.direction`), diff and check runs.
 * ``runs.part_of``: the run this one is a step of: the expectations ('check') run of a
   reconciliation names its diff run, so a gate counts a reconciliation only when its diff, its
   balance diff and its expectations all completed green.
@@ -40,3 +41,4 @@ register(_add_column(904, "audit_runs", "tables", "text"))
 register_index(905, "runs by migration", table="runs", index="runs_migration_kind_idx",
                columns=["migration_id", "kind", "started_at"])
 register_index(906, "runs by the run they are part of", table="runs", index="runs_part_of_idx", columns=["part_of"])
+register(_add_column(907, "runs", "direction", "text"))

@@ -11,7 +11,9 @@ over the tables in separate tasks, and any step can be killed and run again:
 * :func:`diff_balances` does the same for the money (:mod:`reconcile.diff.balances`);
 * :func:`finish_diff` sets the verdict, writes the report folder (:mod:`reconcile.report`) and
   closes the run with status ``green``, ``red`` (or ``error`` when a table could not be
-  compared) and the summary JSON of the shared contract: ``verdict``, ``persistent_mismatches``,
+  compared) and the summary JSON of the shared contract: ``direction`` (``forward``: the source is the
+  system of record, ``reverse``: the target is, after write cutover; :mod:`reconcile.direction`: a table's
+  ``missing`` is what the other side lacks of the system of record's rows), ``verdict``, ``persistent_mismatches``,
   ``balance_differences``, ``in_flight``, ``start_lsn``, ``tables {name: {status, missing, extra,
   changed, in_flight, rows_source, rows_target}}``, ``report_dir``, ``duration_seconds``, and
 
@@ -53,6 +55,7 @@ from reconcile.diff.compare import KINDS, Finding, compare_rows
 from reconcile.diff.errors import DiffError, RunNotFound
 from reconcile.diff.side import Pair, Side
 from reconcile.budget import budget_from
+from reconcile.direction import REVERSE, swap_counts
 from reconcile.errors import ReconcileError
 from reconcile.identity import run_scope
 from reconcile.occ import policy_from, retry_step, scrubbed, stage_error
@@ -93,7 +96,8 @@ def _settings(config: Any) -> Any:
 
 
 def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None,
-               lag_wait_seconds: float | None = None, run_id: str | None = None, mode: str | None = None) -> str:
+               lag_wait_seconds: float | None = None, run_id: str | None = None, mode: str | None = None,
+               direction: str | None = None) -> str:
     """Open a diff run; returns its run_id.
 
     Args:
@@ -103,12 +107,16 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         run_id: the run's id (an orchestrator derives it from its own run, so a retry opens no second run;
             the insert is ``ON CONFLICT DO NOTHING``); default a new random id.
         mode: ``full`` or ``incremental`` (:mod:`reconcile.diff.incremental`); default ``[diff] mode``.
+        direction: ``forward`` or ``reverse`` (:mod:`reconcile.direction`); default from the cutover state
+            when the run starts (``write_cutover``: reverse). Recorded in ``runs.direction`` and the summary.
 
     Raises:
         ConfigError: a named table is not configured.
         DiffError: ``mode`` is neither full nor incremental.
+        InvalidArgument: ``direction`` is neither forward nor reverse.
     """
     from reconcile.control import migrate
+    from reconcile.direction import check_direction, direction_of
 
     names = [config.table(t).name for t in tables] if tables else [t.name for t in config.tables]
     settings = _settings(config)
@@ -116,6 +124,7 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
         settings = dataclasses.replace(settings, lag_wait_seconds=lag_wait_seconds)
     wait = settings.lag_wait_seconds
     mode = mode or settings.mode
+    check_direction(direction)
     if mode not in incremental.MODES:
         raise DiffError(f"diff mode {mode!r} is not one of {', '.join(incremental.MODES)}; use full or incremental")
     with _connect(config.source) as src:
@@ -123,13 +132,14 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     run_id = run_id or store.new_run_id()
     with _connect(config.target) as tgt:
         migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
+        direction = direction_of(tgt, direction)
         store.insert_run(tgt, run_id, {
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
-            "lag_wait_seconds": wait, "mode": mode,
+            "lag_wait_seconds": wait, "mode": mode, "direction": direction,
             "diff": {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
             "source": config.source.describe(), "target": config.target.describe(),
-        }, policy_from(config), scope=run_scope(config, names))
-    log.info("diff run %s started at source LSN %s (%d tables)", run_id, start_lsn, len(names))
+        }, policy_from(config), scope=run_scope(config, names), direction=direction)
+    log.info("diff run %s started at source LSN %s (%d tables, %s)", run_id, start_lsn, len(names), direction)
     return run_id
 
 
@@ -194,6 +204,17 @@ class RunWaiter:
     def read(self) -> int | None:
         return lag.watermark(self.pair.target.conn(), self.slot)
 
+    def position(self) -> int:
+        """Where the replay must be for a re-read to be meaningful: the source's current LSN."""
+        return lag.lsn_int(lag.current_lsn(self.pair.source.conn())) or 0
+
+    def state(self) -> str:
+        """Whether a replay is advancing the watermark (a phrase for the console)."""
+        return lag.slot_state(self.pair.source.conn(), self.slot)
+
+    def fmt(self, value: int | None) -> str:
+        return _lsn(value)
+
     def wait(self, lsn: int) -> bool:
         """True once the watermark is at or past ``lsn``; False when the run's lag wait ends first (or has ended)."""
         policy = policy_from(self.config)
@@ -206,16 +227,16 @@ class RunWaiter:
         if ended and (mark or 0) <= max(w["watermark"] or 0 for w in ended):
             first = ended[0]
             reason = (f"the run's lag wait ended at {first['table']} and the replay watermark has not moved since "
-                      f"({_lsn(mark)})")
+                      f"({self.fmt(mark)})")
             log.warning("diff %s: not waiting for the replay: %s; comparing statically", self.label, reason)
             store.record_wait(self.control, self.run_id, self.table, "skipped", target_lsn=lsn, watermark=mark,
                               reason=reason, policy=policy)
             self.passed = False
             return False
-        state = lag.slot_state(self.pair.source.conn(), self.slot)
+        state = self.state()
         shared = [w for w in waits if w["outcome"] is None and (w["remaining"] or 0) > 0]
         seconds = min(w["remaining"] for w in shared) if shared else self.seconds
-        reason = f"the replay watermark ({_lsn(mark)}) is behind the source ({_lsn(lsn)}); {state}"
+        reason = f"the replay watermark ({self.fmt(mark)}) is behind the source ({self.fmt(lsn)}); {state}"
         if shared:
             log.warning("diff %s: %s; waiting with %s: %.0f s left of this run's lag wait", self.label, reason,
                         shared[0]["table"], seconds)
@@ -227,26 +248,70 @@ class RunWaiter:
         t0 = time.monotonic()
         waiter = lag.Waiter(self.read, t0 + seconds, poll=self.poll, every=min(10.0, max(1.0, seconds / 6)),
                             tick=lambda left: log.warning("diff %s: waiting for the replay watermark to reach %s: "
-                                                          "%.0f s left", self.label, _lsn(lsn), left))
+                                                          "%.0f s left", self.label, self.fmt(lsn), left))
         passed = waiter.wait(lsn)
         waited = time.monotonic() - t0
         outcome = "passed" if passed else "timed_out"
         store.finish_wait(self.control, self.run_id, wait_id, outcome, watermark=waiter.mark, waited=waited,
                           policy=policy)
         if passed:
-            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, _lsn(lsn), waited)
+            log.info("diff %s: the replay watermark passed %s after %.1f s", self.label, self.fmt(lsn), waited)
         else:
             log.warning("diff %s: the replay watermark (%s) did not reach %s within %.0f s (%s); comparing "
                         "statically: what still differs is reported, and later tables of this run do not wait "
-                        "unless the watermark moves", self.label, _lsn(waiter.mark), _lsn(lsn), waited, state)
+                        "unless the watermark moves", self.label, self.fmt(waiter.mark), self.fmt(lsn), waited, state)
         self.passed = passed
         return passed
 
 
+class ReverseWaiter(RunWaiter):
+    """A reverse reconciliation's waits: the target (DSQL) is the system of record, so a re-check waits for the
+    reverse replay's caught-up point (``reconcile_reverse.streams.caught_up_ns`` on the source: every DSQL
+    change committed before it is applied) to pass the target's clock at the re-check (nanoseconds), with the
+    same once-per-run lag wait and records as the forward waits."""
+
+    def __init__(self, config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
+                 table: str, slot: str, stream: str) -> None:
+        super().__init__(config, run_id, run, pair, control, table, slot)
+        self.stream = stream
+
+    def read(self) -> int | None:
+        from reconcile.reverse import source_state
+
+        src = self.pair.source.conn()
+        if not source_state.exists(src):
+            return None
+        st = source_state.read_stream(src, self.stream)
+        return st.caught_up_ns if st is not None else None
+
+    def position(self) -> int:
+        return int(self.pair.target.conn().execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint").fetchone()[0])
+
+    def state(self) -> str:
+        return f"the reverse replay of stream {self.stream} moves it (`reconcile reverse run`)"
+
+    def fmt(self, value: int | None) -> str:
+        import datetime as dt
+
+        if value is None:
+            return "none"
+        return dt.datetime.fromtimestamp(value / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _waiter(config: Any, run_id: str, run: dict, pair: Pair, control: psycopg.Connection,
             table: str) -> RunWaiter | None:
-    """A watermark waiter when a replay writes a watermark for the slot, else None (static diff, said on the console)."""
+    """A watermark waiter when a replay writes a watermark for the slot (in reverse: when the reverse replay
+    has a caught-up point on the source), else None (static diff, said on the console)."""
     slot = run["settings"].get("slot_name") or lag.slot_name(config)
+    if run["settings"].get("direction") == REVERSE:
+        stream = config.stage("reverse").stream_name
+        waiter = ReverseWaiter(config, run_id, run, pair, control, table, slot, stream)
+        if waiter.read() is None:
+            log.warning("diff %s: no reverse replay of stream %s has caught up on the source; comparing statically "
+                        "(differences are not re-checked for reverse replay lag)", table, stream)
+            return None
+        return waiter
     if lag.watermark(pair.target.conn(), slot) is None:
         log.warning("diff %s: no replay has written a watermark for slot %r on the target; comparing statically "
                     "(differences are not re-checked for replay lag)", table, slot)
@@ -262,8 +327,7 @@ def _recheck(pair: Pair, waiter: RunWaiter, rounds: int, findings: list[Finding]
     for _ in range(rounds):
         if not findings:
             break
-        target_lsn = lag.lsn_int(lag.current_lsn(pair.source.conn()))
-        passed = waiter.wait(target_lsn or 0)
+        passed = waiter.wait(waiter.position())
         findings = redo(findings)
         if not passed:
             break
@@ -335,8 +399,9 @@ def _diff_table(config: Any, run_id: str, table_name: str) -> dict:
                            candidates=len(cands), buckets_fetched=cands.buckets_fetched, segments=cands.segments,
                            shown_findings=min(len(findings), settings.max_findings), coverage=plan.describe(cands))
             counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
+            missing, extra = swap_counts(run["settings"].get("direction"), counts)  # as the system of record sees it
             result = {"table": spec.name, "status": "red" if findings else "green",
-                      "missing": counts["missing_in_target"], "extra": counts["extra_in_target"],
+                      "missing": missing, "extra": extra,
                       "changed": counts["changed"], "in_flight": in_flight, "rows_source": cands.rows_source,
                       "rows_target": cands.rows_target, "queries": pair.queries}
             stored = findings[:settings.max_findings]
@@ -486,6 +551,7 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         parent = Path(report_dir if report_dir is not None else settings.report_dir)
         folder = parent / run_id
         summary = {
+            "direction": run["settings"].get("direction") or "forward",
             "verdict": verdict, "persistent_mismatches": persistent, "balance_differences": balance_diffs,
             "in_flight": in_flight, "start_lsn": run["settings"].get("start_lsn"), "tables": tables,
             "report_dir": str(folder), "duration_seconds": round(duration, 3),
@@ -555,9 +621,12 @@ def _lag_waits(waits: list[dict]) -> dict[str, Any]:
 
 
 def run_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None, report_dir: str | Path | None = None,
-             lag_wait_seconds: float | None = None, mode: str | None = None) -> DiffResult:
-    """Start a run, diff every table, diff the balances and finish (the whole run in one call)."""
-    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds, mode=mode)
+             lag_wait_seconds: float | None = None, mode: str | None = None,
+             direction: str | None = None) -> DiffResult:
+    """Start a run, diff every table, diff the balances and finish (the whole run in one call).
+
+    ``direction``: forward or reverse; default from the cutover state (:func:`start_diff`)."""
+    run_id = start_diff(config, tables=tables, lag_wait_seconds=lag_wait_seconds, mode=mode, direction=direction)
     with _connect(config.target) as control:
         names = _run_settings(control, run_id)["settings"]["tables"]
     for name in names:

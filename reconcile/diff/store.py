@@ -38,11 +38,14 @@ def finding_id(f: Finding) -> str:
 
 
 def insert_run(conn: psycopg.Connection, run_id: str, settings: dict, policy: RetryPolicy,
-               scope: RunScope | None = None) -> None:
-    """Open a diff run; ``scope``: its migration and the tables it covers (None: no gate counts the run)."""
-    q = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, settings, migration_id, tables) "
-                "VALUES (%s, 'diff', 'running', now(), %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))
-    values = (run_id, dumps(settings), scope.migration_id if scope else None, scope.tables_json if scope else None)
+               scope: RunScope | None = None, direction: str = "forward") -> None:
+    """Open a diff run; ``scope``: its migration and the tables it covers (None: no gate counts the run);
+    ``direction``: forward or reverse (:mod:`reconcile.direction`)."""
+    q = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, settings, migration_id, tables, direction) "
+                "VALUES (%s, 'diff', 'running', now(), %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(
+        ident("runs"))
+    values = (run_id, dumps(settings), scope.migration_id if scope else None, scope.tables_json if scope else None,
+              direction)
     run_with_retry(conn, lambda c: c.execute(q, values), policy=policy, label="diff run start")
 
 

@@ -36,7 +36,10 @@ full_pass_recent          a complete green diff run vouching every row verified 
                           a full run (or one without ``coverage``: older runs read everything) at its start, an
                           incremental one by its ``coverage.all_verified_since`` when clean; evidence: repairs
                           (:mod:`reconcile.gates.coverage`)
-audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding
+audit_blockers            the latest ``reconcile.audit_runs`` row: no ``blocker`` finding, except those retired
+                          by evidence (acknowledged with ``reconcile gate retire`` and their replacement
+                          expectation green on the target in every check run of the streak window:
+                          :mod:`reconcile.gates.retirement`)
 *write gate also*
 read_gate_held            state ``read_cutover`` entered >= ``min_read_hours`` ago (``gate_state``)
 occ_conflict_rate         runs within the window (as for replay_lag, whatever tables they covered) whose
@@ -69,7 +72,7 @@ from reconcile.gates.evidence import Criterion, iso
 from reconcile.gates.settings import GateSettings
 from reconcile.identity import covers, migration_of
 
-__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "EvidenceScope", "evaluate_criteria", "latest_audit_run"]
+__all__ = ["READ_CRITERIA", "WRITE_CRITERIA", "EvidenceScope", "diff_runs", "evaluate_criteria", "latest_audit_run"]
 
 READ_CRITERIA = ("green_diff_streak", "latest_diff_clean", "expectations_green", "replay_lag", "dead_letters",
                  "audit_blockers", "full_pass_recent")
@@ -102,6 +105,9 @@ def _runs(conn: psycopg.Connection, kind: str, statuses: tuple[str, ...] | None,
     """Runs of ``kind`` of this migration, newest first; ``covers``: the run covered the whole table set."""
     where = [sql.SQL("kind = %s"), sql.SQL("migration_id = %s")]
     params: list[Any] = [kind, scope.migration_id]
+    if kind in DIRECTED:
+        where.append(sql.SQL("coalesce(direction, 'forward') = %s"))
+        params.append(scope.direction)
     if statuses is not None:
         where.append(sql.SQL("status IN ({})").format(sql.SQL(", ").join([sql.Placeholder()] * len(statuses))))
         params.extend(statuses)
@@ -157,13 +163,24 @@ class EvidenceScope:
     """Whether the config has a ledger (accounts + entries roles), so a complete run diffs the balances."""
     slot: str
     """The replay slot (``[replay] slot_name``): whose dead letters count."""
+    covered: frozenset[tuple[str, ...]] = frozenset()
+    """(accounts, balance, entries, amount) the ledger suite's balance expectation checks: what replaces a
+    balance trigger (:mod:`reconcile.gates.retirement`)."""
+    direction: str = "forward"
+    """Which reconciliations count (:mod:`reconcile.direction`): forward for the read and write gates,
+    reverse for the rollback gate. Diff and check runs record theirs; older rows are forward."""
 
     @classmethod
     def of(cls, config: Any) -> EvidenceScope:
+        from reconcile.checks.generate import ledger_balance
+
         identity = migration_of(config)
-        return cls(identity.id, tuple(t.name for t in config.tables), layout_of(config) is not None, identity.slot)
+        return cls(identity.id, tuple(t.name for t in config.tables), layout_of(config) is not None, identity.slot,
+                   frozenset(ledger_balance(config)))
 
 
+DIRECTED = ("diff", "check")
+"""Run kinds that record a direction (``runs.direction``)."""
 COMPARED = ("green", "red")
 """Statuses of a table (or the balance diff) that was actually compared (``error``/``skipped`` were not)."""
 _RED_CHECK = ("red", "error")
@@ -182,12 +199,13 @@ def _diff_runs(conn: psycopg.Connection, scope: EvidenceScope, where: sql.Compos
                 "(SELECT d.status FROM {results} d WHERE d.run_id = r.run_id AND d.table_name = %s), "
                 "(SELECT c.status FROM {runs} c WHERE c.part_of = r.run_id AND c.kind = 'check' "
                 "AND c.migration_id = r.migration_id ORDER BY c.started_at DESC LIMIT 1) "
-                "FROM {runs} r WHERE r.kind = 'diff' AND r.migration_id = %s AND {where} "
+                "FROM {runs} r WHERE r.kind = 'diff' AND r.migration_id = %s "
+                "AND coalesce(r.direction, 'forward') = %s AND {where} "
                 "ORDER BY {end} DESC, r.started_at DESC{limit}").format(
         results=ident("diff_results"), runs=ident("runs"), where=where, end=end,
         limit=sql.SQL(" LIMIT {}").format(sql.Literal(limit)) if limit else sql.SQL(""))
     out = []
-    for r in conn.execute(q, [BALANCES, scope.migration_id, *params]).fetchall():
+    for r in conn.execute(q, [BALANCES, scope.migration_id, scope.direction, *params]).fetchall():
         summary = _summary(r[4])
         tables = summary.get("tables") if isinstance(summary.get("tables"), dict) else {}
         gaps = [t for t in scope.tables if not (isinstance(tables.get(t), dict) and tables[t].get("status") in COMPARED)]
@@ -198,6 +216,10 @@ def _diff_runs(conn: psycopg.Connection, scope: EvidenceScope, where: sql.Compos
                     "gaps": gaps, "complete": not gaps, "balances": r[5], "checks": r[6],
                     "counts": r[1] == "green" and not gaps and balances_green and r[6] == "green"})
     return out
+
+
+diff_runs = _diff_runs
+"""Public name for the rollback gate (:mod:`reconcile.gates.rollback_gate`)."""
 
 
 def _end(run: dict[str, Any]) -> dt.datetime:
@@ -382,12 +404,12 @@ def _latest_audit(conn: psycopg.Connection, scope: EvidenceScope) -> dict[str, A
     if found is None:
         return {"run": None, "legacy": legacy}
     run_id, started = found
-    findings = conn.execute(sql.SQL("SELECT finding_id, severity, message FROM {} WHERE run_id = %s "
+    findings = conn.execute(sql.SQL("SELECT finding_id, severity, message, details FROM {} WHERE run_id = %s "
                                     "AND severity IN ('blocker', 'must-change') ORDER BY finding_no").format(
         ident("audit_findings")), (run_id,)).fetchall()
     return {"legacy": legacy, "run": {
         "run_id": run_id, "started_at": started,
-        "blockers": [{"finding_id": f[0], "message": f[2]} for f in findings if f[1] == "blocker"],
+        "blockers": [{"finding_id": f[0], "message": f[2], "details": f[3]} for f in findings if f[1] == "blocker"],
         "must_change": [{"finding_id": f[0], "message": f[2]} for f in findings if f[1] == "must-change"]}}
 
 
@@ -399,18 +421,32 @@ def _no_audit(name: str, audited: dict[str, Any], s: GateSettings, scope: Eviden
                      "no audit run of this migration is stored (not required by [gates] require_audit_run)")
 
 
-def _audit_blockers(audited: dict[str, Any], s: GateSettings, scope: EvidenceScope) -> Criterion:
+def _audit_blockers(conn: psycopg.Connection, audited: dict[str, Any], s: GateSettings, scope: EvidenceScope,
+                    now: dt.datetime) -> Criterion:
+    """No blocker in the latest audit, except those retired by evidence (:mod:`reconcile.gates.retirement`)."""
+    from reconcile.gates.retirement import retirements
+
     name = "audit_blockers"
     audit = audited["run"]
     if audit is None:
         return _no_audit(name, audited, s, scope)
     blockers = audit["blockers"]
+    retired, still = retirements(conn, blockers, scope, s, now)
     evidence = _legacy({"audit_run": audit["run_id"], "audited_at": iso(audit["started_at"]),
-                        "blockers": len(blockers), "blocker_ids": [b["finding_id"] for b in blockers[:_LISTED]]},
-                       audited["legacy"])
-    if blockers:
-        return Criterion(name, False, evidence, f"the latest audit has {len(blockers)} blocker(s), e.g. "
-                                                f"{blockers[0]['finding_id']}")
+                        "blockers": len(still), "blocker_ids": [b["finding_id"] for b in still[:_LISTED]],
+                        "retired": retired[:_LISTED]}, audited["legacy"])
+    unproven = [b for b in still if b.get("not_retired_because")]
+    if unproven:
+        evidence["not_retired"] = unproven[:_LISTED]
+    if still:
+        first = still[0]
+        why = (f" (retired by {first['retired_by']}, but {first['not_retired_because']})"
+               if first.get("not_retired_because") else "")
+        return Criterion(name, False, evidence, f"the latest audit has {len(still)} blocker(s) not retired by "
+                                                f"evidence, e.g. {first['finding_id']}{why}")
+    if retired:
+        return Criterion(name, True, evidence, f"the latest audit's {len(retired)} blocker(s) are retired by "
+                                               f"evidence ({', '.join(r['finding_id'] for r in retired[:3])})")
     return Criterion(name, True, evidence, "the latest audit has no blocker")
 
 
@@ -476,11 +512,16 @@ def _acknowledged(conn: psycopg.Connection, audited: dict[str, Any], s: GateSett
 
 
 def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, state: dict[str, Any],
-                      now: dt.datetime, scope: EvidenceScope) -> list[Criterion]:
-    """Inside one read transaction: every criterion of ``gate`` ('read' or 'write'), in a fixed order.
+                      now: dt.datetime, scope: EvidenceScope, reverse: Any = None) -> list[Criterion]:
+    """Inside one read transaction: every criterion of ``gate`` ('read', 'write' or 'rollback'), in a fixed order.
 
-    ``scope`` says whose runs count and which are complete (:meth:`EvidenceScope.of` the config).
+    ``scope`` says whose runs count and which are complete (:meth:`EvidenceScope.of` the config);
+    ``reverse``: the rollback gate's :class:`~reconcile.gates.rollback_gate.ReverseSnapshot` of the source.
     """
+    if gate == "rollback":
+        from reconcile.gates.rollback_gate import rollback_criteria
+
+        return rollback_criteria(conn, s, state, now, scope, reverse)
     diffs = _diff_history(conn, scope)
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = [r for r in _runs(conn, "replay", None, scope, since=since) if r["covers"]]
@@ -488,7 +529,7 @@ def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, stat
     repairs = repairs_evidence(conn, since)
     out = [_diff_streak(diffs, s, now, scope), _diff_clean(diffs, scope), _expectations(conn, s, now, scope),
            _replay_lag(replays, s, scope, _without_id(conn, "runs", "replay")), _dead_letters(conn, scope),
-           _audit_blockers(audit, s, scope), full_pass_recent(diffs, s, now, repairs)]
+           _audit_blockers(conn, audit, s, scope, now), full_pass_recent(diffs, s, now, repairs)]
     if gate == "write":
         out += [_read_held(state, s, now), _conflict_rate(conn, s, since, scope), _acknowledged(conn, audit, s, scope),
                 full_diff_recent(diffs, s, now, repairs)]

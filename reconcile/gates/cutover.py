@@ -3,7 +3,12 @@
 States and transitions::
 
     shadow ──approve read──► read_cutover ──approve write──► write_cutover
-    shadow ◄──rollback────── read_cutover ◄──rollback (override only: no reverse sync yet)
+    shadow ◄──rollback────── read_cutover ◄──rollback (the rollback gate) ──
+
+The rollback from ``write_cutover`` is a gate of its own (:mod:`reconcile.gates.rollback_gate`: the reverse
+replay caught up, a green reverse reconciliation, no open reverse dead letter), evaluated inside the
+rollback's transaction like an approval; ``--override`` stays as a recorded break-glass. The rollback
+from ``read_cutover`` needs no evidence (the source never stopped being the system of record).
 
 The state is one row of ``reconcile.gate_state`` (key ``'cutover'``), and every change to it is
 written through :func:`reconcile.occ.run_with_retry` in the same transaction as its events in the
@@ -39,6 +44,7 @@ from reconcile.gates import pin, trail
 from reconcile.gates.criteria import EvidenceScope, evaluate_criteria, latest_audit_run
 from reconcile.gates.errors import GateError, GateRefused, PublishFailed
 from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
+from reconcile.gates.rollback_gate import HINTS, reverse_snapshot
 from reconcile.gates.ssm import publish_ssm, resolve_region
 from reconcile.gates.approver import checked_identity, principal
 from reconcile.identity import migration_of, run_scope, text_problem
@@ -46,15 +52,16 @@ from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
 __all__ = ["STATES", "acknowledge", "approve", "clean_text", "current_state", "evaluate", "gate_status", "history", "publish",
-           "reject", "rollback", "same_person"]
+           "reject", "retire", "rollback", "same_person"]
 
 log = logging.getLogger(__name__)
 
 STATES = ("shadow", "read_cutover", "write_cutover")
 STATE_KEY = "cutover"
-_STEP = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover")}
+_STEP = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover"),
+         "rollback": ("write_cutover", "read_cutover")}
 _BACK = {"read_cutover": "shadow", "write_cutover": "read_cutover"}
-_NEXT_GATES = {"shadow": ("read", "write"), "read_cutover": ("write",), "write_cutover": ()}
+_NEXT_GATES = {"shadow": ("read", "write"), "read_cutover": ("write",), "write_cutover": ("rollback",)}
 
 _STATE_COLS = ("state", "version", "entered_at", "changed_by", "reason", "last_event_id", "pending",
                "published_state", "published_version", "published_at")
@@ -264,10 +271,14 @@ def _pin(c: psycopg.Connection, config: Any, *, strict: bool = False) -> dict[st
 
 
 def _evaluate_in(t: psycopg.Connection, config: Any, gate: str, st: dict[str, Any] | None = None) -> Evaluation:
-    """Inside a transaction (one snapshot): the criteria of ``gate`` against the state ``st`` read in it."""
+    """Inside a transaction (one snapshot): the criteria of ``gate`` against the state ``st`` read in it.
+
+    The rollback gate also reads the reverse replay's state from the source (another database), first.
+    """
+    reverse = reverse_snapshot(config) if gate == "rollback" else None
     (now,) = t.execute("SELECT now()").fetchone()
     st = _read_state(t) if st is None else st
-    criteria = evaluate_criteria(t, gate, config.gates, st, now, EvidenceScope.of(config))
+    criteria = evaluate_criteria(t, gate, config.gates, st, now, EvidenceScope.of(config), reverse)
     return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
 
 
@@ -305,7 +316,7 @@ def evaluate(config: Any, gate: str, *, record: bool = True, actor: str | None =
 
     Args:
         config: the loaded configuration (thresholds in ``[gates]``).
-        gate: ``read`` or ``write``.
+        gate: ``read``, ``write`` or ``rollback`` (write_cutover -> read_cutover: :mod:`reconcile.gates.rollback_gate`).
         record: store the evaluation (a ``runs`` row of kind 'gate' and an ``evaluation`` event).
         actor: who asked (recorded with the event).
         conn: an autocommit target connection to reuse.
@@ -450,6 +461,9 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
         PublishFailed: the transition was made but publishing it failed (rerun ``gate publish``).
     """
     _check_gate(gate)
+    if gate == "rollback":
+        raise GateError("The rollback gate is passed by rolling back (`reconcile gate rollback`, "
+                        "reconcile.gates.rollback_gate), not by an approval.")
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
     who = checked_identity(identity)
@@ -557,24 +571,44 @@ def _second_approver_problem(pending: dict[str, Any], by: str, who: dict[str, An
 # --- rollback ---------------------------------------------------------------------------------
 
 
+def _rollback_refusal(ev: Evaluation) -> str:
+    """One sentence: the failing rollback criteria and what to run."""
+    n = len(ev.failing)
+    todo = "; ".join(HINTS.get(name, f"fix {name}") for name in ev.failing)
+    return (f"Rolling back from write_cutover would lose writes made on the target: "
+            f"{n} rollback {'criterion fails' if n == 1 else 'criteria fail'} ({', '.join(ev.failing)}); {todo}; "
+            "then roll back again, or with --override REASON (`reconcile gate status` shows the evidence).")
+
+
 def rollback(config: Any, *, by: str, reason: str, override_reason: str | None = None,
-             identity: dict[str, Any] | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any]:
+             identity: dict[str, Any] | None = None, evaluation: Evaluation | dict[str, Any] | None = None,
+             conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Move the state one step back, record it, then publish.
 
-    From ``write_cutover`` the target has been the system of record: going back needs a reverse
-    sync (target -> source) that does not exist yet, so it is refused unless ``override_reason``
-    is given (recorded as an ``override`` event). A broken audit trail does not block a rollback
-    (the safe direction); it does block approvals.
+    From ``write_cutover`` the target has been the system of record: the rollback gate
+    (:mod:`reconcile.gates.rollback_gate`: ``reverse_replay_lag``, ``reverse_reconciliation_green``,
+    ``reverse_dead_letters``) is evaluated again inside the rollback's own transaction, recorded (a 'gate'
+    run and an ``evaluation`` event) and the ``rollback`` event carries its evidence hash. It proceeds when
+    every criterion passes; otherwise it is refused (recorded, naming the failing criteria and what to run)
+    unless ``override_reason`` is given (an ``override`` event naming them: the break-glass). From
+    ``read_cutover`` no evidence is needed. A broken audit trail does not block a rollback (the safe
+    direction); it does block approvals.
+
+    ``evaluation``: the rollback gate's evaluation the person was shown (its hash is recorded next to the
+    fresh one, as for approvals).
 
     Returns:
-        ``{"status": "rolled_back", "from", "to", "override", "events", "published"}``.
+        ``{"status": "rolled_back", "from", "to", "override", "events", "published"}`` and, from
+        write_cutover, ``"evidence_hash"``, ``"evaluation_run_id"``, ``"failing"``, ``"seen_evidence_hash"``.
 
     Raises:
-        GateRefused: the state is ``shadow``, or ``write_cutover`` without an override.
+        GateRefused: the state is ``shadow``, or ``write_cutover`` while a rollback criterion fails and
+            no override is given.
     """
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
     who = checked_identity(identity)
+    seen = _seen(evaluation, "rollback")
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
             st = _read_state(t)
@@ -582,32 +616,43 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
             if frm not in _BACK:
                 raise _Refused(f"The state is {frm}; there is nothing to roll back.", ("state",))
             to = _BACK[frm]
-            gate = "write" if frm == "write_cutover" else "read"
-            events = []
+            gate = "rollback" if frm == "write_cutover" else "read"
+            events: list[dict[str, Any]] = []
+            out: dict[str, Any] = {}
+            ev = None
             if frm == "write_cutover":
-                if override_reason is None:
-                    raise _Refused(
-                        "Rolling back from write_cutover needs a reverse sync (target -> source), which does not "
-                        "exist yet: the source lacks every write made since write cutover. Copy those writes back "
-                        "first, then roll back with --override REASON.", ("reverse_sync",))
-                events.append({"event": "override", "gate": gate, "actor": by, "reason": override_reason,
-                               "details": {"action": "rollback", "from": frm, "to": to, "rollback_reason": reason,
-                                           "overridden": "no reverse sync exists", "authenticated": who}})
+                fresh = _evaluate_in(t, config, "rollback", st)
+                compared = _compared(seen, fresh)
+                if not fresh.passed and override_reason is None:
+                    raise _Refused(_rollback_refusal(fresh), fresh.failing, fresh, compared)
+                ev, evaluated = _evaluation_record(t, config, fresh, by)
+                events.append(evaluated)
+                out = {"evidence_hash": ev.evidence_hash, "evaluation_run_id": ev.run_id,
+                       "failing": list(ev.failing), **compared}
+                if not ev.passed:
+                    events.append({"event": "override", "gate": gate, "actor": by, "reason": override_reason,
+                                   "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
+                                   "details": {"action": "rollback", "from": frm, "to": to, "rollback_reason": reason,
+                                               "failing": list(ev.failing), "authenticated": who, **compared}})
+            overriding = ev is not None and not ev.passed
             events.append({"event": "rollback", "gate": gate, "actor": by, "reason": reason,
+                           "evidence_hash": ev.evidence_hash if ev is not None else None,
+                           "run_id": ev.run_id if ev is not None else None,
                            "details": {"from": frm, "to": to, "version": st["version"] + 1,
-                                       "override": override_reason is not None, "authenticated": who}})
+                                       "override": overriding, "authenticated": who,
+                                       **({"passed": ev.passed, "failing": list(ev.failing)} if ev else {})}})
             written = trail.append(t, events)
             if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the rollback; run the command again.")
-            return {"status": "rolled_back", "from": frm, "to": to, "override": override_reason is not None,
+            return {"status": "rolled_back", "gate": gate, "from": frm, "to": to, "override": overriding, **out,
                     "events": [w["event_id"] for w in written]}
 
         try:
             result = _tx(c, config, transact, "gate rollback")
         except _Refused as refusal:
-            raise _record_refusal(c, config, gate=None, by=by, reason=reason, action="rollback",
-                                  refusal=refusal, identity=who) from None
+            raise _record_refusal(c, config, gate="rollback" if refusal.evaluation is not None else None, by=by,
+                                  reason=reason, action="rollback", refusal=refusal, identity=who) from None
         result["published"] = _publish(c, config, actor=by, after=f"rolled back ({result['from']} -> {result['to']})")
         return result
 
@@ -637,6 +682,9 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str, identity:
             if row is None:
                 raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
                                 "(code:object) from `reconcile audit` or `reconcile gate status`.")
+            if row[1] == "blocker":
+                raise GateError(f"{finding_id} is a blocker: acknowledging does not clear it; retire it on evidence "
+                                "(`reconcile gate retire FINDING --by --reason`) when it has a replacement.")
             old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
                 acks), (finding_id,)).fetchone()
             if old is not None:
@@ -656,6 +704,87 @@ def acknowledge(config: Any, finding_id: str, *, by: str, reason: str, identity:
         if result["status"] == "acknowledged":
             result["pinned"] = _pin(c, config)
         return result
+
+
+# --- retire -----------------------------------------------------------------------------------
+
+
+def retire(config: Any, finding_id: str, *, by: str, reason: str, identity: dict[str, Any] | None = None,
+           conn: psycopg.Connection | None = None) -> dict[str, Any]:
+    """Retire an audit blocker on evidence: its replacement expectation has been green (:mod:`reconcile.gates.retirement`).
+
+    Accepted when the blocker (of the latest audit run of this migration) has a replacement the audit derived
+    and that expectation passed on the target in every check run of the streak window (at least one);
+    recorded as a ``retirement`` event (with the expectation and the vouching check runs) and a
+    ``gate_acknowledgements`` row. The ``audit_blockers`` criterion then stops counting the blocker for as long
+    as the replacement stays green. Insert-only: a blocker retired already stays as first retired
+    (``status: "already"``).
+
+    Returns:
+        ``{"status": "retired" | "already", "finding_id", "retired_by", "replacement", "vouching_check_runs",
+        "event"}``.
+
+    Raises:
+        GateError: the latest audit run has no such finding, or it is not a blocker.
+        GateRefused: the blocker has no replacement, or its replacement has not been green (recorded).
+    """
+    from reconcile.gates.retirement import replacement, vouching
+
+    finding_id = _required(finding_id, "FINDING")
+    by, reason = _required(by, "--by"), _required(reason, "--reason")
+    who = checked_identity(identity)
+    acks, findings = ident("gate_acknowledgements"), ident("audit_findings")
+    scope = EvidenceScope.of(config)
+    with _target(config, conn) as c:
+        def transact(t: psycopg.Connection) -> dict[str, Any]:
+            latest = latest_audit_run(t, scope)
+            row = None if latest is None else t.execute(sql.SQL(
+                "SELECT run_id, severity, details FROM {} WHERE finding_id = %s AND run_id = %s").format(findings),
+                (finding_id, latest[0])).fetchone()
+            if row is None:
+                raise GateError(f"The latest audit run of this migration has no finding {finding_id!r}; copy the id "
+                                "(code:object) from `reconcile audit` or `reconcile gate status`.")
+            if row[1] != "blocker":
+                raise GateError(f"{finding_id} is a {row[1]} finding, not a blocker; acknowledge it instead "
+                                "(`reconcile gate acknowledge`).")
+            old = t.execute(sql.SQL("SELECT acknowledged_by, acknowledged_at FROM {} WHERE finding_id = %s").format(
+                acks), (finding_id,)).fetchone()
+            if old is not None:
+                return {"status": "already", "finding_id": finding_id, "retired_by": old[0],
+                        "retired_at": iso(old[1])}
+            repl = replacement(row[2], scope)
+            if repl is None:
+                raise _Refused(f"{finding_id} has no replacement the audit derived (no invariant an expectation "
+                               "checks), so no evidence can retire it; fix it on the source, or pass the gate with "
+                               "--override REASON.", ("replacement",))
+            (now,) = t.execute("SELECT now()").fetchone()
+            proof = vouching(t, scope, config.gates, now, repl)
+            if not proof["green"]:
+                raise _Refused(f"{finding_id} cannot be retired yet: its replacement {proof['expectation']} has not "
+                               f"been green ({proof['reason']}); run `reconcile check` until it is, then retire it.",
+                               ("replacement_green",), details={"finding_id": finding_id, "replacement": repl,
+                                                                "check_runs": proof["runs"]})
+            vouch = [r["run_id"] for r in proof["runs"]]
+            (written,) = trail.append(t, [{"event": "retirement", "gate": None, "actor": by, "reason": reason,
+                                           "details": {"finding_id": finding_id, "severity": "blocker",
+                                                       "audit_run": str(row[0]), "replacement": repl,
+                                                       "window_hours": proof["window_hours"],
+                                                       "vouching_check_runs": vouch, "authenticated": who}}])
+            t.execute(sql.SQL("INSERT INTO {} (finding_id, audit_run_id, severity, acknowledged_by, reason, "
+                              "acknowledged_at, event_id) VALUES (%s, %s, 'blocker', %s, %s, now(), %s) "
+                              "ON CONFLICT (finding_id) DO NOTHING").format(acks),
+                      (finding_id, row[0], by, reason, written["event_id"]))
+            return {"status": "retired", "finding_id": finding_id, "retired_by": by, "replacement": repl,
+                    "vouching_check_runs": vouch, "event": written["event_id"]}
+
+        try:
+            result = _tx(c, config, transact, "blocker retirement")
+        except _Refused as refusal:
+            raise _record_refusal(c, config, gate=None, by=by, reason=reason, action=f"retire {finding_id}",
+                                  refusal=refusal, identity=who) from None
+        if result["status"] == "retired":
+            result["pinned"] = _pin(c, config)
+        return jsonable(result)
 
 
 # --- publish ----------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from reconcile.gates.errors import GateError
 
 __all__ = ["GATES", "Criterion", "Evaluation", "canonical", "iso", "jsonable", "sha256_hex", "steady"]
 
-GATES = ("read", "write")
+GATES = ("read", "write", "rollback")
+"""The gates: read and write move forward, rollback moves write_cutover back to read_cutover."""
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -67,13 +67,14 @@ def _stored_run(config: Config, run_id: str) -> dict[str, Any] | None:
 
 
 def diff_start(config: Config, *, tables: Sequence[str] | None = None, lag_wait_seconds: float | None = None,
-               run_id: str | None = None, mode: str | None = None) -> dict[str, Any]:
+               run_id: str | None = None, mode: str | None = None, direction: str | None = None) -> dict[str, Any]:
     """Open a diff run; returns ``{"run_id", "tables": [names to map over], "reused": bool}``.
 
     Args:
         run_id: the run's id (:func:`diff_run_id_for` the orchestrator run). When a run with this id
             exists and is still running, it is reused (a retry after the first attempt opened it).
         mode: ``full`` or ``incremental`` (default ``[diff] mode``).
+        direction: ``forward`` or ``reverse`` (default: from the cutover state, :mod:`reconcile.direction`).
 
     Raises:
         DiffRunClosed: the run with ``run_id`` finished already (the orchestrator run was cleared and
@@ -95,7 +96,8 @@ def diff_start(config: Config, *, tables: Sequence[str] | None = None, lag_wait_
             names = list(existing["settings"].get("tables") or names)
             log.info("diff run %s was opened by an earlier attempt: reusing it (%s)", run_id, ", ".join(names))
             return {"run_id": run_id, "tables": names, "reused": True}
-    opened = start_diff(config, tables=names, lag_wait_seconds=lag_wait_seconds, run_id=run_id, mode=mode)
+    opened = start_diff(config, tables=names, lag_wait_seconds=lag_wait_seconds, run_id=run_id, mode=mode,
+                        direction=direction)
     log.info("diff run %s over %s", opened, ", ".join(names))
     return {"run_id": str(opened), "tables": names, "reused": False}
 

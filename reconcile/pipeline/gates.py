@@ -39,8 +39,11 @@ __all__ = [
 
 log = logging.getLogger("reconcile.pipeline.gates")
 
-GATE_TARGET = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover")}
-"""Gate -> (state it starts from, state it moves to)."""
+GATE_TARGET = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover"),
+               "rollback": ("write_cutover", "read_cutover")}
+"""Gate -> (state it starts from, state it moves to). The rollback gate's transition is
+:func:`reconcile.gates.rollback` (the reverse replay caught up, a green reverse reconciliation, no open
+reverse dead letter: :mod:`reconcile.gates.rollback_gate`)."""
 
 
 class CutoverNotReady(TerminalError):
@@ -53,7 +56,7 @@ class CutoverNotVerified(TerminalError):
 
 def _check_gate(gate: str) -> tuple[str, str]:
     if gate not in GATE_TARGET:
-        raise CutoverNotReady(f"Unknown gate {gate!r}; trigger the cutover with gate 'read' or 'write'.")
+        raise CutoverNotReady(f"Unknown gate {gate!r}; trigger the cutover with gate 'read', 'write' or 'rollback'.")
     return GATE_TARGET[gate]
 
 
@@ -151,7 +154,8 @@ def responder(response: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] |
 def gate_transition(config: Config, gate: str, *, by: str, reason: str, override_reason: str | None = None,
                     evaluation: Mapping[str, Any] | None = None,
                     identity: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Record the approval by ``by`` (authenticated as ``identity``) and move the state (:func:`reconcile.gates.approve`).
+    """Record the approval by ``by`` (authenticated as ``identity``) and move the state (:func:`reconcile.gates.approve`;
+    for the rollback gate :func:`reconcile.gates.rollback`, which evaluates the rollback gate in its own transaction).
 
     The gate is evaluated again when the approval is recorded (the person may have answered hours
     after ``evaluation`` was made): criteria failing by then refuse it unless ``override_reason``.
@@ -170,9 +174,15 @@ def gate_transition(config: Config, gate: str, *, by: str, reason: str, override
         log.info("the cutover state is %s already (an earlier attempt made the transition)", state)
         return {"status": "already", "gate": gate, "to": to, "state": state, "approvers": [by]}
     try:
-        result = gates.approve(config, gate, by=by, reason=reason, override_reason=override_reason,
-                               evaluation=dict(evaluation) if evaluation is not None else None,
-                               identity=dict(identity) if identity is not None else None)
+        if gate == "rollback":
+            result = gates.rollback(config, by=by, reason=reason, override_reason=override_reason,
+                                    evaluation=dict(evaluation) if evaluation is not None else None,
+                                    identity=dict(identity) if identity is not None else None)
+            result["approvers"] = [by]
+        else:
+            result = gates.approve(config, gate, by=by, reason=reason, override_reason=override_reason,
+                                   evaluation=dict(evaluation) if evaluation is not None else None,
+                                   identity=dict(identity) if identity is not None else None)
     except gates.PublishFailed as exc:
         log.warning("transition made, publishing failed (the publish step retries it): %s", exc)
         return {"status": "approved", "gate": gate, "to": to, "approvers": [by], "published": None}
@@ -242,15 +252,16 @@ def gate_verify(config: Config, gate: str, *, pending_ok: bool = True,
 
 
 def gate_evidence(config: Config, *, actor: str | None = None) -> dict[str, Any]:
-    """Record an evaluation of the next gate (read from shadow, write from read_cutover) as evidence.
+    """Record an evaluation of the next gate (read from shadow, write from read_cutover, rollback from
+    write_cutover: a reverse reconciliation is the rollback gate's evidence) as evidence.
 
     Returns:
-        The evaluation dict, or ``{"gate": None, "state": "write_cutover"}`` when no gate is left.
+        The evaluation dict, or ``{"gate": None, "state": ...}`` when no gate applies.
     """
     from reconcile import gates
 
     state = gates.current_state(config)
-    gate = {"shadow": "read", "read_cutover": "write"}.get(state)
+    gate = {"shadow": "read", "read_cutover": "write", "write_cutover": "rollback"}.get(state)
     if gate is None:
         log.info("cutover state is %s: no gate left to gather evidence for", state)
         metrics.after_gate_evidence(config, {"gate": None, "state": state})

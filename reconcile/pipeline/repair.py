@@ -48,5 +48,20 @@ def auto_repair_step(config: Config, run_id: str) -> dict[str, Any]:
         sentence = (f"{n:,} row finding(s) not repaired automatically: {why}; read the report, then repair with "
                     f"`reconcile repair --run {run_id}`.")
         return {"decision": "not repaired", **record_decision(config, run_id, sentence, findings=n).to_dict()}
+    if _reverse(config, run_id):
+        sentence = (f"{n:,} row finding(s) not repaired automatically: a reverse reconciliation (the target is the "
+                    "system of record); the reverse replay brings the source in line (`reconcile reverse run`)")
+        return {"decision": "not repaired", **record_decision(config, run_id, sentence, findings=n).to_dict()}
     result = run_repair(config, diff_run_id=run_id, auto=True)
     return {"decision": "repaired", **result.to_dict()}
+
+
+def _reverse(config: Config, run_id: str) -> bool:
+    """Whether diff run ``run_id`` is a reverse reconciliation (or the cutover state is write_cutover)."""
+    from reconcile.connections import connect
+    from reconcile.diff import store
+    from reconcile.direction import REVERSE, direction_of
+
+    with connect(config.target) as conn:
+        run = store.get_run(conn, run_id)
+        return direction_of(conn) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE)

@@ -144,6 +144,7 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
         raise RepairError("A whole-table repair needs the table: give --table (a table added to the migration).")
     with _connect(config.target) as tconn:
         migrate(tconn, dialect=dialect_for(config.target).name, policy=policy_from(config))
+        _refuse_reverse(tconn, diff_run_id)
         store = RepairStore(tconn, budget=budget_from(config), policy=policy_from(config))
         work: dict[str, list[tuple[Any, str]] | None]
         if whole_table:
@@ -172,6 +173,18 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
             raise
         runs.finish_run(repair_id, result.status, result.summary)
     return result
+
+
+def _refuse_reverse(conn: psycopg.Connection, diff_run_id: str | None) -> None:
+    """A repair copies source rows onto the target: never while the target is the system of record."""
+    from reconcile.diff.store import get_run
+    from reconcile.direction import REVERSE, direction_of
+
+    run = get_run(conn, diff_run_id) if diff_run_id else None
+    if direction_of(conn) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE):
+        raise RepairError("After write cutover the target is the system of record, and a repair would copy the old "
+                          "source's rows over it; let the reverse replay bring the source in line (`reconcile reverse "
+                          "run`), or roll back first.")
 
 
 def _repair(config: Config, store: RepairStore, repair_id: str, diff_run_id: str | None,

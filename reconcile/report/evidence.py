@@ -32,7 +32,7 @@ __all__ = ["coverage", "expectations", "gate", "replay", "run_link"]
 
 log = logging.getLogger(__name__)
 
-NEXT_GATE = {"shadow": "read", "read_cutover": "write"}
+NEXT_GATE = {"shadow": "read", "read_cutover": "write", "write_cutover": "rollback"}
 """The cutover state -> the gate that moves it on."""
 LISTED = 10
 """Dead letters and sample rows listed on the page (the counts stay exact)."""
@@ -268,7 +268,7 @@ def run_link(conn: psycopg.Connection, evaluation: dict[str, Any] | None = None)
     """
     run_id = None
     for c in (evaluation or {}).get("criteria") or []:
-        if c.get("name") == "latest_diff_clean":
+        if c.get("name") in ("latest_diff_clean", "reverse_reconciliation_green"):
             run_id = (c.get("evidence") or {}).get("run_id")
     try:
         if run_id:

@@ -20,6 +20,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from reconcile.direction import describe
 from reconcile.report import cells
 from reconcile.report.attribution import Attribution, Fault, Roles, Unexplained, attribute
 from reconcile.report.history import finding_id
@@ -46,6 +47,10 @@ MAX_CELLS = 4
 ROW_KIND = {"missing_in_target": "missing on the target", "extra_in_target": "only on the target",
             "changed": "changed"}
 ROW_CHIP = {"missing_in_target": "red", "extra_in_target": "amber", "changed": ""}
+REVERSE_ROW_KIND = {"missing_in_target": "only on the source", "extra_in_target": "missing on the source",
+                    "changed": "changed"}
+"""A reverse run's wording (the target is the system of record; finding kinds stay physical)."""
+REVERSE_ROW_CHIP = {"missing_in_target": "amber", "extra_in_target": "red", "changed": ""}
 BALANCE_KIND = {"balance_mismatch": "stored balance", "balance_vs_entries": "balance vs entries",
                 "trial_balance": "trial balance", "unbalanced_txn": "unbalanced transaction",
                 "currency_total": "currency total", "daily_total": "daily total"}
@@ -54,8 +59,12 @@ BALANCE_KIND = {"balance_mismatch": "stored balance", "balance_vs_entries": "bal
 class Labels:
     """How keys are named on the page: the tables' key columns and the ledger's role columns."""
 
-    def __init__(self, roles: Roles, results: list[dict[str, Any]]) -> None:
+    def __init__(self, roles: Roles, results: list[dict[str, Any]], direction: str | None = None) -> None:
         self.roles = roles
+        reverse = direction == "reverse"
+        self.row_kind = REVERSE_ROW_KIND if reverse else ROW_KIND
+        """How a finding's kind reads in this run's direction (:mod:`reconcile.direction`)."""
+        self.row_chip = REVERSE_ROW_CHIP if reverse else ROW_CHIP
         self.keys = {r["table"]: (r.get("details") or {}).get("key") for r in results}
         lay = roles.layout
         self.account = lay.account_id if lay is not None else "account"
@@ -176,8 +185,8 @@ def fault_view(fault: Fault, names: Labels, seen: dict[str, dict], run_id: str) 
         none = "no money impact; no balance difference"
     else:
         none = "no balance difference stored for it"
-    return {"id": fault.id, "table": f["table"], "kind": ROW_KIND.get(f["kind"], f["kind"]),
-            "chip": ROW_CHIP.get(f["kind"], ""), "key": cells.key_pairs(names.keys.get(f["table"]), f["key"]),
+    return {"id": fault.id, "table": f["table"], "kind": names.row_kind.get(f["kind"], f["kind"]),
+            "chip": names.row_chip.get(f["kind"], ""), "key": cells.key_pairs(names.keys.get(f["table"]), f["key"]),
             "money": _money(None if fault.amount is None else str(fault.amount), fault.currency),
             "facts": _row_facts(f, names), "cells": cell_list, "more_cells": more,
             "explains": [{**balance_line(link.finding, names), "jointly": link.jointly(fault.id, limit=7),
@@ -238,7 +247,7 @@ def finding_row(f: dict[str, Any], names: Labels) -> dict[str, Any]:
                 "text": line["text"], "money": line["money"]}
     cell_list, more = _row_cells(f, names)
     text = "; ".join(_row_facts(f, names)) if f["kind"] != "changed" else (f"and {more} more column(s)" if more else "")
-    return {"table": f["table"], "kind": ROW_KIND.get(f["kind"], f["kind"]),
+    return {"table": f["table"], "kind": names.row_kind.get(f["kind"], f["kind"]),
             "key": cells.key_pairs(names.keys.get(f["table"]), f["key"]), "cells": cell_list, "text": text,
             "money": _money(f.get("money_delta"), f.get("currency"))}
 
@@ -285,7 +294,8 @@ def _headline(s: dict[str, Any], att: Attribution) -> tuple[str, str, str]:
     bal = balance_phrase(s)
     if (s.get("balances") or {}).get("status") in (None, "green", "red") and s.get("balance_differences"):
         bal += f" ({att.explained:,} explained by faults)"
-    sub = f"{s['persistent_mismatches']:,} persistent row mismatches · {bal} · {s['in_flight']:,} in flight"
+    sub = (f"{s['persistent_mismatches']:,} persistent row mismatches · {bal} · {s['in_flight']:,} in flight · "
+           f"{describe(s.get('direction'))}")
     return word, head, sub
 
 
@@ -298,7 +308,7 @@ def run_view(context: dict[str, Any]) -> dict[str, Any]:
     balances = context.get("balances")
     ev = context.get("evidence") or {}
     roles = context.get("roles") or Roles(None)
-    names = Labels(roles, results)
+    names = Labels(roles, results, s.get("direction"))
     att = attribution_of(context)
     seen = (ev.get("seen") or {})
     run_id = s["run_id"]
@@ -417,7 +427,7 @@ def render_findings_page(context: dict[str, Any], page: int) -> str:
     """Findings page ``page`` (1-based): :data:`PAGE_ROWS` findings with readable cells."""
     s = context["summary"]
     findings = context.get("findings") or []
-    names = Labels(context.get("roles") or Roles(None), context.get("results") or [])
+    names = Labels(context.get("roles") or Roles(None), context.get("results") or [], s.get("direction"))
     att = attribution_of(context)
     word, headline, _ = _headline(s, att)
     rows = findings[(page - 1) * PAGE_ROWS: page * PAGE_ROWS]

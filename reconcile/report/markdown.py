@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconcile.report.coverage import coverage_lines
-from reconcile.report.notes import balance_phrase, headline, notes
+from reconcile.report.notes import balance_phrase, direction_line, headline, notes
 
 
 def _cell(value: Any) -> str:
@@ -20,7 +20,7 @@ def render_markdown(context: dict[str, Any], *, top: int = 5) -> str:
     lines = [f"# Diff {headline(s)} {mark}", "",
              f"Run `{s['run_id']}` · start LSN `{s.get('start_lsn')}` · {s['duration_seconds']:.1f} s · "
              f"{s['persistent_mismatches']:,} persistent mismatches · {balance_phrase(s)} · "
-             f"{s['in_flight']:,} in flight", "", *[f"- **{_cell(n)}**" for n in said], *([""] if said else []),
+             f"{s['in_flight']:,} in flight", "", direction_line(s), "", *[f"- **{_cell(n)}**" for n in said], *([""] if said else []),
              "| table | status | rows source | rows target | missing | extra | changed | in flight |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, t in s["tables"].items():

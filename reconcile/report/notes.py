@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["balance_phrase", "headline", "notes"]
+__all__ = ["balance_phrase", "direction_line", "headline", "notes"]
 
 _STATUS_WORDS = {"skipped": "skipped", "not_applicable": "not applicable", "error": "not compared (error)",
                  "not_run": "not compared"}
@@ -42,7 +42,24 @@ def headline(summary: dict[str, Any]) -> str:
     text = str(summary.get("verdict", "unknown")).upper()
     if summary.get("full_reconciliation") is False:
         text += " (not a full reconciliation)"
+    if summary.get("direction") == "reverse":
+        text += " (reverse: the target is the system of record)"
     return text
+
+
+def direction_line(summary: dict[str, Any]) -> str:
+    """What the run's direction means for its counts (one sentence).
+
+    >>> direction_line({"direction": "reverse"})[:60]
+    'Direction: reverse (the target is the system of record, afte'
+    """
+    from reconcile.direction import REVERSE, describe
+
+    d = summary.get("direction") or "forward"
+    if d == REVERSE:
+        return (f"Direction: {describe(d)}; missing = on the target but not on the source, extra = on the "
+                "source only.")
+    return f"Direction: {describe(d)}; missing = on the source but not on the target, extra = on the target only."
 
 
 def notes(summary: dict[str, Any]) -> list[str]:

@@ -35,7 +35,8 @@ def gate_view(gate: dict[str, Any] | None) -> dict[str, Any]:
     if ev is None:
         return {"title": "Cutover gate", "note": f"The cutover state is {gate.get('state')}: no gate is left to pass."}
     failing = ev.get("failing") or []
-    frm, to = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover")}.get(ev["gate"], ("", ""))
+    frm, to = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover"),
+               "rollback": ("write_cutover", "read_cutover")}.get(ev["gate"], ("", ""))
     verdict = "every criterion passes" if ev.get("passed") else f"{len(failing)} of {len(ev['criteria'])} criteria fail"
     return {"title": f"The {ev['gate']} gate ({frm} → {to}) after this run: {verdict}",
             "note": f"Evaluated {cells.utc(ev.get('evaluated_at'))} from the stored history, this run included "
