@@ -6,6 +6,8 @@ evidence (numeric profiles, key ordering) is passed in by the caller when it has
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping
 
 from reconcile.audit.catalog import MONITORING_EXTENSIONS, Catalog, Table, is_c_collation
@@ -130,12 +132,22 @@ def catalog_findings(
     for fn in catalog.functions:
         if fn.qualified in callers and fn.language not in ("sql", "internal"):
             # Its own finding (the plan lists it as left out), besides the finding of each trigger calling it.
+            # When every trigger calling it has the same replacement invariant, so does the function: what
+            # retires the trigger on evidence retires its body too.
+            replaced = {json.dumps(f.details.get("invariant"), sort_keys=True) for f in out
+                        if f.code == "trigger_balance" and f.object in callers[fn.qualified]}
+            calling = [f for f in out if f.object in callers[fn.qualified] and f.code in ("trigger", "trigger_balance")]
+            shared = (json.loads(next(iter(replaced))) if len(replaced) == 1 and calling
+                      and all(f.code == "trigger_balance" for f in calling) else None)
+            extra = {"invariant": shared} if shared else {}
             out.append(make("procedural_function", fn.signature,
                             f"trigger function {fn.signature} in LANGUAGE {fn.language}, called by trigger(s) "
                             f"{', '.join(callers[fn.qualified])}", language=fn.language,
                             triggers=callers[fn.qualified],
                             fix="Move what it does into the application, with the trigger that calls it (a "
-                                "finding of its own); the plan leaves both out."))
+                                "finding of its own); the plan leaves both out."
+                                + (f" The invariant '{shared.get('name')}' it kept true is checked on the target "
+                                   "instead (its replacement)." if shared else ""), **extra))
             continue
         if fn.kind == "p":
             out.append(make("procedure", fn.signature, f"procedure {fn.signature} (LANGUAGE {fn.language})",
