@@ -5,6 +5,7 @@ the output says which step failed and what to do, and the gates do not count the
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -79,3 +80,15 @@ def test_finish_diff_logs_the_reconciliation_red_when_only_the_checks_step_faile
     assert any("the reconciliation is red: the expectations did not run (the checks step failed)" in line
                for line in lines), lines
     assert not any("verdict green" in line for line in lines), lines
+    # the run page's banner says so too: the diff matched, the reconciliation did not complete
+    page = (Path(result["report_dir"]) / "report.html").read_text()
+    assert "RED: source and target match, but the expectations step left no result" in page
+    assert "GREEN: source and target match" not in page
+
+    # a diff run on its own (the CLI's `reconcile diff`) has no expectations step: its green page stays green
+    started = diff_start(pipeline_config)
+    for table in started["tables"]:
+        diff_one_table(pipeline_config, started["run_id"], table)
+    diff_balances_step(pipeline_config, started["run_id"])
+    alone = diff_finish(pipeline_config, started["run_id"])
+    assert "GREEN: source and target match" in (Path(alone["report_dir"]) / "report.html").read_text()

@@ -503,7 +503,8 @@ def _diff_balances(config: Any, run_id: str) -> dict:
     return result
 
 
-def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = None) -> DiffResult:
+def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = None,
+                expect_checks: bool = False) -> DiffResult:
     """Set the verdict, write the reports and close the run.
 
     Args:
@@ -511,6 +512,8 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         run_id: the run from :func:`start_diff`.
         report_dir: parent folder of the report folder (default ``[diff] report_dir``); the
             reports go to ``<report_dir>/<run_id>/``.
+        expect_checks: this run is part of a whole reconciliation that ran an expectations step (the DAG):
+            the run page's banner is red when that step left no result, not the diff's own green.
     """
     from reconcile import report
 
@@ -565,7 +568,7 @@ def finish_diff(config: Any, run_id: str, *, report_dir: str | Path | None = Non
         }
         context = {"summary": summary, "results": results, "findings": findings, "run": {
             "run_id": run_id, "started_at": run["started_at"].isoformat(), "finished_at": now.isoformat(),
-            "settings": run["settings"]}, "balances": balances}
+            "settings": run["settings"]}, "balances": balances, "expect_checks": expect_checks}
         pages = report.RunReport(config, control, folder, context, s3_uri=settings.s3_uri)
         summary.update(pages.summary_fields())  # faults / unexplained counts, page links, replay lag, s3_uri
         # Closed before the pages are written: the gate evaluation and the history on them count this run.

@@ -194,7 +194,7 @@ def diff_finish(config: Config, run_id: str, *, report_dir: str | None = None,
     """
     from reconcile.diff import finish_diff
 
-    result = _as_dict(finish_diff(config, run_id, report_dir=report_dir))
+    result = _as_dict(finish_diff(config, run_id, report_dir=report_dir, expect_checks=checks_expected))
     where = result.get("report_dir")
     s3 = result.get("report_s3") or result.get("s3_uri")
     result["report_uri"] = f"{s3}/report.html" if s3 else f"{where}/report.html"  # the link a reader opens

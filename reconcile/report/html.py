@@ -280,8 +280,27 @@ def attribution_of(context: dict[str, Any]) -> Attribution:
                      complete=every_finding_stored(context["summary"], findings, context.get("balances")))
 
 
-def _headline(s: dict[str, Any], att: Attribution) -> tuple[str, str, str]:
-    if s["verdict"] == "green":
+def expectations_problem(exp: dict[str, Any] | None, expected: bool) -> str | None:
+    """Why a green diff is not a green reconciliation because of its expectations (None: no such reason).
+
+    Only the expectations run of this reconciliation counts (``linked``); without one, only a run that
+    was meant to have one (``expected``: the DAG's checks step ran, or should have) is red for it.
+    """
+    exp = exp or {}
+    if exp.get("run_id") and exp.get("linked"):
+        if exp.get("status") == "green":
+            return None
+        if exp.get("error"):
+            return "the expectations did not complete"
+        failed = exp.get("failed")
+        return f"{_plural(failed, 'expectation')} failed" if failed else f"the expectations are {exp.get('status')}"
+    return "the expectations step left no result" if expected else None
+
+
+def _headline(s: dict[str, Any], att: Attribution, checks_problem: str | None = None) -> tuple[str, str, str]:
+    if s["verdict"] == "green" and checks_problem:
+        word, head = "RED", f"RED: source and target match, but {checks_problem}"
+    elif s["verdict"] == "green":
         word, head = "GREEN", "GREEN: source and target match"
     else:
         word = "RED"
@@ -312,8 +331,9 @@ def run_view(context: dict[str, Any]) -> dict[str, Any]:
     att = attribution_of(context)
     seen = (ev.get("seen") or {})
     run_id = s["run_id"]
-    word, headline, sub = _headline(s, att)
-    colour = GREEN if s["verdict"] == "green" else RED
+    word, headline, sub = _headline(s, att, expectations_problem(ev.get("expectations"),
+                                                                 bool(context.get("expect_checks"))))
+    colour = GREEN if word == "GREEN" else RED
 
     nav = [{"text": "History of runs", "href": ev["history_href"]}] if ev.get("history_href") else []
     nav += [{"text": "findings.csv", "href": "findings.csv"}, {"text": "summary.json", "href": "summary.json"}]
