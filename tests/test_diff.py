@@ -345,3 +345,51 @@ def test_precheck_is_skipped_once_segments_differ(source_db, target_db):
         # query and one fetch of its differing bucket.
         assert (totals, grouped, fetches, cands.buckets_fetched) == (1, 5, 5, 5)
         assert (cands.rows_source, cands.rows_target, cands.segments) == (2000, 2000, 5)
+
+
+def test_cli_diff_with_checks_is_a_whole_reconciliation_the_read_gate_counts(source_db, target_db, tmp_path):
+    from reconcile.config import load_config
+    from reconcile.gates import evaluate
+
+    items_pair(source_db, target_db, rows=200)
+    cfg_file = tmp_path / "reconcile.toml"
+    cfg_file.write_text(f"""
+[source]
+kind = "postgres"
+conninfo = "{source_db}"
+[target]
+kind = "postgres"
+conninfo = "{target_db}"
+[[tables]]
+name = "app.items"
+key = ["id"]
+[diff]
+balances = false
+report_dir = "{tmp_path / 'r'}"
+[gates]
+min_green_runs = 1
+min_green_hours = 0
+""")
+    runner = CliRunner()
+
+    def streak() -> dict:
+        ev = evaluate(load_config(cfg_file, environ={}), "read", record=False)
+        return next(c for c in ev.criteria if c.name == "green_diff_streak").to_dict()
+
+    alone = runner.invoke(diff_app, ["--config", str(cfg_file)])
+    assert alone.exit_code == 0, alone.output
+    assert "reconciliation" not in alone.stdout
+    assert not streak()["passed"]  # a diff without its expectations is not a reconciliation a gate counts
+
+    whole = runner.invoke(diff_app, ["--config", str(cfg_file), "--checks", "--json"])
+    assert whole.exit_code == 0, whole.output
+    summary = json.loads(whole.stdout)
+    assert summary["reconciliation"] == {"verdict": "green", "failed_steps": []}
+    assert summary["checks"]["success"] and summary["checks"]["evaluated"] > 0
+    with psycopg.connect(target_db) as conn:  # the check run is recorded as part of this diff run
+        (part_of,) = conn.execute("SELECT part_of::text FROM reconcile.runs WHERE run_id = %s",
+                                  (summary["checks"]["run_id"],)).fetchone()
+    assert part_of == summary["run_id"]
+    assert streak()["passed"]
+    text = runner.invoke(diff_app, ["--config", str(cfg_file), "--checks"])
+    assert text.exit_code == 0 and "reconciliation GREEN" in text.stdout and "expectations: " in text.stdout

@@ -9,6 +9,7 @@ report folder. Results go to stdout (text, or ``--json``), logs to stderr. Exit 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,10 @@ JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on st
 DIRECTION_OPTION = typer.Option(None, "--direction", envvar="RECONCILE_DIFF_DIRECTION",
                                 help="forward (the source is the system of record) or reverse (after write cutover: "
                                      "the target is); default: from the cutover state (write_cutover: reverse).")
+CHECKS_OPTION = typer.Option(False, "--checks/--no-checks", envvar="RECONCILE_DIFF_CHECKS",
+                             help="Run the expectations too, as part of this run (a whole reconciliation, as the "
+                                  "reconcile_reconcile DAG runs it: the only kind a cutover gate counts); the exit "
+                                  "code is then the reconciliation's.")
 MODE_OPTION = typer.Option(None, "--full/--incremental", envvar="RECONCILE_DIFF_FULL",
                            help="Read every row (--full), or only what changed since the last verification plus one "
                                 "sweep slice (--incremental); default: diff.mode in the config.")
@@ -48,6 +53,16 @@ def _text(summary: dict) -> str:
                      f"changed {t['changed']:,}  in flight {t['in_flight']:,}")
     for name, err in (summary.get("errors") or {}).items():
         lines.append(f"  error {name}: {err}")
+    if "reconciliation" in summary:  # --checks: the whole reconciliation
+        checks = summary.get("checks")
+        if checks is None:
+            lines.append("  expectations: did not run (see the log)")
+        else:
+            lines.append(f"  expectations: {(checks.get('evaluated') or 0) - (checks.get('failed') or 0)}/"
+                         f"{checks.get('evaluated') or 0} green (check run {checks.get('run_id')})")
+        rec = summary["reconciliation"]
+        failed = f" (failed: {', '.join(rec['failed_steps'])})" if rec.get("failed_steps") else ""
+        lines.append(f"reconciliation {rec['verdict'].upper()}{failed}")
     lines.append(f"report: {summary['report_dir']}/report.html")
     return "\n".join(lines)
 
@@ -60,11 +75,14 @@ def diff(
     lag_wait: Optional[float] = LAG_WAIT_OPTION,
     full: Optional[bool] = MODE_OPTION,
     direction: Optional[str] = DIRECTION_OPTION,
+    checks: bool = CHECKS_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compare every configured table (or --table) and the balances; exit 0 green, 1 red, 2 when a table or the
-    balances could not be compared (the summary's errors say why)."""
+    balances could not be compared (the summary's errors say why). With --checks, the expectations run as part
+    of the same run and the exit code is the whole reconciliation's (0 only when diff, balances and expectations
+    are green)."""
     if ctx.invoked_subcommand is not None:
         return
     from reconcile.diff import run_diff
@@ -73,14 +91,44 @@ def diff(
     check_direction(direction)
     cfg = load(config)
     preflight(cfg, "diff")
+    if checks:
+        preflight(cfg, "check")
     mode = None if full is None else ("full" if full else "incremental")
-    result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait, mode=mode,
-                      direction=direction)
-    summary = result.to_dict()
-    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if as_json else _text(summary))
+    if checks:
+        summary = _whole_reconciliation(cfg, tables=table or None, report_dir=report_dir, lag_wait=lag_wait,
+                                        mode=mode, direction=direction)
+        verdict = summary["reconciliation"]["verdict"]
+    else:
+        result = run_diff(cfg, tables=table or None, report_dir=report_dir, lag_wait_seconds=lag_wait, mode=mode,
+                          direction=direction)
+        summary, verdict = result.to_dict(), result.verdict
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str) if as_json else _text(summary))
     if summary.get("status") == "error":
         raise typer.Exit(2)
-    raise typer.Exit(0 if result.verdict == "green" else 1)
+    raise typer.Exit(0 if verdict == "green" else 1)
+
+
+def _whole_reconciliation(cfg, *, tables, report_dir, lag_wait, mode, direction) -> dict:
+    """Diff, balances and expectations as one reconciliation (the DAG's steps, in one process)."""
+    from reconcile.pipeline.diff import checks_step, diff_balances_step, diff_finish, diff_one_table, diff_start
+
+    started = diff_start(cfg, tables=tables, lag_wait_seconds=lag_wait, mode=mode, direction=direction)
+    run_id = started["run_id"]
+    for name in started["tables"]:
+        diff_one_table(cfg, run_id, name)
+    if not tables or any(cfg.table(t).role in ("accounts", "entries") for t in tables):
+        diff_balances_step(cfg, run_id)
+    folder = str(Path(report_dir) / run_id / "checks") if report_dir else None
+    try:
+        result = checks_step(cfg, report_dir=folder, diff_run_id=run_id)
+    except Exception as exc:  # the run is still closed, red: the summary says why
+        logging.getLogger(__name__).error("the expectations did not run: %s", exc)
+        result = None
+    summary = diff_finish(cfg, run_id, report_dir=str(report_dir) if report_dir else None, checks=result,
+                          checks_expected=True)
+    summary["checks"] = None if result is None else {k: result.get(k) for k in (
+        "run_id", "success", "evaluated", "failed", "not_applicable", "data_docs")}
+    return summary
 
 
 @app.command("show")
