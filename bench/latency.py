@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import backfill as bench_backfill  # noqa: E402  (bench/backfill.py)
 import diff as bench_diff  # noqa: E402  (bench/diff.py)
 import replay as bench_replay  # noqa: E402  (bench/replay.py)
-from latency_proxy import LatencyProxy, ProxyStats  # noqa: E402
+from latency_proxy import ProxyProcess, ProxyStats  # noqa: E402
 
 from reconcile.backfill import Backfill, BackfillSettings, run_backfill  # noqa: E402
 from reconcile.config import BudgetSettings, Config, PostgresEndpoint  # noqa: E402
@@ -71,8 +72,22 @@ def target_at(server_url: str, db_url: str, rtt: str):
     if rtt == "direct":
         yield db_url, None
         return
-    with LatencyProxy.for_conninfo(server_url, float(rtt)) as proxy:
+    # A child process, not a thread: in-process, the proxy would wait for the GIL behind the CPU-busy
+    # backfill/replay threads before forwarding a due chunk (latency_proxy.ProxyProcess). Its counters
+    # are read after the block.
+    with ProxyProcess.for_conninfo(server_url, float(rtt)) as proxy:
         yield proxy.conninfo(db_url), proxy
+
+
+def probe(server_url: str, rtt: str, n: int = 40) -> float:
+    """Median ms of ``SELECT 1`` through a proxy at ``rtt`` (what the runs really got, under this load)."""
+    with target_at(server_url, server_url, rtt) as (url, _), psycopg.connect(url, autocommit=True) as conn:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 def record(stage: str, rtt: str, concurrency: str, units: str, amount: int, seconds: float,
@@ -112,7 +127,7 @@ def sweep_backfill(args, servers: dict[str, str]) -> None:
                                       tables=[t for t in bench_backfill.TABLES if t.name in names],
                                       settings=BackfillSettings(workers=workers, chunk_rows=args.chunk_rows)) as bf:
                             summary = bf.run()
-                        stats = proxy.stats() if proxy else None
+                    stats = proxy.stats() if proxy else None
                     if summary.status != "done" or summary.rejected or summary.rows != total:
                         raise SystemExit(f"backfill did not complete cleanly: {summary.text()}")
                     got = [bench_backfill.fingerprint(tgt, "ledger.entries", "entry_id"),
@@ -169,7 +184,7 @@ def sweep_replay(args, servers: dict[str, str]) -> None:
                 made = time.perf_counter() - t0
                 with target_at(servers["target"], tgt, rtt) as (url, proxy):
                     r = run_replay(config(url, fraction), until_caught_up=True)
-                    stats = proxy.stats() if proxy else None
+                stats = proxy.stats() if proxy else None
                 if not r.caught_up or r.dead_letters_open:
                     raise SystemExit(f"replay at {rtt} did not catch up cleanly: {r.to_dict()}")
                 record("replay", rtt, f"1 conn, budget {fraction:g} (<={rows_per_txn:,} rows/txn)", "changes",
@@ -212,7 +227,7 @@ def sweep_diff(args, servers: dict[str, str]) -> None:
                 t0 = time.perf_counter()
                 result = run_diff(config(url), report_dir=reports)
                 seconds = time.perf_counter() - t0
-                stats = proxy.stats() if proxy else None
+            stats = proxy.stats() if proxy else None
             t = result.to_dict()["tables"]["ledger.entries"]
             if (t["missing"], t["extra"], t["changed"]) != (0, 0, 0):
                 raise SystemExit(f"diff at {rtt} found differences in identical tables: {t}")
@@ -279,16 +294,21 @@ def main() -> None:
     servers = {role: stack.url(role, args.data_dir) for role in stack.ROLES}
     print(f"latency sweep on {platform.node()} ({os.cpu_count()} cores, shared with other sessions: numbers are "
           f"noisy), RTTs {', '.join(args.rtts)}; only the target is behind the proxy", flush=True)
+    probes = {rtt: probe(servers["target"], rtt) for rtt in args.rtts}
+    print("SELECT 1 round trip to the target, median of 40: " + ", ".join(
+        f"{rtt}: {ms:.2f} ms" for rtt, ms in probes.items()), flush=True)
     t0 = time.perf_counter()
     for stage in stages:
         {"backfill": sweep_backfill, "replay": sweep_replay, "diff": sweep_diff}[stage](args, servers)
     print(f"\nall stages in {time.perf_counter() - t0:.0f} s\n")
+    print("SELECT 1 round trip measured before the runs: " + ", ".join(
+        f"{rtt}: {ms:.2f} ms" for rtt, ms in probes.items()))
     print(table())
     print("\nper unit: exchanges per backfill target transaction / replay target commit / diff query; in flight: "
           "exchanges x RTT / wall time, the round trips waited for at once on average (Little's law); when it\n"
           "reaches the concurrency (workers, connections) the whole run is spent waiting on the network")
     if args.json:
-        Path(args.json).write_text(json.dumps(RESULTS, indent=1))
+        Path(args.json).write_text(json.dumps({"probes_ms": probes, "results": RESULTS}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """A TCP proxy that adds network latency: every request/response exchange through it takes ``rtt_ms`` longer.
 
-Model: each chunk read from one side is written to the other side ``rtt_ms / 2`` after it arrived
-(one-way delay, both directions), so a request/response exchange (client -> server -> client) gains
-exactly ``rtt_ms``. Chunks are delayed, not serialised: a stream of chunks (a COPY, pipelined
-statements) keeps its throughput and only starts ``rtt_ms / 2`` later, as on a real long link
-without a bandwidth limit. Order within a connection is kept (one FIFO per direction), half-closes
+Model: client -> server chunks are forwarded at once; each server -> client chunk is written to the
+client ``rtt_ms`` after it arrived, so a request/response exchange (client -> server -> client) gains
+``rtt_ms``, the same as two one-way delays of ``rtt_ms / 2`` would give (one timer per exchange instead
+of two keeps asyncio's timer lateness, up to ~1 ms per timer, out of the figure). Chunks are delayed,
+not serialised: a stream of chunks (a COPY's rows, pipelined statements, a large result) keeps its
+throughput and only arrives ``rtt_ms`` later, as on a real long link without a bandwidth limit. Order within a connection is kept (one FIFO per direction), half-closes
 are forwarded (EOF from one side becomes ``write_eof`` on the other after the queued data), a reset
 on either side closes both, and each direction holds at most ``QUEUE_CHUNKS`` chunks before it stops
 reading (back-pressure instead of unbounded memory).
@@ -31,9 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -183,9 +187,10 @@ class LatencyProxy:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stats = ConnStats()
             self._conns.append(stats)
-            delay = self.rtt_ms / 2000.0
-            pumps = {asyncio.create_task(self._pump(creader, swriter, delay, stats, "up")),
-                     asyncio.create_task(self._pump(sreader, cwriter, delay, stats, "down"))}
+            # The whole round trip on the way back: one timer per exchange (asyncio wakes up to ~1 ms late per
+            # timer, so two half-delays would add twice that), the same added time per request/response.
+            pumps = {asyncio.create_task(self._pump(creader, swriter, 0.0, stats, "up")),
+                     asyncio.create_task(self._pump(sreader, cwriter, self.rtt_ms / 1000.0, stats, "down"))}
             try:
                 done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
             finally:
@@ -240,6 +245,59 @@ class LatencyProxy:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ProxyProcess:
+    """The same proxy in a child process (this file's CLI), with :class:`LatencyProxy`'s interface.
+
+    In-process, the proxy's thread shares the GIL with the client: while a client thread runs Python
+    code the proxy waits for the GIL (up to ``sys.getswitchinterval()``, 5 ms) before it forwards a
+    due chunk, which adds latency the network would not. A benchmark with CPU-busy client threads
+    should use this. :meth:`stats` is only available after :meth:`stop`.
+    """
+
+    def __init__(self, target_host: str, target_port: int, rtt_ms: float = 0.0, *,
+                 listen_host: str = "127.0.0.1") -> None:
+        self.target, self.rtt_ms, self.listen = (target_host, int(target_port)), float(rtt_ms), (listen_host, 0)
+        self.port: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stats: ProxyStats | None = None
+
+    for_conninfo = classmethod(LatencyProxy.for_conninfo.__func__)
+    conninfo = LatencyProxy.conninfo
+
+    def start(self) -> ProxyProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--json", "--target", f"{self.target[0]}:{self.target[1]}",
+             "--rtt-ms", str(self.rtt_ms), "--listen", f"{self.listen[0]}:0"],
+            stdout=subprocess.PIPE, text=True)
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            raise RuntimeError(f"the proxy process exited with {self._proc.returncode} before listening")
+        self.port = json.loads(line)["port"]
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.send_signal(signal.SIGINT)
+        out, _ = self._proc.communicate(timeout=30)
+        self._proc = None
+        d = json.loads(out.strip().splitlines()[-1])
+        d["per_connection"] = tuple(d["per_connection"])
+        self._stats = ProxyStats(**d)
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stats(self) -> ProxyStats:
+        if self._stats is None:
+            raise RuntimeError("the proxy process's counters are read when it stops")
+        return self._stats
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -305,9 +363,10 @@ def self_check(rtt_ms: float = 20.0, connections: int = 50) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", help="host:port to forward to (e.g. the local target server)")
-    ap.add_argument("--rtt-ms", type=float, default=10.0, help="added round-trip time, ms (half each way)")
+    ap.add_argument("--rtt-ms", type=float, default=10.0, help="added round-trip time, ms (on the server -> client leg)")
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on (port 0: a free one)")
     ap.add_argument("--self-check", action="store_true", help="check the proxy against an echo server and exit")
+    ap.add_argument("--json", action="store_true", help="print the port and, at exit, the counters as JSON lines")
     args = ap.parse_args()
     if args.self_check:
         self_check(args.rtt_ms)
@@ -320,9 +379,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LatencyProxy(host, port, args.rtt_ms, listen_host=lhost, listen_port=lport) as proxy:
-        print(f"listening on {lhost}:{proxy.port} -> {host}:{port}, +{args.rtt_ms:g} ms per round trip", flush=True)
+        if args.json:
+            print(json.dumps({"port": proxy.port}), flush=True)
+        else:
+            print(f"listening on {lhost}:{proxy.port} -> {host}:{port}, +{args.rtt_ms:g} ms per round trip", flush=True)
         stop.wait()
         st = proxy.stats()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(st)), flush=True)
+        return
     print(f"{st.connections} connections, {st.exchanges:,} exchanges, {st.bytes_up:,} bytes up, "
           f"{st.bytes_down:,} bytes down")
 
