@@ -290,7 +290,16 @@ def main() -> None:
     args.replay_fractions = [float(f) for f in args.replay_fractions.split(",")]
     stages = [s.strip() for s in args.stages.split(",")]
 
+    was_running = all(st.running for st in stack.status(args.data_dir).values())
     stack.up(args.data_dir)
+    try:
+        run(args, stages)
+    finally:
+        if not was_running:
+            stack.down(args.data_dir)
+
+
+def run(args, stages: list[str]) -> None:
     servers = {role: stack.url(role, args.data_dir) for role in stack.ROLES}
     print(f"latency sweep on {platform.node()} ({os.cpu_count()} cores, shared with other sessions: numbers are "
           f"noisy), RTTs {', '.join(args.rtts)}; only the target is behind the proxy", flush=True)
