@@ -147,8 +147,9 @@ def st_checks(source: str, target: str, slot: str) -> tuple[int, str]:
         rows = sum(conn.execute(f"SELECT count(*) FROM ledger.{t}").fetchone()[0]
                    for t in ("accounts", "journal", "entries"))
     chunks = sum(int((o.result or {}).get("chunking", {}).get("chunks") or 0) for o in result.evaluated)
-    return 2 * rows, (f"{result.status}, {len(result.evaluated)} expectations, {len(result.failed)} failed, "
-                      f"{chunks} chunk batches, both sides")
+    failed = ", ".join(sorted({f"{o.check.suite}/{o.check.name}" for o in result.failed}))
+    return 2 * rows, (f"{result.status}, {len(result.evaluated)} expectations, {len(result.failed)} failed"
+                      f"{' (' + failed + ')' if failed else ''}, {chunks} chunk batches, both sides")
 
 
 def _child(fn_name: str, args: tuple, out) -> None:

@@ -16,6 +16,12 @@
 * ``create_temp_table=False``: GX's SQL path then only runs read-only SELECTs (DSQL has no temporary
   tables; the local stand-in's guards would refuse one).
 * Facts computed in Python (replay lag) run as a pandas batch.
+* No table is read whole in one statement when it is bigger than ``[checks] chunk_rows``: each check's
+  batch is split into key ranges (:mod:`reconcile.checks.chunks`, boundaries from the balance diff's
+  ``key_ranges``), one GX batch per range, and the chunks' results are combined exactly (counts summed,
+  unexpected values kept up to ``result_rows``, a row count judged on the sum); ``result["chunking"]``
+  says on which column and in how many chunks, or why a batch ran whole. Data Docs show one validation
+  per chunk.
 
 Each result is mapped back to its check through the expectation's ``meta``; exception texts are
 redacted; the Data Docs are scrubbed of anything that looks like a password after they are built.
