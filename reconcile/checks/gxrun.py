@@ -21,7 +21,9 @@
   ``key_ranges``), one GX batch per range, and the chunks' results are combined exactly (counts summed,
   unexpected values kept up to ``result_rows``, a row count judged on the sum); ``result["chunking"]``
   says on which column and in how many chunks, or why a batch ran whole. Data Docs show one validation
-  per chunk.
+  per chunk. The chunk batches run in waves of ``WAVE`` validations, one GX checkpoint each; without Data
+  Docs a finished wave's GX objects and stored results are dropped, and of each chunk only the counts
+  and the unexpected values are kept, so memory follows the number of chunks (a few KiB each), not rows.
 
 Each result is mapped back to its check through the expectation's ``meta``; exception texts are
 redacted; the Data Docs are scrubbed of anything that looks like a password after they are built.
@@ -258,11 +260,31 @@ class _Planner:
 
 
 _SUMMED = ("element_count", "unexpected_count", "missing_count")
+_KEPT = frozenset(_SUMMED) | {"partial_unexpected_list", "partial_unexpected_counts", "observed_value"}
+
+WAVE = 64
+"""Validations (one chunk of one suite each) per GX checkpoint run."""
+
+
+def _forget(context, checkpoint: str, wave: list[tuple[str, str, list[Check]]], datasources: dict) -> None:
+    """Drop a finished wave's GX objects and stored results (kept only for Data Docs); best effort."""
+    try:
+        store = context.validation_results_store
+        for key in store.list_keys():
+            store.remove_key(key)
+        context.checkpoints.delete(checkpoint)
+        for side, name, group in wave:
+            context.validation_definitions.delete(name)
+            context.suites.delete(name)
+            datasources[(side, group[0].table)].delete_asset(name)
+    except Exception as exc:  # pragma: no cover - memory only: the results are already collected
+        log.debug("checks: could not drop a finished wave's GX objects: %s", type(exc).__name__)
+
 
 
 def _combine(outcome: Outcome, results: list[tuple[int, Any]], plan: Any, secrets: Sequence[str | None],
              limit: int) -> list[Any]:
-    """Fill ``outcome`` from its chunks' GX results, exactly as one whole-table run would; returns the failed
+    """Fill ``outcome`` from its chunks' results (``(chunk index, Outcome)``, each filled by :func:`_fill`), exactly as one whole-table run would; returns the failed
     chunks (where :func:`_sample_unexpected_rows` looks for sample rows)."""
     if any(i < 0 for i, _ in results):
         outcome.success = False  # a chunk could not even be set up: its exception stands
@@ -272,15 +294,13 @@ def _combine(outcome: Outcome, results: list[tuple[int, Any]], plan: Any, secret
     if plan is not None and plan.whole_reason:
         info["whole_reason"] = plan.whole_reason
     if plan is None or not plan.chunked:
-        _fill(outcome, results[0][1], secrets)
+        part = results[0][1]
+        outcome.success, outcome.exception = part.success, part.exception
+        outcome.observed, outcome.result = part.observed, part.result
         if info is not None:
             outcome.result = {**outcome.result, "chunking": info}
         return [plan.chunks[0]] if plan is not None and not outcome.success else []
-    parts = []
-    for i, r in results:
-        part = Outcome(outcome.side, outcome.check, success=False)
-        _fill(part, r, secrets)
-        parts.append((i, part))
+    parts = list(results)
     if sorted(i for i, _ in parts) != list(range(len(plan.chunks))):
         outcome.success, outcome.exception = False, (f"{len(plan.chunks) - len(parts)} of {len(plan.chunks)} "
                                                      "key-range chunks returned no result")
@@ -361,7 +381,6 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
     actions = [UpdateDataDocsAction(name="data_docs", site_names=["reconcile"])] if report_dir else []
     outcomes: dict[tuple[str, str, str], Outcome] = {}
     order: list[tuple[str, str, str]] = []
-    sql_definitions = []
     frame_runs: list[tuple[Any, Any]] = []
     datasources = {}
     pandas_ds = None
@@ -400,6 +419,7 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
     used: set[str] = set()  # suite names taken (<base>@<side>)
     per_check: dict[tuple[str, str, str], list[tuple[int, Any]]] = defaultdict(list)
     chunk_of: dict[tuple[str, str, str], Any] = {}
+    sql_batches: list[tuple[str, str, int, Any, list[Check]]] = []  # (side, name, chunk index, chunk, checks)
     for (side, suite_name, chunking), group in groups.items():
         first = group[0]
         plan = plans.get((side, suite_name, chunking))
@@ -415,66 +435,93 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
         used.add(f"{base}@{side}")
         for check in group:
             chunk_of[(side, check.suite, check.name)] = plan
-        chunks = list(enumerate(plan.chunks)) if plan is not None else [(0, None)]
-        for i, chunk in chunks:
-            name = f"{base}#{i + 1}@{side}" if plan is not None and plan.chunked else f"{base}@{side}"
+        if first.table is None:
+            name = f"{base}@{side}"
             try:
-                if first.table is not None:
-                    if (side, first.table) not in datasources:
-                        endpoint = config.source if side == "source" else config.target
-                        datasources[(side, first.table)] = _add_datasource(context, f"{side}:{first.table}",
-                                                                           endpoint, local_url, side=side)
-                    # A query asset over the quoted name: GX's table asset lower-cases an unquoted schema or
-                    # table ("Select" became select) and splices the name into SQL as written ("tab;le" broke
-                    # the query). One asset per key-range chunk (reconcile.checks.chunks).
-                    asset = datasources[(side, first.table)].add_query_asset(name, query=chunk.query)
-                    batch = asset.add_batch_definition_whole_table("whole table")
-                else:
-                    import pandas as pd
+                import pandas as pd
 
-                    if pandas_ds is None:
-                        pandas_ds = context.data_sources.add_pandas("facts")
-                    asset = pandas_ds.add_dataframe_asset(name)
-                    batch = asset.add_batch_definition_whole_dataframe("whole frame")
-                    columns = list(first.frame[0]) if first.frame else list(first.evidence.get("columns", []))
-                    frame = pd.DataFrame(list(first.frame), columns=columns)
+                if pandas_ds is None:
+                    pandas_ds = context.data_sources.add_pandas("facts")
+                asset = pandas_ds.add_dataframe_asset(name)
+                batch = asset.add_batch_definition_whole_dataframe("whole frame")
+                columns = list(first.frame[0]) if first.frame else list(first.evidence.get("columns", []))
+                frame = pd.DataFrame(list(first.frame), columns=columns)
                 suite = context.suites.add(gx.ExpectationSuite(name=name))
                 for check in group:
-                    suite.add_expectation(_expectation(gx, check, chunk if plan is not None and plan.chunked
-                                                       else None, i))
+                    suite.add_expectation(_expectation(gx, check))
                 definition = context.validation_definitions.add(
                     gx.ValidationDefinition(name=name, data=batch, suite=suite))
-            except Exception as exc:  # the table is missing, the query does not parse...
+            except Exception as exc:
                 message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
                 for check in group:
                     outcomes[(side, check.suite, check.name)].exception = message
-                    per_check[(side, check.suite, check.name)].append((-1, None))  # never combined as passed
                 continue
-            if first.table is not None:
-                sql_definitions.append(definition)
-            else:
-                frame_runs.append((definition, frame))
+            frame_runs.append((definition, frame))
+            continue
+        for i, chunk in enumerate(plan.chunks):
+            name = f"{base}#{i + 1}@{side}" if plan.chunked else f"{base}@{side}"
+            sql_batches.append((side, name, i, chunk if plan.chunked else None, group))
+
+    def add_batch(side: str, name: str, i: int, chunk: Any, group: list[Check]):
+        """The GX objects of one chunk's batch: a query asset, its suite, a validation definition."""
+        table = group[0].table
+        if (side, table) not in datasources:
+            endpoint = config.source if side == "source" else config.target
+            datasources[(side, table)] = _add_datasource(context, f"{side}:{table}", endpoint, local_url, side=side)
+        # A query asset over the quoted name: GX's table asset lower-cases an unquoted schema or table
+        # ("Select" became select) and splices the name into SQL as written ("tab;le" broke the query).
+        # One asset per key-range chunk (reconcile.checks.chunks).
+        query = chunk.query if chunk is not None else chunk_of[(side, group[0].suite, group[0].name)].chunks[0].query
+        asset = datasources[(side, table)].add_query_asset(name, query=query)
+        batch = asset.add_batch_definition_whole_table("whole table")
+        suite = context.suites.add(gx.ExpectationSuite(name=name))
+        for check in group:
+            suite.add_expectation(_expectation(gx, check, chunk, i))
+        return context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+
+    def collect(result) -> None:
+        """Keep each expectation's result as a small Outcome (GX's result objects are dropped)."""
+        for validation in result.run_results.values():
+            side = validation.suite_name.rsplit("@", 1)[1]
+            for r in validation.results:
+                meta = r.expectation_config.meta or {}
+                key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
+                if key in outcomes:
+                    part = Outcome(side, outcomes[key].check, success=False)
+                    _fill(part, r, secrets)
+                    plan = chunk_of.get(key)
+                    if plan is not None and plan.chunked:  # only what _combine sums is kept of a chunk
+                        part.result = {k: v for k, v in part.result.items() if k in _KEPT}
+                    per_check[key].append((int(meta.get("reconcile_chunk") or 0), part))
 
     failed_chunks: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     try:
-        runs = []
-        if sql_definitions:
-            runs.append((gx.Checkpoint(name="reconcile-sql", validation_definitions=sql_definitions,
-                                       actions=actions, result_format=result_format), None))
+        # SQL batches in waves of WAVE validations, each wave its own checkpoint; without Data Docs a wave's
+        # GX objects and stored results are dropped after it, so memory holds a wave, not every chunk.
+        for w in range(0, len(sql_batches), WAVE):
+            wave, definitions = [], []
+            for side, name, i, chunk, group in sql_batches[w:w + WAVE]:
+                try:
+                    definitions.append(add_batch(side, name, i, chunk, group))
+                    wave.append((side, name, group))
+                except Exception as exc:  # the table is missing, the query does not parse...
+                    message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+                    for check in group:
+                        outcomes[(side, check.suite, check.name)].exception = message
+                        per_check[(side, check.suite, check.name)].append((-1, None))  # never combined as passed
+            if not definitions:
+                continue
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"reconcile-sql-{w // WAVE}", validation_definitions=definitions, actions=actions,
+                result_format=result_format))
+            collect(checkpoint.run())
+            if report_dir is None:
+                _forget(context, checkpoint.name, wave, datasources)
         for i, (definition, frame) in enumerate(frame_runs):
-            runs.append((gx.Checkpoint(name=f"reconcile-facts-{i}", validation_definitions=[definition],
-                                       actions=actions, result_format=result_format), {"dataframe": frame}))
-        for checkpoint, params in runs:
-            checkpoint = context.checkpoints.add(checkpoint)
-            result = checkpoint.run(batch_parameters=params) if params else checkpoint.run()
-            for validation in result.run_results.values():
-                side = validation.suite_name.rsplit("@", 1)[1]
-                for r in validation.results:
-                    meta = r.expectation_config.meta or {}
-                    key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
-                    if key in outcomes:
-                        per_check[key].append((int(meta.get("reconcile_chunk") or 0), r))
-            del result
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"reconcile-facts-{i}", validation_definitions=[definition], actions=actions,
+                result_format=result_format))
+            collect(checkpoint.run(batch_parameters={"dataframe": frame}))
         for key, results in per_check.items():
             plan = chunk_of.get(key)
             failed_chunks[key] = _combine(outcomes[key], results, plan, secrets, result_rows)
