@@ -180,13 +180,15 @@ def generate(*, accounts: int, transactions: int, seed: int,
     """Generate the whole ledger in memory as COPY text lines; deterministic in its arguments."""
     journal: list[str] = []
     entries: list[str] = []
+    ledger = _Ledger([], [], [], Counter(), 0, accounts)
     for item in stream(accounts=accounts, transactions=transactions, seed=seed, currencies=currencies):
-        if isinstance(item, _Ledger):
-            item.journal, item.entries = journal, entries
-            return item
-        journal += item[0]
-        entries += item[1]
-    raise AssertionError("stream() ends with the accounts")  # pragma: no cover
+        if isinstance(item, _Ledger):  # the last item: the accounts and the counts
+            ledger = item
+        else:
+            journal += item[0]
+            entries += item[1]
+    ledger.journal, ledger.entries = journal, entries
+    return ledger
 
 
 def stream(*, accounts: int, transactions: int, seed: int, currencies: Sequence[str],
