@@ -93,23 +93,24 @@ def _where(column: str, lo: Any, hi: Any, alias: str | None = None) -> sql.Compo
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("{} IS NOT NULL").format(col)
 
 
+# The first column of each index (unnest ... WITH ORDINALITY, as reconcile.budget reads indexes on the target).
+_FIRST_KEY_COLUMN = (
+    "SELECT a.attname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+    "WHERE n.nspname = %s AND c.relname = %s AND k.ord = 1")
+
+
 def primary_key_column(conn: psycopg.Connection, table: str) -> str | None:
     """The first column of ``table``'s primary key, or None."""
-    row = conn.execute(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-        "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary", _split(table)).fetchone()
+    row = conn.execute(_FIRST_KEY_COLUMN + " AND i.indisprimary LIMIT 1", _split(table)).fetchone()
     return row[0] if row else None
 
 
 def leads_an_index(conn: psycopg.Connection, table: str, column: str) -> bool:
     """Whether some index of ``table`` starts with ``column`` (so range boundaries are an index walk)."""
-    row = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s LIMIT 1", (*_split(table), column)).fetchone()
+    row = conn.execute(_FIRST_KEY_COLUMN + " AND a.attname = %s LIMIT 1", (*_split(table), column)).fetchone()
     return row is not None
 
 
