@@ -14,17 +14,24 @@ What is chunkable, and by what:
 * **row-wise checks** (a column is not NULL, in a set, a CHECK expression, an entry has its journal
   transaction / its account / its account's currency, a balance is not negative, a foreign key): a row's
   verdict depends on that row alone (plus index lookups into the parent), so any split works; they are
-  split on the table's primary key (its first column, always indexed).
+  split on the table's primary key (its first column, always indexed; with a composite key, the rows
+  sharing one first-column value stay in one chunk, which may then exceed ``chunk_rows``). The control
+  tables' checks (open dead letters, unacknowledged rejects) are row-wise too.
 * **grouped checks**: a group must never straddle two chunks, so they are split on the grouping column
   itself: "a transaction's entries sum to zero" on the entries' transaction column, "two rows share a
   value" (unique, compound unique: the first column) on that column, "a balance equals the sum of its
   entries" on the account column, with the ranges taken from the entries' account column (the big side)
   and applied to the accounts batch and to the entries sub-query alike (the query's ``{chunk}`` token).
   Without an index on the grouping column the boundaries would need a sort of the whole table per chunk:
-  such a check runs whole, and its result says so (``result["chunked"]`` is false with the reason).
+  such a check runs whole, and its result says so (``result["chunking"]["whole_reason"]``).
 * **table row counts** (parity): a count is additive, so the chunks' counts are summed and judged once.
 * **not chunkable**: a table without a primary key (row-wise checks then run whole; said in the result);
   facts computed in Python (the replay lag frame: one row).
+
+Chunks are separate reads, not one snapshot: under live writes each range is seen at its own moment.
+Every verdict is per row or per group and a group lies in one range, so nothing is counted twice or
+missed for that (ledger keys do not move between ranges); a row count under live writes is as exact as
+the in-flight tolerance parity already allows.
 
 A column that may hold NULL gets one more chunk, ``column IS NULL`` (NULL keys are in no range). A table
 whose keys fit one chunk runs exactly as before, in one batch over the whole table.
