@@ -112,6 +112,23 @@ def test_generation_is_deterministic_and_seed_sensitive():
     assert sum(a.by_kind.values()) == 500
 
 
+def test_the_seed_streams_batches_that_add_up_to_the_whole_ledger(monkeypatch):
+    import importlib
+
+    seed_module = importlib.import_module("reconcile.workload.seed")  # the module (the package exports the function)
+
+    whole = generate(accounts=50, transactions=1000, seed=7, currencies=("USD", "JPY"))
+    items = list(seed_module.stream(accounts=50, transactions=1000, seed=7, currencies=("USD", "JPY"), batch=300))
+    batches, last = items[:-1], items[-1]
+    assert [len(j) for j, _ in batches] == [300 + 2, 300, 300, 100]  # the first holds the openings too
+    assert [line for j, _ in batches for line in j] == whole.journal
+    assert [line for _, e in batches for line in e] == whole.entries and last.accounts == whole.accounts
+    # past the cap, reversal candidates take old slots: the list stops growing, the ledger stays valid
+    monkeypatch.setattr(seed_module, "REVERSIBLE_CAP", 10)
+    capped = generate(accounts=50, transactions=1000, seed=7, currencies=("USD", "JPY"))
+    assert capped.by_kind["reversal"] > 0 and len(capped.entries) == 2 * len(capped.journal)
+
+
 @pytest.mark.parametrize("kwargs, word", [
     ({"accounts": 3}, "--accounts"),
     ({"transactions": -1}, "--transactions"),

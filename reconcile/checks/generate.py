@@ -40,8 +40,8 @@ from psycopg import sql
 from reconcile.audit.catalog import Catalog, Constraint, Table, qualified_schemas, read_catalog
 from reconcile.audit.translate import expression_follows, rewrite_expression
 from reconcile.audit.triggers import Invariant, describe_trigger_body
-from reconcile.checks.ledger import balance_query
-from reconcile.checks.spec import Check, escape_query, ident, qualified
+from reconcile.checks.ledger import balance_chunking, balance_query
+from reconcile.checks.spec import ROW_WISE, Check, Chunking, escape_query, ident, qualified
 from reconcile.config import Config
 
 __all__ = ["generate_suite", "ledger_balance", "read_invariants", "replacement_of", "table_checks"]
@@ -182,7 +182,8 @@ def _invariant_check(inv: Invariant, covered: set[tuple[str, ...]], tables: set[
                  {"unexpected_rows_query": query},
                  f"{s['accounts']}.{s['balance_column']} differs from the sum of {s['entries']}.{s['amount_column']} "
                  f"(kept by trigger {s.get('replaces_trigger')} on the source)",
-                 table=s["accounts"], evidence={"invariant": inv.to_dict()})
+                 table=s["accounts"], evidence={"invariant": inv.to_dict()},
+                 chunking=balance_chunking(s["account_key"], s["entries"], s["entry_account_column"]))
 
 
 def _target_columns(target: psycopg.Connection, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -228,9 +229,10 @@ def table_checks(table: Table, catalog: Catalog | None = None,
         return [c for c in columns if not expression_follows(conversions.get(c, "none"), table.column(c))]
 
     def add(check_name: str, cls: str, kwargs: dict[str, Any], what: str, con: Constraint | None = None,
-            sides: tuple[str, ...] = ("source", "target"), **extra: Any) -> None:
+            sides: tuple[str, ...] = ("source", "target"), chunking: Chunking = ROW_WISE, **extra: Any) -> None:
         evidence = {"constraint": con.name, "definition": con.definition} if con is not None else {}
-        checks.append(Check(name, check_name, cls, kwargs, what, table=name, evidence=evidence | extra, sides=sides))
+        checks.append(Check(name, check_name, cls, kwargs, what, table=name, evidence=evidence | extra, sides=sides,
+                            chunking=chunking))
 
     def source_only(columns: Sequence[str]) -> dict[str, Any]:
         moved = changed(columns)
@@ -244,11 +246,13 @@ def table_checks(table: Table, catalog: Catalog | None = None,
             label = "primary key" if con.kind == "p" else f"unique constraint {con.name}"
             if len(con.columns) == 1:
                 add(f"unique:{con.columns[0]}", "ExpectColumnValuesToBeUnique", {"column": con.columns[0]},
-                    f"two rows of {name} share {con.columns[0]} ({label})", con, **source_only(con.columns))
+                    f"two rows of {name} share {con.columns[0]} ({label})", con, chunking=Chunking(con.columns[0]),
+                    **source_only(con.columns))
             else:
                 add(f"unique:{','.join(con.columns)}", "ExpectCompoundColumnsToBeUnique",
                     {"column_list": list(con.columns), "ignore_row_if": "any_value_is_missing"},
-                    f"two rows of {name} share ({', '.join(con.columns)}) ({label})", con, **source_only(con.columns))
+                    f"two rows of {name} share ({', '.join(con.columns)}) ({label})", con,
+                    chunking=Chunking(con.columns[0]), **source_only(con.columns))  # equal tuples share a first column
     for col in table.columns:
         if col.not_null and not col.generated:
             add(f"not_null:{col.name}", "ExpectColumnValuesToNotBeNull", {"column": col.name},
@@ -292,11 +296,12 @@ def _check_constraint(table: str, con: Constraint) -> Check:
         return Check(table, f"check:{con.name}", "ExpectColumnValuesToBeInSet",
                      {"column": column, "value_set": values},
                      f"{table}.{column} holds a value outside {values} (CHECK {con.name})", table=table,
-                     evidence=evidence)
+                     evidence=evidence, chunking=ROW_WISE)
     expression = definition.removeprefix("CHECK ").strip()
     query = f"SELECT t.* FROM (SELECT * FROM {{batch}}) AS t WHERE NOT coalesce({escape_query(expression)}, true)"
     return Check(table, f"check:{con.name}", "UnexpectedRowsExpectation", {"unexpected_rows_query": query},
-                 f"a row of {table} breaks CHECK {con.name}: {expression}", table=table, evidence=evidence)
+                 f"a row of {table} breaks CHECK {con.name}: {expression}", table=table, evidence=evidence,
+                 chunking=ROW_WISE)
 
 
 def _in_set(definition: str) -> tuple[str, list[str]] | None:

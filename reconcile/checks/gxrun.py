@@ -16,6 +16,14 @@
 * ``create_temp_table=False``: GX's SQL path then only runs read-only SELECTs (DSQL has no temporary
   tables; the local stand-in's guards would refuse one).
 * Facts computed in Python (replay lag) run as a pandas batch.
+* No table is read whole in one statement when it is bigger than ``[checks] chunk_rows``: each check's
+  batch is split into key ranges (:mod:`reconcile.checks.chunks`, boundaries from the balance diff's
+  ``key_ranges``), one GX batch per range, and the chunks' results are combined exactly (counts summed,
+  unexpected values kept up to ``result_rows``, a row count judged on the sum); ``result["chunking"]``
+  says on which column and in how many chunks, or why a batch ran whole. Data Docs show one validation
+  per chunk. The chunk batches run in waves of ``WAVE`` validations, one GX checkpoint each; without Data
+  Docs a finished wave's GX objects and stored results are dropped, and of each chunk only the counts
+  and the unexpected values are kept, so memory follows the number of chunks (a few KiB each), not rows.
 
 Each result is mapped back to its check through the expectation's ``meta``; exception texts are
 redacted; the Data Docs are scrubbed of anything that looks like a password after they are built.
@@ -33,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from reconcile.checks.spec import Check, suite_key
+from reconcile.checks.spec import Check, Chunking, substitute_chunk, suite_key
 from reconcile.config import Config, DsqlEndpoint, Endpoint, LocalEndpoint, mask_conninfo, one_line, redact
 
 log = logging.getLogger(__name__)
@@ -187,10 +195,159 @@ def _context(gx, report_dir: Path | None):
     return context
 
 
-def _expectation(gx, check: Check):
+def _expectation(gx, check: Check, chunk: Any = None, index: int = 0):
+    """The GX expectation of ``check`` over one chunk (``chunk`` None: the whole table)."""
     cls = getattr(gx.expectations, check.expectation)
-    return cls(**check.kwargs, description=check.description,
-               meta={"reconcile_suite": check.suite, "reconcile_check": check.name})
+    kwargs = dict(check.kwargs)
+    if "unexpected_rows_query" in kwargs:
+        kwargs["unexpected_rows_query"] = substitute_chunk(kwargs["unexpected_rows_query"],
+                                                           chunk.inner if chunk is not None else "TRUE")
+    if chunk is not None and check.expectation == "ExpectTableRowCountToBeBetween":
+        kwargs = {"min_value": 0}  # a chunk's count is a part: the sum is judged against the bounds (_combine)
+    return cls(**kwargs, description=check.description,
+               meta={"reconcile_suite": check.suite, "reconcile_check": check.name, "reconcile_chunk": index})
+
+
+class _Planner:
+    """Key-range chunk plans of the checked tables, one psycopg connection per side (closed after planning)."""
+
+    def __init__(self, config: Config, local_url: Callable[[str], str] | None, rows: int) -> None:
+        self.config, self.local_url, self.rows = config, local_url, rows
+        self.conns: dict[str, Any] = {}
+        self.keys: dict[tuple[str, str], str | None] = {}
+        self.plans: dict[tuple[str, str, Any], Any] = {}
+
+    def conn(self, side: str):
+        if side not in self.conns:
+            from reconcile.connections import connect
+
+            endpoint = self.config.source if side == "source" else self.config.target
+            self.conns[side] = connect(endpoint, local_url=self.local_url, application_name="reconcile-checks")
+        return self.conns[side]
+
+    def resolve(self, side: str, check: Check) -> Chunking | None:
+        """The check's chunking with a row-wise split bound to the table's primary key (None: runs whole)."""
+        from reconcile.checks.chunks import primary_key_column
+
+        if check.table is None or check.chunking is None or check.chunking.column is not None:
+            return check.chunking if check.table is not None else None
+        if (side, check.table) not in self.keys:
+            self.keys[(side, check.table)] = primary_key_column(self.conn(side), check.table)
+        column = self.keys[(side, check.table)]
+        return Chunking(column) if column is not None else check.chunking
+
+    def plan(self, side: str, table: str, chunking: Chunking | None):
+        from reconcile.checks.chunks import ChunkPlan, Chunk, plan_chunks
+
+        key = (side, table, chunking)
+        if key not in self.plans:
+            if chunking is None:
+                self.plans[key] = ChunkPlan(table, None, [Chunk(table_query(table), "TRUE")],
+                                            whole_reason="the check names no key to split it on")
+            else:
+                self.plans[key] = plan_chunks(self.conn(side), table, chunking, self.rows)
+                log.debug("checks: %s on %s split on %s into %d chunk(s)", table, side,
+                          self.plans[key].column, len(self.plans[key].chunks))
+        return self.plans[key]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - best effort
+                pass
+        self.conns.clear()
+
+
+_SUMMED = ("element_count", "unexpected_count", "missing_count")
+_KEPT = frozenset(_SUMMED) | {"partial_unexpected_list", "partial_unexpected_counts", "observed_value"}
+
+WAVE = 64
+"""Validations (one chunk of one suite each) per GX checkpoint run."""
+
+
+def _forget(context, checkpoint: str, wave: list[tuple[str, str, list[Check]]], datasources: dict) -> None:
+    """Drop a finished wave's GX objects and stored results (kept only for Data Docs); best effort."""
+    try:
+        store = context.validation_results_store
+        for key in store.list_keys():
+            store.remove_key(key)
+        context.checkpoints.delete(checkpoint)
+        for side, name, group in wave:
+            context.validation_definitions.delete(name)
+            context.suites.delete(name)
+            datasources[(side, group[0].table)].delete_asset(name)
+    except Exception as exc:  # pragma: no cover - memory only: the results are already collected
+        log.debug("checks: could not drop a finished wave's GX objects: %s", type(exc).__name__)
+
+
+
+def _combine(outcome: Outcome, results: list[tuple[int, Any]], plan: Any, secrets: Sequence[str | None],
+             limit: int) -> list[Any]:
+    """Fill ``outcome`` from its chunks' results (``(chunk index, Outcome)``, each filled by :func:`_fill`), exactly as one whole-table run would; returns the failed
+    chunks (where :func:`_sample_unexpected_rows` looks for sample rows)."""
+    if any(i < 0 for i, _ in results):
+        outcome.success = False  # a chunk could not even be set up: its exception stands
+        return []
+    results = sorted(results, key=lambda x: x[0])
+    info = {"column": plan.column, "chunks": len(plan.chunks)} if plan is not None else None
+    if plan is not None and plan.whole_reason:
+        info["whole_reason"] = plan.whole_reason
+    if plan is None or not plan.chunked:
+        part = results[0][1]
+        outcome.success, outcome.exception = part.success, part.exception
+        outcome.observed, outcome.result = part.observed, part.result
+        if info is not None:
+            outcome.result = {**outcome.result, "chunking": info}
+        return [plan.chunks[0]] if plan is not None and not outcome.success else []
+    parts = list(results)
+    if sorted(i for i, _ in parts) != list(range(len(plan.chunks))):
+        outcome.success, outcome.exception = False, (f"{len(plan.chunks) - len(parts)} of {len(plan.chunks)} "
+                                                     "key-range chunks returned no result")
+        return []
+    errors = [p.exception for _, p in parts if p.exception]
+    failed = [plan.chunks[i] for i, p in parts if not p.success]
+    first = parts[0][1].result
+    kind = outcome.check.expectation
+    if kind == "ExpectTableRowCountToBeBetween":
+        total = sum(int(p.observed or 0) for _, p in parts)
+        low, high = outcome.check.kwargs.get("min_value"), outcome.check.kwargs.get("max_value")
+        success = (low is None or total >= low) and (high is None or total <= high)
+        observed: Any = total
+        result: dict[str, Any] = {"observed_value": total}
+        failed = []
+    elif "unexpected_count" in first:
+        result = {k: sum(int(p.result.get(k) or 0) for _, p in parts) for k in _SUMMED}
+        result["partial_unexpected_list"] = [v for _, p in parts for v in p.result.get("partial_unexpected_list")
+                                             or []][:limit]
+        counts: dict[str, dict[str, Any]] = {}
+        for _, p in parts:
+            for item in p.result.get("partial_unexpected_counts") or []:
+                entry = counts.setdefault(repr(item.get("value")), {"value": item.get("value"), "count": 0})
+                entry["count"] += int(item.get("count") or 0)
+        if counts:
+            result["partial_unexpected_counts"] = sorted(counts.values(), key=lambda c: -c["count"])[:limit]
+        n, bad, missing = result["element_count"], result["unexpected_count"], result["missing_count"]
+        result["missing_percent"] = 100.0 * missing / n if n else None
+        result["unexpected_percent_total"] = 100.0 * bad / n if n else None
+        result["unexpected_percent"] = result["unexpected_percent_nonmissing"] = (
+            100.0 * bad / (n - missing) if n - missing else None)
+        success = not failed
+        observed = {"unexpected_count": bad, "element_count": n,
+                    "partial_unexpected_list": result["partial_unexpected_list"]}
+    elif all(isinstance(p.observed, int) and not isinstance(p.observed, bool) for _, p in parts):
+        observed = sum(p.observed for _, p in parts)  # UnexpectedRowsExpectation: rows found, summed
+        result = {"observed_value": observed}
+        success = not failed
+    else:
+        observed = [p.observed for _, p in parts]
+        result = {"observed_value": observed}
+        success = not failed
+    outcome.success = success and not errors
+    outcome.exception = errors[0] if errors else None
+    outcome.observed = _jsonable(observed)
+    outcome.result = _jsonable({**result, "chunking": info})
+    return failed
 
 
 def _gx_suite_name(check: Check, side: str) -> str:
@@ -200,7 +357,7 @@ def _gx_suite_name(check: Check, side: str) -> str:
 
 def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Path | None = None,
            result_rows: int = 20, local_url: Callable[[str], str] | None = None,
-           secrets: Sequence[str | None] = ()) -> tuple[list[Outcome], str | None]:
+           secrets: Sequence[str | None] = (), chunk_rows: int | None = None) -> tuple[list[Outcome], str | None]:
     """Run every side's checks; returns the outcomes (check order kept) and the Data Docs index path.
 
     Args:
@@ -210,7 +367,12 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
         result_rows: unexpected values kept per failed expectation.
         local_url: for local endpoints, ``role -> conninfo`` (tests); None asks the local stack.
         secrets: values that must not appear in results or Data Docs (e.g. the source password).
+        chunk_rows: rows per key-range chunk of a table's batch (default ``[checks] chunk_rows``); each
+            chunk is its own batch and the chunks' results are combined exactly
+            (:mod:`reconcile.checks.chunks`).
     """
+    if chunk_rows is None:
+        chunk_rows = config.checks.chunk_rows
     gx = import_gx()
     from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -219,77 +381,151 @@ def run_gx(config: Config, checks: dict[str, Sequence[Check]], *, report_dir: Pa
     actions = [UpdateDataDocsAction(name="data_docs", site_names=["reconcile"])] if report_dir else []
     outcomes: dict[tuple[str, str, str], Outcome] = {}
     order: list[tuple[str, str, str]] = []
-    sql_definitions = []
     frame_runs: list[tuple[Any, Any]] = []
     datasources = {}
     pandas_ds = None
 
-    groups: dict[tuple[str, str], list[Check]] = defaultdict(list)
-    for side, side_checks in checks.items():
-        for check in side_checks:
-            key = (side, check.suite, check.name)
-            order.append(key)
-            if check.not_applicable is not None:  # never run: it does not apply to this ledger
-                outcomes[key] = Outcome(side, check, success=False)
-                continue
-            outcomes[key] = Outcome(side, check, success=False, exception="not run")
-            groups[(side, _gx_suite_name(check, side))].append(check)
-
-    for (side, suite_name), group in groups.items():
-        first = group[0]
-        try:
+    planner = _Planner(config, local_url, chunk_rows)
+    groups: dict[tuple[str, str, Any], list[Check]] = defaultdict(list)
+    plans: dict[tuple[str, str, Any], Any] = {}
+    try:
+        for side, side_checks in checks.items():
+            for check in side_checks:
+                key = (side, check.suite, check.name)
+                order.append(key)
+                if check.not_applicable is not None:  # never run: it does not apply to this ledger
+                    outcomes[key] = Outcome(side, check, success=False)
+                    continue
+                outcomes[key] = Outcome(side, check, success=False, exception="not run")
+                try:
+                    chunking = planner.resolve(side, check)
+                except Exception as exc:  # the table is missing...
+                    outcomes[key].exception = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                                       secrets)
+                    continue
+                groups[(side, _gx_suite_name(check, side), chunking)].append(check)
+        for (side, _name, chunking), group in groups.items():
+            first = group[0]
             if first.table is not None:
-                if (side, first.table) not in datasources:
-                    endpoint = config.source if side == "source" else config.target
-                    datasources[(side, first.table)] = _add_datasource(context, f"{side}:{first.table}", endpoint,
-                                                                       local_url, side=side)
-                # A query asset over the quoted name: GX's table asset lower-cases an unquoted schema or table
-                # ("Select" became select) and splices the name into SQL as written ("tab;le" broke the query).
-                asset = datasources[(side, first.table)].add_query_asset(suite_name, query=table_query(first.table))
-                batch = asset.add_batch_definition_whole_table("whole table")
-            else:
+                try:
+                    plans[(side, _name, chunking)] = planner.plan(side, first.table, chunking)
+                except Exception as exc:
+                    message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+                    for check in group:
+                        outcomes[(side, check.suite, check.name)].exception = message
+    finally:
+        planner.close()
+
+    used: set[str] = set()  # suite names taken (<base>@<side>)
+    per_check: dict[tuple[str, str, str], list[tuple[int, Any]]] = defaultdict(list)
+    chunk_of: dict[tuple[str, str, str], Any] = {}
+    sql_batches: list[tuple[str, str, int, Any, list[Check]]] = []  # (side, name, chunk index, chunk, checks)
+    for (side, suite_name, chunking), group in groups.items():
+        first = group[0]
+        plan = plans.get((side, suite_name, chunking))
+        if first.table is not None and plan is None:
+            continue  # planning failed: the outcomes carry why
+        base = suite_name.rsplit("@", 1)[0]
+        if f"{base}@{side}" in used and plan is not None:  # the same suite and table split another way
+            base = f"{base}~{plan.column}"
+        n, stem = 1, base
+        while f"{base}@{side}" in used:
+            n += 1
+            base = f"{stem}~{n}"
+        used.add(f"{base}@{side}")
+        for check in group:
+            chunk_of[(side, check.suite, check.name)] = plan
+        if first.table is None:
+            name = f"{base}@{side}"
+            try:
                 import pandas as pd
 
                 if pandas_ds is None:
                     pandas_ds = context.data_sources.add_pandas("facts")
-                asset = pandas_ds.add_dataframe_asset(suite_name)
+                asset = pandas_ds.add_dataframe_asset(name)
                 batch = asset.add_batch_definition_whole_dataframe("whole frame")
                 columns = list(first.frame[0]) if first.frame else list(first.evidence.get("columns", []))
                 frame = pd.DataFrame(list(first.frame), columns=columns)
-            suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
-            for check in group:
-                suite.add_expectation(_expectation(gx, check))
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-        except Exception as exc:  # the table is missing, the query does not parse...
-            message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
-            for check in group:
-                outcomes[(side, check.suite, check.name)].exception = message
-            continue
-        if first.table is not None:
-            sql_definitions.append(definition)
-        else:
+                suite = context.suites.add(gx.ExpectationSuite(name=name))
+                for check in group:
+                    suite.add_expectation(_expectation(gx, check))
+                definition = context.validation_definitions.add(
+                    gx.ValidationDefinition(name=name, data=batch, suite=suite))
+            except Exception as exc:
+                message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+                for check in group:
+                    outcomes[(side, check.suite, check.name)].exception = message
+                continue
             frame_runs.append((definition, frame))
+            continue
+        for i, chunk in enumerate(plan.chunks):
+            name = f"{base}#{i + 1}@{side}" if plan.chunked else f"{base}@{side}"
+            sql_batches.append((side, name, i, chunk if plan.chunked else None, group))
 
+    def add_batch(side: str, name: str, i: int, chunk: Any, group: list[Check]):
+        """The GX objects of one chunk's batch: a query asset, its suite, a validation definition."""
+        table = group[0].table
+        if (side, table) not in datasources:
+            endpoint = config.source if side == "source" else config.target
+            datasources[(side, table)] = _add_datasource(context, f"{side}:{table}", endpoint, local_url, side=side)
+        # A query asset over the quoted name: GX's table asset lower-cases an unquoted schema or table
+        # ("Select" became select) and splices the name into SQL as written ("tab;le" broke the query).
+        # One asset per key-range chunk (reconcile.checks.chunks).
+        query = chunk.query if chunk is not None else chunk_of[(side, group[0].suite, group[0].name)].chunks[0].query
+        asset = datasources[(side, table)].add_query_asset(name, query=query)
+        batch = asset.add_batch_definition_whole_table("whole table")
+        suite = context.suites.add(gx.ExpectationSuite(name=name))
+        for check in group:
+            suite.add_expectation(_expectation(gx, check, chunk, i))
+        return context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+
+    def collect(result) -> None:
+        """Keep each expectation's result as a small Outcome (GX's result objects are dropped)."""
+        for validation in result.run_results.values():
+            side = validation.suite_name.rsplit("@", 1)[1]
+            for r in validation.results:
+                meta = r.expectation_config.meta or {}
+                key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
+                if key in outcomes:
+                    part = Outcome(side, outcomes[key].check, success=False)
+                    _fill(part, r, secrets)
+                    plan = chunk_of.get(key)
+                    if plan is not None and plan.chunked:  # only what _combine sums is kept of a chunk
+                        part.result = {k: v for k, v in part.result.items() if k in _KEPT}
+                    per_check[key].append((int(meta.get("reconcile_chunk") or 0), part))
+
+    failed_chunks: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     try:
-        runs = []
-        if sql_definitions:
-            runs.append((gx.Checkpoint(name="reconcile-sql", validation_definitions=sql_definitions,
-                                       actions=actions, result_format=result_format), None))
+        # SQL batches in waves of WAVE validations, each wave its own checkpoint; without Data Docs a wave's
+        # GX objects and stored results are dropped after it, so memory holds a wave, not every chunk.
+        for w in range(0, len(sql_batches), WAVE):
+            wave, definitions = [], []
+            for side, name, i, chunk, group in sql_batches[w:w + WAVE]:
+                try:
+                    definitions.append(add_batch(side, name, i, chunk, group))
+                    wave.append((side, name, group))
+                except Exception as exc:  # the table is missing, the query does not parse...
+                    message = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets)
+                    for check in group:
+                        outcomes[(side, check.suite, check.name)].exception = message
+                        per_check[(side, check.suite, check.name)].append((-1, None))  # never combined as passed
+            if not definitions:
+                continue
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"reconcile-sql-{w // WAVE}", validation_definitions=definitions, actions=actions,
+                result_format=result_format))
+            collect(checkpoint.run())
+            if report_dir is None:
+                _forget(context, checkpoint.name, wave, datasources)
         for i, (definition, frame) in enumerate(frame_runs):
-            runs.append((gx.Checkpoint(name=f"reconcile-facts-{i}", validation_definitions=[definition],
-                                       actions=actions, result_format=result_format), {"dataframe": frame}))
-        for checkpoint, params in runs:
-            checkpoint = context.checkpoints.add(checkpoint)
-            result = checkpoint.run(batch_parameters=params) if params else checkpoint.run()
-            for validation in result.run_results.values():
-                side = validation.suite_name.rsplit("@", 1)[1]
-                for r in validation.results:
-                    meta = r.expectation_config.meta or {}
-                    key = (side, meta.get("reconcile_suite"), meta.get("reconcile_check"))
-                    if key in outcomes:
-                        _fill(outcomes[key], r, secrets)
-        _sample_unexpected_rows(outcomes.values(), datasources, result_rows, secrets)
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"reconcile-facts-{i}", validation_definitions=[definition], actions=actions,
+                result_format=result_format))
+            collect(checkpoint.run(batch_parameters={"dataframe": frame}))
+        for key, results in per_check.items():
+            plan = chunk_of.get(key)
+            failed_chunks[key] = _combine(outcomes[key], results, plan, secrets, result_rows)
+        _sample_unexpected_rows(outcomes, datasources, result_rows, secrets, failed_chunks)
     finally:
         for ds in datasources.values():
             try:
@@ -323,16 +559,19 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sample_unexpected_rows(outcomes, datasources: dict, limit: int, secrets: Sequence[str | None]) -> None:
+def _sample_unexpected_rows(outcomes: dict, datasources: dict, limit: int, secrets: Sequence[str | None],
+                            failed_chunks: dict | None = None) -> None:
     """Keep up to ``limit`` of the rows a failed ``UnexpectedRowsExpectation`` found, as ``result["sample_rows"]``.
 
     GX's SUMMARY result format keeps only their count for this expectation (COMPLETE would keep every
     unexpected value of every column expectation), so the same read-only query runs once more, with a LIMIT,
-    for the failed ones only. Best effort: a sample that cannot be read is left out, never a failure.
+    for the failed ones only, over the key-range chunks that failed (never the whole table when it was split).
+    Best effort: a sample that cannot be read is left out, never a failure.
     """
     from sqlalchemy import text
 
-    for o in outcomes:
+    failed_chunks = failed_chunks or {}
+    for key, o in outcomes.items():
         query = o.check.kwargs.get("unexpected_rows_query")
         if (o.success or o.exception or limit <= 0 or o.check.expectation != "UnexpectedRowsExpectation"
                 or not query or not o.check.table):
@@ -341,12 +580,20 @@ def _sample_unexpected_rows(outcomes, datasources: dict, limit: int, secrets: Se
             (ds for (side, _table), ds in datasources.items() if side == o.side), None)
         if source is None:
             continue
-        batch = ".".join(_quote(part) for part in o.check.table.split(".", 1))
+        whole = ".".join(_quote(part) for part in o.check.table.split(".", 1))
+        chunks = failed_chunks.get(key) or [None]
+        rows: list = []
         try:
             engine = source.get_execution_engine().engine
             with engine.connect() as conn:
-                rows = conn.execute(text(f"SELECT * FROM ({query.replace('{batch}', batch)}) AS unexpected "  # noqa: S608
-                                         f"LIMIT {int(limit)}")).mappings().all()
+                for chunk in chunks:
+                    if len(rows) >= limit:
+                        break
+                    batch = f"({chunk.query}) AS chunk_batch" if chunk is not None else whole
+                    inner = chunk.inner if chunk is not None else "TRUE"
+                    body = substitute_chunk(query, inner).replace("{batch}", batch)
+                    rows += conn.execute(text(f"SELECT * FROM ({body}) AS unexpected "  # noqa: S608
+                                              f"LIMIT {int(limit - len(rows))}")).mappings().all()
         except Exception as exc:  # the sample is an extra: the expectation's result stands without it
             log.debug("sample rows of %s/%s on %s: %s", o.check.suite, o.check.name, o.side,
                       one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets))

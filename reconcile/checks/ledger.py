@@ -27,7 +27,7 @@ Without a currency column the zero-sum invariant groups by transaction alone.
 
 from __future__ import annotations
 
-from reconcile.checks.spec import Check, ident, literal, qualified
+from reconcile.checks.spec import ROW_WISE, Check, Chunking, ident, literal, qualified
 from reconcile.checks.settings import CheckSettings
 from reconcile.config import Config, TableSpec
 
@@ -112,7 +112,8 @@ def _entry_checks(entries: TableSpec, accounts: TableSpec | None, journal: Table
             SUITE, "entries_sum_to_zero", "UnexpectedRowsExpectation",
             {"unexpected_rows_query": f"SELECT {groups}, sum(e.{amt}) AS total FROM (SELECT * FROM {{batch}}) AS e "
                                       f"GROUP BY {groups} HAVING sum(e.{amt}) <> 0"},
-            f"a journal transaction's entries in {entries.name} do not sum to zero{in_currency}", table=entries.name))
+            f"a journal transaction's entries in {entries.name} do not sum to zero{in_currency}", table=entries.name,
+            chunking=Chunking(txn)))  # a transaction's entries never straddle two chunks
         if journal is None:
             checks.append(_na("entries_have_transaction", _no_role("transactions"), entries))
         else:
@@ -121,7 +122,8 @@ def _entry_checks(entries: TableSpec, accounts: TableSpec | None, journal: Table
                 SUITE, "entries_have_transaction", "UnexpectedRowsExpectation",
                 {"unexpected_rows_query": f"SELECT e.* FROM (SELECT * FROM {{batch}}) AS e WHERE e.{e_txn} IS NULL OR "
                                           f"NOT EXISTS (SELECT 1 FROM {j} AS j WHERE j.{j_txn} = e.{e_txn})"},
-                f"an entry of {entries.name} has no journal transaction in {journal.name}", table=entries.name))
+                f"an entry of {entries.name} has no journal transaction in {journal.name}", table=entries.name,
+                chunking=ROW_WISE))
     if accounts is None:
         checks += [_na("entries_have_account", _no_role("accounts"), entries),
                    _na("entry_currency_matches_account", _no_role("accounts"), entries)]
@@ -131,7 +133,7 @@ def _entry_checks(entries: TableSpec, accounts: TableSpec | None, journal: Table
         SUITE, "entries_have_account", "UnexpectedRowsExpectation",
         {"unexpected_rows_query": f"SELECT e.* FROM (SELECT * FROM {{batch}}) AS e WHERE e.{acc} IS NULL OR NOT EXISTS "
                                   f"(SELECT 1 FROM {a} AS a WHERE a.{a_acc} = e.{acc})"},
-        f"an entry of {entries.name} has no account in {accounts.name}", table=entries.name))
+        f"an entry of {entries.name} has no account in {accounts.name}", table=entries.name, chunking=ROW_WISE))
     a_cur = accounts.column("currency_column")
     if cur is None or a_cur is None:
         off = entries if cur is None else accounts
@@ -142,7 +144,8 @@ def _entry_checks(entries: TableSpec, accounts: TableSpec | None, journal: Table
             SUITE, "entry_currency_matches_account", "UnexpectedRowsExpectation",
             {"unexpected_rows_query": f"SELECT e.*, a.{a_cur_q} AS account_currency FROM (SELECT * FROM {{batch}}) AS e "
                                       f"JOIN {a} AS a ON a.{a_acc} = e.{acc} WHERE e.{e_cur} <> a.{a_cur_q}"},
-            f"an entry of {entries.name} is in another currency than its account", table=entries.name))
+            f"an entry of {entries.name} is in another currency than its account", table=entries.name,
+            chunking=ROW_WISE))
     return checks
 
 
@@ -153,20 +156,33 @@ def _idempotency_checks(journal: TableSpec | None, column: str) -> list[Check]:
     if not column:
         return [_na(n, "[checks] idempotency_column is not set (name the transactions table's idempotency key "
                        "column to check it)", journal) for n in names]
+    # uniqueness splits on the key column itself (equal keys share a chunk); not-null anywhere
     return [Check(SUITE, name, cls, {"column": column}, f"{_DESCRIPTIONS[name]} ({journal.name}.{column})",
-                  table=journal.name)
-            for name, cls in zip(names, ("ExpectColumnValuesToBeUnique", "ExpectColumnValuesToNotBeNull"))]
+                  table=journal.name, chunking=chunking)
+            for name, cls, chunking in zip(names, ("ExpectColumnValuesToBeUnique", "ExpectColumnValuesToNotBeNull"),
+                                           (Chunking(column), ROW_WISE))]
 
 
 def balance_query(accounts: str, account_key: str, balance: str, entries: str, entry_account: str,
                   amount: str) -> str:
-    """Accounts whose stored balance differs from the sum of their entries (none: the sum is 0)."""
+    """Accounts whose stored balance differs from the sum of their entries (none: the sum is 0).
+
+    The entries' sub-query is restricted by ``{chunk}`` (replaced by the chunk's range of the entries'
+    account column, ``TRUE`` when run whole: :func:`balance_chunking`), so one chunk sums only its accounts'
+    entries instead of grouping the whole entries table.
+    """
     a_key, bal = _col(account_key), _col(balance)
     e_acc, amt = _col(entry_account), _col(amount)
     return (f"SELECT a.{a_key}, a.{bal}, coalesce(s.total, 0) AS sum_of_entries FROM (SELECT * FROM {{batch}}) AS a "
             f"LEFT JOIN (SELECT {e_acc} AS account, sum({amt}) AS total FROM {qualified(entries)} "
-            f"GROUP BY {e_acc}) AS s ON s.account = a.{a_key} "
+            f"WHERE {{chunk}} GROUP BY {e_acc}) AS s ON s.account = a.{a_key} "
             f"WHERE a.{bal} IS DISTINCT FROM coalesce(s.total, 0)")
+
+
+def balance_chunking(account_key: str, entries: str, entry_account: str) -> Chunking:
+    """Split the balance invariant on account ranges taken from the entries' account column (the big side):
+    the accounts batch and the entries sub-query get the same range, so an account meets all its entries."""
+    return Chunking(account_key, keys=(entries, entry_account), inner=entry_account)
 
 
 def _balance_check(accounts: TableSpec, entries: TableSpec) -> Check:
@@ -175,7 +191,8 @@ def _balance_check(accounts: TableSpec, entries: TableSpec) -> Check:
     return Check(SUITE, "balance_equals_sum_of_entries", "UnexpectedRowsExpectation",
                  {"unexpected_rows_query": query},
                  f"an account's {accounts.balance_column} in {accounts.name} differs from the sum of its "
-                 f"entries in {entries.name}", table=accounts.name)
+                 f"entries in {entries.name}", table=accounts.name,
+                 chunking=balance_chunking(accounts.account_column or "", entries.name, entries.account_column or ""))
 
 
 def _negative_check(accounts: TableSpec, settings: CheckSettings) -> Check:
@@ -199,4 +216,4 @@ def _negative_check(accounts: TableSpec, settings: CheckSettings) -> Check:
     return Check(SUITE, name, "UnexpectedRowsExpectation",
                  {"unexpected_rows_query": f"SELECT a.* FROM (SELECT * FROM {{batch}}) AS a WHERE {where}"},
                  f"an account in {accounts.name} has a negative {accounts.balance_column}{allowed}",
-                 table=accounts.name)
+                 table=accounts.name, chunking=ROW_WISE)

@@ -24,7 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from reconcile.checks.spec import Check, ident
+from reconcile.checks.chunks import chunked_count
+from reconcile.checks.spec import ROW_WISE, Check, ident
 from reconcile.config import Config
 
 __all__ = ["freshness_checks", "latest_summary", "parity_checks"]
@@ -53,8 +54,7 @@ def parity_checks(config: Config, source: psycopg.Connection, target: psycopg.Co
     tables = (diff[2].get("tables") or {}) if diff else {}
     out = []
     for spec in config.tables:
-        rows = source.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(spec.schema, spec.table))).fetchone()[0]
+        rows = chunked_count(source, spec.name, config.checks.chunk_rows)  # key ranges: one short read each
         in_flight = int((tables.get(spec.name) or {}).get("in_flight") or 0)
         tolerance = in_flight + config.checks.row_count_tolerance
         evidence = {"rows_source": rows, "in_flight": in_flight, "tolerance": tolerance,
@@ -64,7 +64,7 @@ def parity_checks(config: Config, source: psycopg.Connection, target: psycopg.Co
             {"min_value": max(0, rows - tolerance), "max_value": rows + tolerance},
             f"{spec.name} on the target has more or fewer rows than the source's {rows} "
             f"(allowed difference {tolerance}: in flight {in_flight})", table=spec.name, sides=("target",),
-            evidence=evidence))
+            evidence=evidence, chunking=ROW_WISE))  # the chunks' counts are summed, then judged
     return out
 
 
@@ -76,13 +76,13 @@ def freshness_checks(config: Config, target: psycopg.Connection) -> list[Check]:
               {"unexpected_rows_query": "SELECT d.dead_letter_id, d.slot_name, d.xid, d.commit_lsn, d.table_name, "
                                         "d.reason, d.created_at FROM (SELECT * FROM {batch}) AS d WHERE d.resolved_at IS NULL"},
               "a source transaction the replay could not apply is still open in reconcile.dead_letters",
-              table="reconcile.dead_letters", sides=("target",)),
+              table="reconcile.dead_letters", sides=("target",), chunking=ROW_WISE),
         Check("freshness", "no_unacknowledged_rejects", "UnexpectedRowsExpectation",
               {"unexpected_rows_query": "SELECT r.reject_id, r.stage, r.table_name, r.row_key, r.reason "
                                         f"FROM (SELECT * FROM {{batch}}) AS r WHERE NOT EXISTS (SELECT 1 FROM {acks} AS a "
                                         "WHERE a.kind = 'reject' AND a.ref = CAST(r.reject_id AS text))"},
               "a row the target refused (reconcile.rejects) has not been acknowledged",
-              table="reconcile.rejects", sides=("target",)),
+              table="reconcile.rejects", sides=("target",), chunking=ROW_WISE),
     ]
     replay = latest_summary(target, "replay")
     slots = [dict(zip(("slot_name", "last_commit_lsn", "caught_up_lsn", "updated_at"), r)) for r in target.execute(

@@ -54,6 +54,9 @@ class CheckSettings:
     """true: negative balances are allowed (the invariant is not applicable); false: no balance may be negative
     except on the exempt accounts; unset: the invariant applies only when negative_balance_exempt_column is set
     (a double-entry ledger's sign convention is not guessed)."""
+    chunk_rows: Annotated[int, Bounds(ge=1_000, le=50_000_000, fix="use e.g. 200000")] = 200_000
+    """Rows one check statement reads at most (about): every table-wide expectation runs over key ranges of
+    this size, each its own short read (DSQL: 128 MiB per query, 5 minutes per transaction)."""
     result_rows: Annotated[int, Bounds(ge=0, le=1000)] = 20
     """Unexpected values/rows kept per failed expectation in the results (and Data Docs)."""
 

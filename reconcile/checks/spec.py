@@ -24,7 +24,7 @@ from typing import Any
 
 from psycopg import sql
 
-__all__ = ["Check", "escape_query", "ident", "literal", "suite_key"]
+__all__ = ["ROW_WISE", "Check", "Chunking", "escape_query", "ident", "literal", "substitute_chunk", "suite_key"]
 
 _BIND = re.compile(r"(?<![:\w\\]):(?=\w)")
 
@@ -38,6 +38,18 @@ def escape_query(text: str) -> str:
     marker = "\x00batch\x00"
     text = text.replace("{batch}", marker).replace("{", "{{").replace("}", "}}")
     return _BIND.sub(r"\\:", text).replace(marker, "{batch}")
+
+
+_CHUNK = re.compile(r"(?<!\{)\{chunk\}(?!\})")
+
+
+def substitute_chunk(query: str, condition: str = "TRUE") -> str:
+    """Replace the ``{chunk}`` token of a query (a key-range condition; ``TRUE``: the whole table).
+
+    >>> substitute_chunk("SELECT '{{chunk}}' FROM t WHERE {chunk}", "k > 5")
+    "SELECT '{{chunk}}' FROM t WHERE k > 5"
+    """
+    return _CHUNK.sub(lambda _m: condition, query)
 
 
 def ident(*parts: str) -> str:
@@ -64,6 +76,25 @@ def literal(value: Any) -> str:
 def suite_key(suite: str, side: str) -> str:
     """The name a suite's result goes by in a run summary: ``<suite>@<side>``, e.g. ``ledger@target``."""
     return f"{suite}@{side}"
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a check's batch may be split into key ranges (see the module docstring)."""
+
+    column: str | None = None
+    """Column of the checked table each range restricts; None: the table's primary key (row-wise checks)."""
+    keys: tuple[str, str] | None = None
+    """(table, column) whose index gives the range boundaries; None: the checked table's ``column``."""
+    inner: str | None = None
+    """Column the query's ``{chunk}`` token restricts to the same range (a sub-query on another table)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "keys": list(self.keys) if self.keys else None, "inner": self.inner}
+
+
+ROW_WISE = Chunking()
+"""Split anywhere: on the table's primary key."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +127,9 @@ class Check:
     not_applicable: str | None = None
     """Why this check does not apply to the configured ledger (e.g. no currency column), or None. A check
     that does not apply is never run: it is reported with this reason, neither passed nor failed."""
+    chunking: Chunking | None = None
+    """How the batch splits into key ranges (:mod:`reconcile.checks.chunks`); None: it runs whole (a
+    control table of a few rows, a frame)."""
 
     def __post_init__(self) -> None:
         if self.not_applicable is not None:
@@ -117,4 +151,6 @@ class Check:
             out["evidence"] = self.evidence
         if self.not_applicable is not None:
             out["not_applicable"] = self.not_applicable
+        if self.chunking is not None:
+            out["chunking"] = self.chunking.to_dict()
         return out

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconcile.checks.spec import Check
+from reconcile.checks.spec import Check, substitute_chunk
 
 __all__ = ["suite_documents", "write_suites"]
 
@@ -32,7 +32,10 @@ def suite_documents(checks: Iterable[Check]) -> dict[str, dict[str, Any]]:
                                                      "sides": sorted({s for c in group for s in c.sides})})
         for check in group:
             cls = getattr(gx.expectations, check.expectation)
-            suite.add_expectation(cls(**check.kwargs, description=check.description,
+            kwargs = dict(check.kwargs)
+            if "unexpected_rows_query" in kwargs:  # the whole-table form (key-range chunks are a run's affair)
+                kwargs["unexpected_rows_query"] = substitute_chunk(kwargs["unexpected_rows_query"])
+            suite.add_expectation(cls(**kwargs, description=check.description,
                                       meta={"reconcile_check": check.name, "asset": check.asset,
                                             **({"evidence": check.evidence} if check.evidence else {})}))
         doc = suite.to_json_dict()

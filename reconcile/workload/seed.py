@@ -34,7 +34,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -167,9 +167,35 @@ def _validate(accounts: int, transactions: int, currencies: Sequence[str]) -> No
         raise TerminalError(f"--transactions must be zero or more, got {transactions}")
 
 
+REVERSIBLE_CAP = 100_000
+"""Transfers kept as candidates for a later reversal; past it a new transfer takes an old one's slot, so
+the generator's memory does not grow with the ledger (below it, nothing changes)."""
+
+BATCH_TRANSACTIONS = 50_000
+"""Journal transactions generated (and loaded) per batch by :func:`seed`."""
+
+
 def generate(*, accounts: int, transactions: int, seed: int,
              currencies: Sequence[str]) -> _Ledger:
     """Generate the whole ledger in memory as COPY text lines; deterministic in its arguments."""
+    journal: list[str] = []
+    entries: list[str] = []
+    ledger = _Ledger([], [], [], Counter(), 0, accounts)
+    for item in stream(accounts=accounts, transactions=transactions, seed=seed, currencies=currencies):
+        if isinstance(item, _Ledger):  # the last item: the accounts and the counts
+            ledger = item
+        else:
+            journal += item[0]
+            entries += item[1]
+    ledger.journal, ledger.entries = journal, entries
+    return ledger
+
+
+def stream(*, accounts: int, transactions: int, seed: int, currencies: Sequence[str],
+           batch: int = BATCH_TRANSACTIONS) -> Iterator[tuple[list[str], list[str]] | _Ledger]:
+    """The ledger of :func:`generate` in batches: ``(journal lines, entry lines)`` of up to ``batch``
+    transactions each, then a :class:`_Ledger` holding the accounts (balances final) and the counts, with
+    empty journal and entries. Memory holds one batch, whatever the ledger's size."""
     _validate(accounts, transactions, currencies)
     rng = random.Random(seed)
     n_cur = len(currencies)
@@ -248,11 +274,14 @@ def generate(*, accounts: int, transactions: int, seed: int,
     # --- business transactions -----------------------------------------------------------------
     kinds = [k for k, _ in MIX]
     kind_weights = [w for _, w in MIX]
-    reversible: list[tuple[int, int, int, int]] = []  # (txn_id, from, to, cents) of transfers
+    reversible: list[tuple[int, int, int, int]] = []  # (txn_id, from, to, cents) of transfers, REVERSIBLE_CAP at most
     by_kind: Counter = Counter()
     substituted = 0
     now = 31 * day
-    for _ in range(transactions):
+    for n in range(transactions):
+        if n and n % batch == 0:
+            yield journal, entries
+            journal, entries = [], []
         txn_id += 1
         now += rng.randint(200_000, 50_000_000)
         cur = rng.choices(currencies, weights)[0]
@@ -297,14 +326,18 @@ def generate(*, accounts: int, transactions: int, seed: int,
         post(txn_id, key, kind, reverses, now, memo, fx(acc_cur[debit]), debit, credit, cents)
         by_kind[kind] += 1
         if kind == "transfer":
-            reversible.append((txn_id, debit, credit, cents))
+            if len(reversible) < REVERSIBLE_CAP:
+                reversible.append((txn_id, debit, credit, cents))
+            else:
+                reversible[txn_id % REVERSIBLE_CAP] = (txn_id, debit, credit, cents)
+    yield journal, entries
 
     account_lines = [
         "\t".join((str(aid), _copy_text(acc_no[aid]), _copy_text(acc_owner[aid]), acc_cur[aid],
                    acc_kind[aid], _money(balance[aid]), _ts(acc_opened[aid]), _ts(last_posted[aid])))
         for aid in sorted(acc_no)
     ]
-    return _Ledger(account_lines, journal, entries, by_kind, substituted, accounts)
+    yield _Ledger(account_lines, [], [], by_kind, substituted, accounts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,10 +371,55 @@ def _copy(conn: psycopg.Connection, table: str, lines: Iterable[str], batch: int
             copy.write(("\n".join(lines[i:i + batch]) + "\n").encode())
 
 
+def _ahead(items: Iterator, depth: int = 2) -> Iterator[tuple[object, float]]:
+    """``items`` produced by a thread up to ``depth`` ahead of the consumer; yields (item, seconds it took to
+    produce). An error in the producer is raised in the consumer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    q.put(("end", None, 0.0))
+                    return
+                q.put(("item", item, time.perf_counter() - t))
+        except BaseException as exc:  # handed to the consumer
+            q.put(("error", exc, 0.0))
+
+    thread = threading.Thread(target=produce, name="seed-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item, spent = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item, spent
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
 def seed(conn: psycopg.Connection, *, accounts: int = 10_000, transactions: int = 100_000,
          seed: int = 42, currencies: Sequence[str] = ("USD", "EUR", "GBP", "JPY"),
          reset: bool = False) -> SeedReport:
     """Create and fill the ``ledger`` schema on the source, in one transaction.
+
+    The rows are generated in batches of :data:`BATCH_TRANSACTIONS` transactions, a batch ahead of the
+    COPY that loads the previous one (memory holds a batch, not the ledger; ten million entries take a few
+    minutes, most of it Python generating them). Indexes, foreign keys and the trigger come after the load.
 
     Args:
         conn: a connection to the source database (autocommit or not; the seed opens its own
@@ -361,11 +439,10 @@ def seed(conn: psycopg.Connection, *, accounts: int = 10_000, transactions: int 
         TerminalError: an argument is out of range.
     """
     currencies = tuple(currencies)
+    _validate(accounts, transactions, currencies)
     t0 = time.perf_counter()
-    ledger = generate(accounts=accounts, transactions=transactions, seed=seed, currencies=currencies)
-    t1 = time.perf_counter()
-    log.info("generated %d journal rows and %d entries in %.2f s",
-             len(ledger.journal), len(ledger.entries), t1 - t0)
+    generate_s = 0.0
+    journal_rows = entry_rows = 0
     with conn.transaction():
         if schema.schema_exists(conn):
             if not reset:
@@ -376,22 +453,36 @@ def seed(conn: psycopg.Connection, *, accounts: int = 10_000, transactions: int 
             schema.drop_schema(conn)
         for stmt in schema.TABLES:
             conn.execute(stmt)
+        # Generation (Python, one core) runs a batch ahead of the COPY (the server parses on another core);
+        # a batch is all the memory the seed holds, whatever the ledger's size.
+        ledger = None
+        for item, spent in _ahead(stream(accounts=accounts, transactions=transactions, seed=seed,
+                                         currencies=currencies)):
+            generate_s += spent
+            if isinstance(item, _Ledger):
+                ledger = item
+                break
+            journal, entries = item
+            _copy(conn, "journal", journal)
+            _copy(conn, "entries", entries)
+            journal_rows, entry_rows = journal_rows + len(journal), entry_rows + len(entries)
+        assert ledger is not None
         _copy(conn, "accounts", ledger.accounts)
-        _copy(conn, "journal", ledger.journal)
-        _copy(conn, "entries", ledger.entries)
+        t1 = time.perf_counter()
         for stmt in schema.POST_LOAD:
             conn.execute(stmt)
-        conn.execute("SELECT setval(pg_get_serial_sequence('ledger.journal', 'txn_id'), %s)",
-                     (len(ledger.journal),))
-        conn.execute("SELECT setval('ledger.entry_id_seq', %s)", (len(ledger.entries),))
+        conn.execute("SELECT setval(pg_get_serial_sequence('ledger.journal', 'txn_id'), %s)", (journal_rows,))
+        conn.execute("SELECT setval('ledger.entry_id_seq', %s)", (entry_rows,))
         for table in _COPY_COLUMNS:
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.SCHEMA, table)))
     t2 = time.perf_counter()
+    log.info("generated %d journal rows and %d entries (%.2f s of generation); loaded and indexed in %.2f s",
+             journal_rows, entry_rows, generate_s, t2 - t1)
     report = SeedReport(
         seed=seed, currencies=currencies, accounts=len(ledger.accounts),
-        customer_accounts=ledger.customer_accounts, journal_rows=len(ledger.journal),
-        entries=len(ledger.entries), by_kind=dict(sorted(ledger.by_kind.items())),
-        substituted=ledger.substituted, generate_s=round(t1 - t0, 3), load_s=round(t2 - t1, 3),
+        customer_accounts=ledger.customer_accounts, journal_rows=journal_rows,
+        entries=entry_rows, by_kind=dict(sorted(ledger.by_kind.items())),
+        substituted=ledger.substituted, generate_s=round(generate_s, 3), load_s=round(t2 - t0 - generate_s, 3),
         elapsed_s=round(t2 - t0, 3))
     log.info("%s", report.summary())
     return report
