@@ -152,10 +152,10 @@ def sweep_replay(args, servers: dict[str, str]) -> None:
     src = psycopg.conninfo.make_conninfo(servers["source"], dbname=name)
     tgt = psycopg.conninfo.make_conninfo(servers["target"], dbname=name)
 
-    def config(target_url: str, fraction: float = BudgetSettings().fraction) -> Config:
+    def config(target_url: str, fraction: float = BudgetSettings().fraction, pipeline: bool = True) -> Config:
         return Config(source=PostgresEndpoint("source", src), target=PostgresEndpoint("target", target_url),
                       budget=BudgetSettings(fraction=fraction),
-                      stages={"replay": ReplaySettings(slot_name=name, poll_interval=0.2)})
+                      stages={"replay": ReplaySettings(slot_name=name, poll_interval=0.2, pipeline_apply=pipeline)})
 
     try:
         with psycopg.connect(src, autocommit=True) as conn:
@@ -168,28 +168,29 @@ def sweep_replay(args, servers: dict[str, str]) -> None:
         run_backfill(config(tgt), BackfillSettings(replay=True, slot_name=name))
         run_replay(config(tgt))
         per_worker = args.backlog // args.burst_workers
-        for fraction in args.replay_fractions:
+        runs = [(f, p, rtt) for f in args.replay_fractions for p in args.replay_pipeline for rtt in args.rtts]
+        for fraction, pipeline, rtt in runs:
             rows_per_txn = int(BudgetSettings().max_rows * fraction)
-            for rtt in args.rtts:
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
 
-                def burst(w: int) -> None:
-                    with psycopg.connect(src, autocommit=True) as conn:
-                        conn.execute("CALL ledger.bench_burst(%s, %s)", (per_worker, w))
-                threads = [threading.Thread(target=burst, args=(w,)) for w in range(args.burst_workers)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                made = time.perf_counter() - t0
-                with target_at(servers["target"], tgt, rtt) as (url, proxy):
-                    r = run_replay(config(url, fraction), until_caught_up=True)
-                stats = proxy.stats() if proxy else None
-                if not r.caught_up or r.dead_letters_open:
-                    raise SystemExit(f"replay at {rtt} did not catch up cleanly: {r.to_dict()}")
-                record("replay", rtt, f"1 conn, budget {fraction:g} (<={rows_per_txn:,} rows/txn)", "changes",
-                       r.changes_applied, r.duration_seconds, stats, r.target_commits, "target commits", 1,
-                       backlog_seconds=made, txns=r.txns_applied)
+            def burst(w: int) -> None:
+                with psycopg.connect(src, autocommit=True) as conn:
+                    conn.execute("CALL ledger.bench_burst(%s, %s)", (per_worker, w))
+            threads = [threading.Thread(target=burst, args=(w,)) for w in range(args.burst_workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            made = time.perf_counter() - t0
+            with target_at(servers["target"], tgt, rtt) as (url, proxy):
+                r = run_replay(config(url, fraction, pipeline), until_caught_up=True)
+            stats = proxy.stats() if proxy else None
+            if not r.caught_up or r.dead_letters_open:
+                raise SystemExit(f"replay at {rtt} did not catch up cleanly: {r.to_dict()}")
+            record("replay", rtt, f"1 conn, budget {fraction:g} (<={rows_per_txn:,} rows/txn), "
+                   f"pipeline {'on' if pipeline else 'off'}", "changes",
+                   r.changes_applied, r.duration_seconds, stats, r.target_commits, "target commits", 1,
+                   backlog_seconds=made, txns=r.txns_applied)
         equal = bench_replay.fingerprints(src) == bench_replay.fingerprints(tgt)
         print(f"replay: target == source after the last run: {equal}", flush=True)
         if not equal:
@@ -277,6 +278,8 @@ def main() -> None:
     ap.add_argument("--burst-workers", type=int, default=2)
     ap.add_argument("--replay-fractions", default=str(BudgetSettings().fraction),
                     help="replay: comma-separated [budget] fractions (rows per target transaction = 3,000 x fraction)")
+    ap.add_argument("--replay-pipeline", default="on,off",
+                    help="replay: comma-separated on/off ([replay] pipeline_apply), to compare both in one run")
     ap.add_argument("--diff-rows", type=int, default=300_000)
     ap.add_argument("--diff-workers", type=int, default=2)
     ap.add_argument("--data-dir", default=str(ROOT / ".reconcile" / "bench"), help="local stack folder")
@@ -288,6 +291,7 @@ def main() -> None:
             ap.error(f"--rtts: {r!r} is neither 'direct' nor a number of milliseconds")
     args.workers = [int(w) for w in args.workers.split(",")]
     args.replay_fractions = [float(f) for f in args.replay_fractions.split(",")]
+    args.replay_pipeline = [{"on": True, "off": False}[p] for p in args.replay_pipeline.split(",")]
     stages = [s.strip() for s in args.stages.split(",")]
 
     was_running = all(st.running for st in stack.status(args.data_dir).values())
