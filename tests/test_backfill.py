@@ -424,3 +424,25 @@ def test_control_status_without_runs(target_db):
 
         migrate(conn)
         assert Control(conn).status() == [] and Control(conn).rejects() == []
+
+
+def test_key_order_advice_is_given_once_per_table_not_per_chunk(source_db, target_db, caplog):
+    """The planning step advises a C-ordered index once; each chunk's copy (an Airflow task of its own) is quiet."""
+    import logging
+
+    ddl(source_db, "CREATE SCHEMA app", "CREATE TABLE app.k (name text PRIMARY KEY, v int)",
+        "INSERT INTO app.k SELECT 'k' || g, g FROM generate_series(1, 60) g")
+    ddl(target_db, "CREATE SCHEMA app", "CREATE TABLE app.k (name text PRIMARY KEY, v int)")
+    cfg = config(source_db, target_db, TableSpec("app.k", ("name",)))
+    settings = BackfillSettings(chunk_rows=10, workers=1)
+    with psycopg.connect(source_db) as conn:
+        if conn.execute("SELECT datcollate IN ('C', 'POSIX') FROM pg_database WHERE datname = current_database()"
+                        ).fetchone()[0]:
+            pytest.skip("the source database sorts text in C order: no advice to give")
+    with caplog.at_level(logging.WARNING, logger="reconcile.backfill"):
+        chunks = plan_chunks(cfg, settings)
+        for ref in chunks:
+            copy_chunk(cfg, ref["table"], ref["chunk_id"], settings)
+    advice = [r for r in caplog.records if "no source index returns the key in C order" in r.getMessage()]
+    assert len(chunks) >= 5 and len(advice) == 1, [r.getMessage() for r in advice]
+    assert fingerprint(source_db, "app.k", "name") == fingerprint(target_db, "app.k", "name")

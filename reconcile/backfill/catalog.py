@@ -123,8 +123,11 @@ def _budget_caps(budget: Budget, cost: TableCost) -> tuple[int, TableCost]:
 
 
 def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: TableSpec,
-                  budget: Budget) -> TableInfo:
+                  budget: Budget, *, advise: bool = True) -> TableInfo:
     """Read both catalogs and price a row of ``spec`` for the budget.
+
+    ``advise``: log the advice about the source's key order (a missing C-ordered index); the planning step
+    and a whole run give it once per table, a single chunk's copy (one Airflow task each) does not repeat it.
 
     Raises:
         TableNotReady: the table is missing on a side, a source column is missing on the target,
@@ -197,7 +200,7 @@ def inspect_table(source: psycopg.Connection, target: psycopg.Connection, spec: 
         return True
 
     index_ordered = any(c_ordered(cols, colls) for cols, colls in source_unique)
-    if not index_ordered:
+    if not index_ordered and advise:
         text_cols = [k.name for k in source_key if k.collatable]
         log.warning(
             "%s: no source index returns the key in C order%s, so each chunk is read with one sort of "

@@ -174,9 +174,10 @@ class Backfill:
                               f"{', '.join(self.table_order)} or add a [[tables]] entry")
         return [t for t in self.table_order if t in self.settings.tables]
 
-    def inspect(self, table: str) -> TableInfo:
+    def inspect(self, table: str, *, advise: bool = True) -> TableInfo:
         if table not in self._infos:
-            self._infos[table] = inspect_table(self._source.get(), self._target.get(), self.specs[table], self.budget)
+            self._infos[table] = inspect_table(self._source.get(), self._target.get(), self.specs[table], self.budget,
+                                               advise=advise)
         return self._infos[table]
 
     def ensure_plan(self, info: TableInfo) -> Plan:
@@ -391,7 +392,7 @@ class Backfill:
             ReconcileError: a reconcile error the copy raised on purpose, as it was raised.
         """
         self.prepare()
-        info = self.inspect(table)
+        info = self.inspect(table, advise=False)  # the planning step gave the table's advice once
         own_run = run_id is None
         if run_id is None:
             run_id = self.control.start_run({"kind": "backfill", "tables": [table], "chunk_id": chunk_id,
