@@ -583,6 +583,8 @@ def test_a_second_ledger_goes_through_every_stage_with_no_manual_step(source_db,
     assert green["verdict"] == "green", green
     assert green["full_reconciliation"] is True and green["persistent_mismatches"] == 0, green
     assert green["balances"]["status"] == "green", green["balances"]
+    page = (Path(green["report_dir"]) / "report.html").read_text()  # the split transaction is on the run page
+    assert f"1 source transaction(s) applied in pieces ({bulk_rows:,} changes)" in page and "every piece applied" in page
 
     # check: every suite green on both sides
     checked = cli("check", *cfg_args)

@@ -166,7 +166,9 @@ def replay(conn: psycopg.Connection, *, window_hours: float = 24.0, slot: str | 
 
     Returns ``{"window_hours", "runs", "latest": {run_id, status, finished_at, lag_seconds_p50,
     lag_seconds_p99, caught_up}, "max_p99", "lag_seconds_p99", "watermark": {slot, last_commit_ts,
-    updated_at}, "dead_letters_open", "dead_letters": [...]}``; ``lag_seconds_p99`` is the latest known p99
+    updated_at}, "dead_letters_open", "dead_letters": [...], "split_windows": {count, open, changes}}``
+    (source transactions applied in pieces within the window, or still partly applied); ``lag_seconds_p99`` is
+    the latest known p99
     (what the history charts).
     """
     out: dict[str, Any] = {"window_hours": window_hours}
@@ -203,6 +205,15 @@ def replay(conn: psycopg.Connection, *, window_hours: float = 24.0, slot: str | 
         return out
     out.update(dead_letters_open=int(count), dead_letters=[
         {"id": r[0], "xid": r[1], "table": r[2], "reason": r[3], "created_at": r[4]} for r in letters])
+    try:  # source transactions applied in pieces (the split policy): a reader may have seen part of one
+        win = conn.execute(sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE finished_at IS NULL), coalesce(sum(changes), 0) FROM {} "
+            "WHERE finished_at IS NULL OR finished_at >= now() - %s * interval '1 hour'").format(
+            ident("replay_windows")), (window_hours,)).fetchone()
+    except psycopg.Error as exc:
+        out.update(_failed_read("the replay's non-atomic windows", exc))
+        return out
+    out["split_windows"] = {"count": int(win[0]), "open": int(win[1]), "changes": int(win[2])}
     return out
 
 

@@ -94,6 +94,12 @@ def replay_view(rep: dict[str, Any] | None, lag_limit: float | None) -> dict[str
         facts.append(("Open dead letters", f"{rep['dead_letters_open']:,}" + (
             " (source transactions the replay could not apply: resolve them before a cutover)"
             if rep["dead_letters_open"] else "")))
+    split = rep.get("split_windows")
+    if split and split.get("count"):
+        facts.append(("Non-atomic windows", f"{split['count']:,} source transaction(s) applied in pieces "
+                                            f"({split['changes']:,} changes) in the last {rep.get('window_hours', 24):g} h"
+                      + (f"; {split['open']:,} still partly applied: a reader of the target sees part of them"
+                         if split.get("open") else "; every piece applied")))
     return {"facts": facts, "error": rep.get("error"),
             "dead_letters": [{**d, "since": cells.utc(d.get("created_at"))} for d in rep.get("dead_letters") or []]}
 
