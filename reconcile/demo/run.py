@@ -279,6 +279,9 @@ def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None])
         for c in result.gate.get("criteria", []):
             if not c.get("passed"):
                 echo(f"    - {c.get('name')}: {c.get('message')}")
+        if [c.get("name") for c in result.gate.get("criteria", []) if not c.get("passed")] == ["audit_blockers"]:
+            echo("    (a blocker with a replacement invariant is retired on evidence: `reconcile gate retire FINDING`;"
+                 " `reconcile demo --journey` walks every gate)")
     if result.injected:
         echo("  planted: " + "; ".join(p.get("description", p.get("kind", "?")) for p in result.injected))
     if result.report_dir:
