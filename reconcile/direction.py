@@ -45,18 +45,29 @@ def check_direction(value: str | None) -> str | None:
     return value
 
 
-def direction_of(conn: psycopg.Connection, forced: str | None = None) -> str:
+def direction_of(conn: psycopg.Connection, forced: str | None = None, *, key: str | None = None) -> str:
     """``forced`` when given, else from the cutover state on the target (``write_cutover`` -> reverse).
 
-    No state row (gates never used) is forward.
+    ``key``: the migration's cutover state key (:func:`reconcile.identity.cutover_key`); its row decides,
+    and a control schema from before the state was scoped (one ``'cutover'`` row, not yet adopted) stands
+    in for it. No key (a caller that does not know the migration): reverse when *any* migration of this
+    control schema is in write cutover, the side that refuses more. No state row (gates never used) is
+    forward.
     """
     if check_direction(forced) is not None:
         return forced  # type: ignore[return-value]
     if conn.execute("SELECT to_regclass('reconcile.gate_state')").fetchone()[0] is None:
         return FORWARD
-    row = conn.execute(sql.SQL("SELECT state FROM {} WHERE gate_key = 'cutover'").format(
-        sql.Identifier("reconcile", "gate_state"))).fetchone()
-    return REVERSE if row is not None and row[0] == "write_cutover" else FORWARD
+    from reconcile.identity import LEGACY_CUTOVER_KEY
+
+    table = sql.Identifier("reconcile", "gate_state")
+    if key is None:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE state = 'write_cutover'").format(table)).fetchone()
+        return REVERSE if row is not None and row[0] else FORWARD
+    rows = dict(conn.execute(sql.SQL("SELECT gate_key, state FROM {} WHERE gate_key IN (%s, %s)").format(table),
+                             (key, LEGACY_CUTOVER_KEY)).fetchall())
+    state = rows.get(key, rows.get(LEGACY_CUTOVER_KEY))
+    return REVERSE if state == "write_cutover" else FORWARD
 
 
 def describe(direction: str | None) -> str:

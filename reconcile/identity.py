@@ -18,6 +18,12 @@ The identity is derived, never typed: the SHA-256 of the canonical JSON of
   adding one is not: evidence about fewer tables proves nothing about the new one);
 - ``slot``: ``[replay] slot_name``.
 
+The cutover state (``reconcile.gate_state``: shadow, read cutover, write cutover) belongs to a migration
+too, so approving migration B's read gate never moves migration A's applications. Its key
+(:func:`cutover_key`, ``cutover:<hash>``) is derived from the same fields *without the tables*: adding a
+table to a running migration must not reset where its applications read and write (its evidence restarts,
+the state does not).
+
 The same config read by the CLI and by an Airflow task (endpoints from Connections) gives the same
 id when both name the same host, port and database.
 
@@ -33,8 +39,12 @@ from typing import Any
 
 from reconcile.config import InvalidSetting
 
-__all__ = ["MigrationIdentity", "MigrationSettings", "RunScope", "covers", "migration_of", "run_scope",
-           "tables_json", "text_problem"]
+__all__ = ["LEGACY_CUTOVER_KEY", "MigrationIdentity", "MigrationSettings", "RunScope", "covers", "cutover_key",
+           "migration_of", "run_scope", "tables_json", "text_problem"]
+
+LEGACY_CUTOVER_KEY = "cutover"
+"""The one ``gate_state`` key of control schemas written before the state was scoped; the first migration
+that opens its gates adopts it (:func:`reconcile.gates.cutover`)."""
 
 _MAX_NAME = 100
 
@@ -134,13 +144,23 @@ class MigrationIdentity:
     """The configured tables, sorted."""
     slot: str
 
+    @property
+    def cutover_key(self) -> str:
+        """The key of this migration's cutover state row: the identity without the tables."""
+        import hashlib
+
+        doc = {"name": self.name, "source": self.source, "target": self.target, "slot": self.slot}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "cutover:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "source": self.source, "target": self.target,
-                "tables": list(self.tables), "slot": self.slot}
+                "tables": list(self.tables), "slot": self.slot, "cutover_key": self.cutover_key}
 
     def scope(self, tables: Any = None) -> RunScope:
         """What a run of this migration records: the id and the tables it covered (default: all)."""
-        return RunScope(self.id, tuple(sorted(set(self.tables if tables is None else (str(t) for t in tables)))))
+        return RunScope(self.id, tuple(sorted(set(self.tables if tables is None else (str(t) for t in tables)))),
+                        self.cutover_key)
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,8 @@ class RunScope:
 
     migration_id: str | None
     tables: tuple[str, ...]
+    cutover_key: str | None = None
+    """The migration's cutover state key (:func:`cutover_key`); None: unscoped (legacy)."""
 
     @property
     def tables_json(self) -> str:
@@ -170,3 +192,8 @@ def migration_of(config: Any) -> MigrationIdentity:
 def run_scope(config: Any, tables: Any = None) -> RunScope:
     """``migration_of(config).scope(tables)``: what a run over ``tables`` (default every table) records."""
     return migration_of(config).scope(tables)
+
+
+def cutover_key(config: Any) -> str:
+    """The ``gate_state`` key of the migration ``config`` describes (see the module docstring)."""
+    return migration_of(config).cutover_key

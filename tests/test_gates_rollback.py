@@ -158,15 +158,17 @@ def test_the_rollback_gate_is_not_approved_but_rolled_back(cfg, conn):  # noqa: 
 # --- direction of real diff runs ---------------------------------------------------------------
 
 
-def _write_cutover_state(target: str) -> None:
+def _write_cutover_state(target: str, cfg: Config) -> None:
+    """Put ``cfg``'s migration in write cutover (its own cutover state row)."""
     from reconcile import control
     from reconcile.connections import connect
     from reconcile.config import PostgresEndpoint
+    from reconcile.identity import cutover_key
 
     with connect(PostgresEndpoint("target", target)) as conn:
         control.migrate(conn)
-        conn.execute("INSERT INTO reconcile.gate_state (gate_key, state, version, entered_at) "
-                     "VALUES ('cutover', 'write_cutover', 1, now()) ON CONFLICT (gate_key) DO UPDATE SET state = 'write_cutover'")
+        conn.execute("INSERT INTO reconcile.gate_state (gate_key, state, version, entered_at) VALUES (%s, 'write_cutover', "
+                     "1, now()) ON CONFLICT (gate_key) DO UPDATE SET state = 'write_cutover'", (cutover_key(cfg),))
 
 
 def test_a_diff_after_write_cutover_is_reverse_and_counts_from_the_target(source_db, target_db, tmp_path: Path):
@@ -183,7 +185,7 @@ def test_a_diff_after_write_cutover_is_reverse_and_counts_from_the_target(source
     forward = run_diff(cfg, report_dir=tmp_path)
     assert forward.summary["direction"] == "forward"
     assert (forward.summary["tables"]["app.items"]["missing"], forward.summary["tables"]["app.items"]["extra"]) == (1, 2)
-    _write_cutover_state(target_db)
+    _write_cutover_state(target_db, cfg)
     reverse = run_diff(cfg, report_dir=tmp_path)
     table = reverse.summary["tables"]["app.items"]
     assert reverse.summary["direction"] == "reverse" and (table["missing"], table["extra"]) == (2, 1)
@@ -214,8 +216,8 @@ def test_a_reverse_diff_rechecks_after_the_reverse_replay_catches_up(source_db, 
 
     items_pair(source_db, target_db, rows=20)
     run_sql(target_db, "UPDATE app.items SET name = 'renamed on dsql' WHERE id = 3")
-    _write_cutover_state(target_db)
     cfg = diff_config(source_db, target_db, ITEMS, settings=dataclasses.replace(SMALL, lag_wait_seconds=1))
+    _write_cutover_state(target_db, cfg)
     stream = cfg.stage("reverse").stream_name
     with psycopg.connect(source_db, autocommit=True) as src:
         for stmt in source_state.DDL:

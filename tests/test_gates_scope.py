@@ -14,7 +14,7 @@ import sys
 import psycopg
 import pytest
 
-from reconcile.config import PostgresEndpoint, load_config
+from reconcile.config import PostgresEndpoint, TableSpec, load_config
 from reconcile.connections import connect
 from reconcile.gates import evaluate
 from reconcile.identity import RunScope, migration_of, run_scope
@@ -108,6 +108,48 @@ def test_no_evidence_of_this_migration_says_so_and_counts_the_rows_left_out(cfg,
     audit = ev.criterion("audit_blockers")
     assert audit.evidence == {"audit_run": None, "ignored_without_migration_id": 2}
     assert "no audit run of this migration" in audit.message and "2 older row(s) record no migration" in audit.message
+
+
+# --- the cutover state -----------------------------------------------------------------------
+
+
+def test_two_migrations_sharing_a_control_schema_each_have_their_own_cutover_state(cfg, conn):
+    """Approving the second migration's read gate (and later its write gate) never moves the first
+    migration's state, its direction, or what its repair refuses; adding a table keeps a state."""
+    from reconcile.direction import direction_of
+    from reconcile.gates import approve, current_state
+    from reconcile.identity import MigrationSettings, cutover_key
+
+    second = dataclasses.replace(cfg, stages={**cfg.stages, "migration": MigrationSettings(name="second ledger")})
+    assert cutover_key(second) != cutover_key(cfg)
+    assert current_state(cfg, conn=conn) == current_state(second, conn=conn) == "shadow"
+    for gate in ("read", "write"):
+        approve(second, gate, by="ana", reason="second ledger", override_reason="staging only", conn=conn)
+    assert current_state(second, conn=conn) == "write_cutover"
+    assert current_state(cfg, conn=conn) == "shadow"
+    assert conn.execute("SELECT count(*) FROM reconcile.gate_state").fetchone()[0] == 2
+    assert direction_of(conn, key=cutover_key(cfg)) == "forward"
+    assert direction_of(conn, key=cutover_key(second)) == "reverse"
+    assert direction_of(conn) == "reverse"  # a caller that does not know its migration refuses more, not less
+    # one more table is new evidence, not a new cutover state
+    grown = dataclasses.replace(second, tables=(*second.tables, TableSpec("ledger.extra", ("id",))))
+    assert migration_of(grown).id != migration_of(second).id and cutover_key(grown) == cutover_key(second)
+    assert current_state(grown, conn=conn) == "write_cutover"
+
+
+def test_the_unscoped_state_of_an_older_control_schema_is_adopted_once(cfg, conn):
+    from reconcile.gates import current_state
+    from reconcile.identity import MigrationSettings, cutover_key
+
+    conn.execute("INSERT INTO reconcile.gate_state (gate_key, state, version, entered_at) "
+                 "VALUES ('cutover', 'read_cutover', 3, now())")
+    assert current_state(cfg, conn=conn) == "read_cutover"  # its applications already read the target
+    rows = dict(conn.execute("SELECT gate_key, state FROM reconcile.gate_state").fetchall())
+    assert rows == {cutover_key(cfg): "read_cutover", "cutover": "adopted"}
+    assert conn.execute("SELECT changed_by FROM reconcile.gate_state WHERE gate_key = 'cutover'").fetchone()[0] \
+        == cutover_key(cfg)
+    second = dataclasses.replace(cfg, stages={**cfg.stages, "migration": MigrationSettings(name="second ledger")})
+    assert current_state(second, conn=conn) == "shadow" and current_state(cfg, conn=conn) == "read_cutover"
 
 
 # --- red reconciliations ----------------------------------------------------------------------

@@ -308,6 +308,7 @@ def test_automatic_repair_runs_below_its_limit_and_is_recorded_above_it(source_d
 
     from reconcile.diff import diff_table, finish_diff, start_diff
     from reconcile.gates.coverage import repairs_evidence
+    from reconcile.identity import migration_of
     from reconcile.pipeline.repair import auto_repair_step
 
     for url in (source_db, target_db):
@@ -340,8 +341,11 @@ def test_automatic_repair_runs_below_its_limit_and_is_recorded_above_it(source_d
     assert "<h2>Repairs</h2>" in html and "3 repaired" in html
     assert rows_of(target_db) == rows_of(source_db)
     with psycopg.connect(target_db) as conn:
-        ev = repairs_evidence(conn, conn.execute("SELECT now() - interval '1 hour'").fetchone()[0])
+        since = conn.execute("SELECT now() - interval '1 hour'").fetchone()[0]
+        ev = repairs_evidence(conn, since, migration_of(cfg).id)
+        other = repairs_evidence(conn, since, "f" * 32)  # another migration sharing the control schema
     assert ev["repairs"] == 2 and ev["by_status"] == {"skipped": 1, "repaired": 1} and ev["outcomes"]["repaired"] == 3
+    assert other["repairs"] == 0 and other["latest_run_id"] is None
 
     step, summary = reconcile(cfg)  # nothing left: nothing recorded
     assert step == {"decision": "nothing to repair", "findings": 0} and summary["verdict"] == "green"

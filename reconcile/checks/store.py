@@ -45,7 +45,7 @@ def start_run(target: psycopg.Connection, settings: dict[str, Any], *, policy: R
         row = target.execute(sql.SQL("SELECT direction FROM {} WHERE run_id = %s").format(ident("runs")),
                              (part_of,)).fetchone()
         direction = row[0] if row is not None else None
-    direction = direction_of(target, direction)
+    direction = direction_of(target, direction, key=scope.cutover_key if scope else None)
     run_id = str(uuid.uuid4())
     q = sql.SQL("INSERT INTO {} (run_id, kind, status, settings, migration_id, tables, part_of, direction) "
                 "VALUES (%s, %s, 'running', %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(ident("runs"))

@@ -6,7 +6,7 @@ without inline DEFAULT/NOT NULL); never renumber a shipped step.
 
 Tables:
 
-* ``gate_state``: one row keyed by a constant (``'cutover'``): the current state (``shadow``,
+* ``gate_state``: one row per migration (key: :func:`reconcile.identity.cutover_key`): the current state (``shadow``,
   ``read_cutover``, ``write_cutover``), a version bumped by every write (the optimistic-concurrency
   guard), when it was entered and by whom, a pending first approval (JSON, two-person rule), and
   what was last published (``published_state``/``published_version``: where applications read).

@@ -57,7 +57,7 @@ from reconcile.diff.side import Pair, Side
 from reconcile.budget import budget_from
 from reconcile.direction import REVERSE, swap_counts
 from reconcile.errors import ReconcileError
-from reconcile.identity import run_scope
+from reconcile.identity import cutover_key, run_scope
 from reconcile.occ import policy_from, retry_step, scrubbed, stage_error
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def start_diff(config: Any, *, tables: list[str] | tuple[str, ...] | None = None
     run_id = run_id or store.new_run_id()
     with _connect(config.target) as tgt:
         migrate(tgt, dialect=_dialect(config), policy=policy_from(config))
-        direction = direction_of(tgt, direction)
+        direction = direction_of(tgt, direction, key=cutover_key(config))
         store.insert_run(tgt, run_id, {
             "tables": names, "start_lsn": start_lsn, "slot_name": lag.slot_name(config),
             "lag_wait_seconds": wait, "mode": mode, "direction": direction,

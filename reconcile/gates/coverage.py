@@ -49,11 +49,11 @@ def _verified(run: dict[str, Any]) -> tuple[dt.datetime | None, str]:
     return _parse(cov.get("all_verified_since")), "sweep"
 
 
-def repairs_evidence(conn: psycopg.Connection, since: dt.datetime) -> dict[str, Any]:
-    """Repair runs (and decisions not to repair) finished since ``since``."""
+def repairs_evidence(conn: psycopg.Connection, since: dt.datetime, migration_id: str) -> dict[str, Any]:
+    """Repair runs (and decisions not to repair) of migration ``migration_id`` finished since ``since``."""
     rows = conn.execute(sql.SQL("SELECT run_id::text, status, finished_at, summary FROM {} WHERE kind = 'repair' "
-                                "AND finished_at >= %s ORDER BY finished_at DESC").format(ident("runs")),
-                        (since,)).fetchall()
+                                "AND migration_id = %s AND finished_at >= %s ORDER BY finished_at DESC"
+                                ).format(ident("runs")), (migration_id, since)).fetchall()
     import json
 
     outcomes: dict[str, int] = {}

@@ -526,7 +526,7 @@ def evaluate_criteria(conn: psycopg.Connection, gate: str, s: GateSettings, stat
     since = now - dt.timedelta(hours=s.replay_window_hours)
     replays = [r for r in _runs(conn, "replay", None, scope, since=since) if r["covers"]]
     audit = _latest_audit(conn, scope)
-    repairs = repairs_evidence(conn, since)
+    repairs = repairs_evidence(conn, since, scope.migration_id)
     out = [_diff_streak(diffs, s, now, scope), _diff_clean(diffs, scope), _expectations(conn, s, now, scope),
            _replay_lag(replays, s, scope, _without_id(conn, "runs", "replay")), _dead_letters(conn, scope),
            _audit_blockers(conn, audit, s, scope, now), full_pass_recent(diffs, s, now, repairs)]

@@ -10,8 +10,10 @@ replay caught up, a green reverse reconciliation, no open reverse dead letter), 
 rollback's transaction like an approval; ``--override`` stays as a recorded break-glass. The rollback
 from ``read_cutover`` needs no evidence (the source never stopped being the system of record).
 
-The state is one row of ``reconcile.gate_state`` (key ``'cutover'``), and every change to it is
-written through :func:`reconcile.occ.run_with_retry` in the same transaction as its events in the
+The state is one row of ``reconcile.gate_state`` per migration (key: :func:`reconcile.identity.cutover_key`,
+so two migrations sharing one control schema never move each other's state; a control schema from before
+the state was scoped has one row keyed ``'cutover'``: the first migration that opens its gates copies it
+and marks it ``adopted`` with its key, and logs that), and every change to it is written through :func:`reconcile.occ.run_with_retry` in the same transaction as its events in the
 audit trail (:mod:`reconcile.gates.trail`). Concurrency without locks: a transition reads the state
 and writes the new one (``WHERE version = <read version>``) in one REPEATABLE READ transaction, and
 appending its events moves the chain head; of two concurrent approvals the later commit fails with
@@ -47,7 +49,7 @@ from reconcile.gates.evidence import GATES, Evaluation, canonical, iso, jsonable
 from reconcile.gates.rollback_gate import HINTS, reverse_snapshot
 from reconcile.gates.ssm import publish_ssm, resolve_region
 from reconcile.gates.approver import checked_identity, principal
-from reconcile.identity import migration_of, run_scope, text_problem
+from reconcile.identity import LEGACY_CUTOVER_KEY, cutover_key, migration_of, run_scope, text_problem
 from reconcile.occ import policy_from, run_with_retry
 from reconcile.schema.dialect import dialect_for
 
@@ -57,7 +59,6 @@ __all__ = ["STATES", "acknowledge", "approve", "clean_text", "current_state", "e
 log = logging.getLogger(__name__)
 
 STATES = ("shadow", "read_cutover", "write_cutover")
-STATE_KEY = "cutover"
 _STEP = {"read": ("shadow", "read_cutover"), "write": ("read_cutover", "write_cutover"),
          "rollback": ("write_cutover", "read_cutover")}
 _BACK = {"read_cutover": "shadow", "write_cutover": "read_cutover"}
@@ -76,6 +77,14 @@ _SET_PENDING = sql.SQL("UPDATE {} SET pending = %s, version = version + 1, updat
                        "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
 _SET_PUBLISHED = sql.SQL("UPDATE {} SET published_state = state, published_version = version, published_at = now() "
                          "WHERE gate_key = %s AND version = %s").format(ident("gate_state"))
+_HAS_STATE = sql.SQL("SELECT 1 FROM {} WHERE gate_key = %s").format(ident("gate_state"))
+_ADOPT_LEGACY = sql.SQL("INSERT INTO {} (gate_key, {}) SELECT %s, {} FROM {} "
+                        "WHERE gate_key = %s AND state <> %s").format(
+    ident("gate_state"), sql.SQL(", ").join(map(sql.Identifier, _STATE_COLS)),
+    sql.SQL(", ").join(map(sql.Identifier, _STATE_COLS)), ident("gate_state"))
+_ADOPTED = "adopted"
+_MARK_LEGACY = sql.SQL("UPDATE {} SET state = %s, changed_by = %s, version = version + 1, updated_at = now() "
+                       "WHERE gate_key = %s AND state <> %s").format(ident("gate_state"))
 _HEAD_ROW = sql.SQL("SELECT seq, head_hash, head_event_id FROM {} WHERE chain = %s").format(ident("gate_chain"))
 _GATE_RUN = sql.SQL("INSERT INTO {} (run_id, kind, status, started_at, finished_at, settings, summary, migration_id, "
                     "tables) VALUES (%s, 'gate', %s, %s, now(), %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING"
@@ -115,19 +124,31 @@ def _target(config: Any, conn: psycopg.Connection | None) -> Iterator[psycopg.Co
     try:
         migrate(c, dialect=dialect_for(config.target).name, policy=policy_from(config))  # type: ignore[arg-type]
 
-        def init(t: psycopg.Connection) -> None:
-            t.execute(_INIT_STATE, (STATE_KEY,))
-            trail.ensure_head(t)
+        key = cutover_key(config)
 
-        _tx(c, config, init, "gate state init", writes=False)
+        def init(t: psycopg.Connection) -> bool:
+            adopted = False
+            if t.execute(_HAS_STATE, (key,)).fetchone() is None:
+                # A control schema from before the state was scoped: its one state is this migration's.
+                adopted = t.execute(_ADOPT_LEGACY, (key, LEGACY_CUTOVER_KEY, _ADOPTED)).rowcount == 1
+                if adopted:  # the old row stays (nothing here deletes), marked with who adopted it
+                    t.execute(_MARK_LEGACY, (_ADOPTED, key, LEGACY_CUTOVER_KEY, _ADOPTED))
+                else:
+                    t.execute(_INIT_STATE, (key,))
+            trail.ensure_head(t)
+            return adopted
+
+        if _tx(c, config, init, "gate state init", writes=False):
+            log.warning("This migration adopted the control schema's unscoped cutover state (%s); a second "
+                        "migration sharing this control schema starts in shadow.", key)
         yield c
     finally:
         if owned is not None:
             owned.close()
 
 
-def _read_state(t: psycopg.Connection) -> dict[str, Any]:
-    row = t.execute(_READ_STATE, (STATE_KEY,)).fetchone()
+def _read_state(t: psycopg.Connection, key: str) -> dict[str, Any]:
+    row = t.execute(_READ_STATE, (key,)).fetchone()
     if row is None:
         raise GateError("The cutover state row (reconcile.gate_state) is missing; run `reconcile gate status` "
                         "to recreate it and check `reconcile gate history` for a broken trail.")
@@ -277,7 +298,7 @@ def _evaluate_in(t: psycopg.Connection, config: Any, gate: str, st: dict[str, An
     """
     reverse = reverse_snapshot(config) if gate == "rollback" else None
     (now,) = t.execute("SELECT now()").fetchone()
-    st = _read_state(t) if st is None else st
+    st = _read_state(t, cutover_key(config)) if st is None else st
     criteria = evaluate_criteria(t, gate, config.gates, st, now, EvidenceScope.of(config), reverse)
     return Evaluation(gate, st["state"], iso(now) or "", tuple(criteria))
 
@@ -358,7 +379,7 @@ def reject(config: Any, gate: str, *, by: str, reason: str, identity: dict[str, 
     frm, to = _STEP[gate]
     with _target(config, conn) as c:
         def write(t: psycopg.Connection) -> dict[str, Any]:
-            st = _read_state(t)
+            st = _read_state(t, cutover_key(config))
             details = {"from": frm, "to": to, "state": st["state"], "state_version": st["version"],
                        "authenticated": who, "seen_evidence_hash": seen.evidence_hash if seen else None,
                        "seen_run_id": seen.run_id if seen else None, "seen_passed": seen.passed if seen else None}
@@ -474,7 +495,7 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
         pins = _pins(config)
 
         def transact(t: psycopg.Connection) -> dict[str, Any]:
-            st = _read_state(t)
+            st = _read_state(t, cutover_key(config))
             chain = _checked_chain(t, config, pins, st["state"])
             fresh = _evaluate_in(t, config, gate, st)
             compared = _compared(seen, fresh)
@@ -519,7 +540,7 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
                     doc = {"gate": gate, "from": frm, "by": by, "identity": who, "at": iso(now),
                            "event_id": written[-1]["event_id"], "evidence_hash": ev.evidence_hash,
                            "override": overriding}
-                    if t.execute(_SET_PENDING, (canonical(doc), STATE_KEY, st["version"])).rowcount != 1:
+                    if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
                         raise GateError("The cutover state changed during the approval; run the command again.")
                     return {**out, "status": "pending", "approvers": [by], "identities": identities,
                             "events": [w["event_id"] for w in written]}
@@ -534,7 +555,7 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
                     "details": {"from": frm, "to": to, "version": st["version"] + 1, "approvers": approvers,
                                 "approver_identities": identities, "override": overriding}}
             written = trail.append(t, [evaluated, decision, move])
-            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
+            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], cutover_key(config), st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the approval; run the command again.")
             return {**out, "status": "approved", "approvers": approvers, "identities": identities,
@@ -611,7 +632,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
     seen = _seen(evaluation, "rollback")
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
-            st = _read_state(t)
+            st = _read_state(t, cutover_key(config))
             frm = st["state"]
             if frm not in _BACK:
                 raise _Refused(f"The state is {frm}; there is nothing to roll back.", ("state",))
@@ -642,7 +663,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
                                        "override": overriding, "authenticated": who,
                                        **({"passed": ev.passed, "failing": list(ev.failing)} if ev else {})}})
             written = trail.append(t, events)
-            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], STATE_KEY, st["version"])
+            if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], cutover_key(config), st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the rollback; run the command again.")
             return {"status": "rolled_back", "gate": gate, "from": frm, "to": to, "override": overriding, **out,
@@ -793,7 +814,7 @@ def retire(config: Any, finding_id: str, *, by: str, reason: str, identity: dict
 def _publish(c: psycopg.Connection, config: Any, *, actor: str | None, after: str | None = None) -> dict[str, Any]:
     s = config.gates
     for _ in range(5):
-        st = _tx(c, config, _read_state, "gate state read", writes=False)
+        st = _tx(c, config, lambda t: _read_state(t, cutover_key(config)), "gate state read", writes=False)
         ssm = None
         try:
             if s.ssm_parameter:
@@ -804,12 +825,12 @@ def _publish(c: psycopg.Connection, config: Any, *, actor: str | None, after: st
             raise PublishFailed(f"The gate {after}, but publishing failed: {exc.message}") from None
 
         def write(t: psycopg.Connection) -> dict[str, Any] | None:
-            now = _read_state(t)
+            now = _read_state(t, cutover_key(config))
             if now["version"] != st["version"]:
                 return None  # the state moved meanwhile: publish the new one
             control = (now["published_state"], now["published_version"]) != (now["state"], now["version"])
             if control:
-                t.execute(_SET_PUBLISHED, (STATE_KEY, now["version"]))
+                t.execute(_SET_PUBLISHED, (cutover_key(config), now["version"]))
             out = {"state": now["state"], "version": now["version"], "control_changed": control,
                    "ssm": ssm, "changed": control or bool(ssm and ssm["changed"])}
             if out["changed"]:
@@ -854,7 +875,7 @@ def publish(config: Any, *, actor: str | None = None, conn: psycopg.Connection |
 def current_state(config: Any, *, conn: psycopg.Connection | None = None) -> str:
     """``shadow``, ``read_cutover`` or ``write_cutover``."""
     with _target(config, conn) as c:
-        return _tx(c, config, _read_state, "gate state read", writes=False)["state"]
+        return _tx(c, config, lambda t: _read_state(t, cutover_key(config)), "gate state read", writes=False)["state"]
 
 
 def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[str, Any]:
@@ -867,7 +888,7 @@ def gate_status(config: Any, *, conn: psycopg.Connection | None = None) -> dict[
         pins = _pins(config)
 
         def read(t: psycopg.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
-            st = _read_state(t)
+            st = _read_state(t, cutover_key(config))
             return st, _checked_chain(t, config, pins, st["state"])
 
         st, chain = _tx(c, config, read, "gate status", writes=False)
@@ -891,7 +912,7 @@ def history(config: Any, *, limit: int | None = None, conn: psycopg.Connection |
 
         def read(t: psycopg.Connection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             events = trail.read_events(t)
-            return events, _checked_chain(t, config, pins, _read_state(t)["state"], events)
+            return events, _checked_chain(t, config, pins, _read_state(t, cutover_key(config))["state"], events)
 
         events, chain = _tx(c, config, read, "gate history", writes=False)
     shown = events[-limit:] if limit else events

@@ -61,7 +61,8 @@ def _reverse(config: Config, run_id: str) -> bool:
     from reconcile.connections import connect
     from reconcile.diff import store
     from reconcile.direction import REVERSE, direction_of
+    from reconcile.identity import cutover_key
 
     with connect(config.target) as conn:
         run = store.get_run(conn, run_id)
-        return direction_of(conn) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE)
+        return direction_of(conn, key=cutover_key(config)) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE)

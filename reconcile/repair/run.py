@@ -79,12 +79,17 @@ def _connect(endpoint: Any) -> psycopg.Connection:
 def _control(config: Config, conn: psycopg.Connection):
     from reconcile.backfill.checkpoints import Control
 
-    return Control(conn, budget=budget_from(config), policy=policy_from(config))
+    from reconcile.identity import migration_of
+
+    return Control(conn, budget=budget_from(config), policy=policy_from(config),
+                   migration_id=migration_of(config).id)
 
 
-def latest_diff_run(conn: psycopg.Connection) -> str | None:
+def latest_diff_run(conn: psycopg.Connection, migration_id: str | None = None) -> str | None:
+    """The newest finished diff run (of migration ``migration_id`` when given: never another migration's)."""
     row = conn.execute("SELECT run_id::text FROM reconcile.runs WHERE kind = 'diff' AND status IN ('green', 'red', "
-                       "'error') ORDER BY finished_at DESC NULLS LAST LIMIT 1").fetchone()
+                       "'error') AND (%s::text IS NULL OR migration_id = %s) ORDER BY finished_at DESC NULLS LAST "
+                       "LIMIT 1", (migration_id, migration_id)).fetchone()
     return row[0] if row else None
 
 
@@ -133,6 +138,7 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
         RepairTimeout: the replay did not reach the high watermarks in time (is it running?).
     """
     from reconcile.control import migrate
+    from reconcile.identity import cutover_key, migration_of
     from reconcile.schema.dialect import dialect_for
 
     s = config.repair
@@ -144,7 +150,7 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
         raise RepairError("A whole-table repair needs the table: give --table (a table added to the migration).")
     with _connect(config.target) as tconn:
         migrate(tconn, dialect=dialect_for(config.target).name, policy=policy_from(config))
-        _refuse_reverse(tconn, diff_run_id)
+        _refuse_reverse(tconn, diff_run_id, key=cutover_key(config))
         store = RepairStore(tconn, budget=budget_from(config), policy=policy_from(config))
         work: dict[str, list[tuple[Any, str]] | None]
         if whole_table:
@@ -152,10 +158,10 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
         elif keys is not None:
             work = {config.table(t).name: [(tuple(k), "given") for k in ks] for t, ks in keys.items() if ks}
         else:
-            diff_run_id = diff_run_id or latest_diff_run(tconn)
+            diff_run_id = diff_run_id or latest_diff_run(tconn, migration_of(config).id)
             if diff_run_id is None:
-                raise RepairError("No finished diff run is stored, so there are no findings to repair: run "
-                                  "`reconcile diff` first, or give the keys.")
+                raise RepairError("No finished diff run of this migration is stored, so there are no findings to "
+                                  "repair: run `reconcile diff` first, or give the run (--run) or the keys.")
             work = dict(findings_of(tconn, diff_run_id, tables))  # type: ignore[arg-type]
         if not work:
             raise RepairError(f"Diff run {diff_run_id} has no row findings"
@@ -175,13 +181,13 @@ def run_repair(config: Config, *, diff_run_id: str | None = None, tables: list[s
     return result
 
 
-def _refuse_reverse(conn: psycopg.Connection, diff_run_id: str | None) -> None:
+def _refuse_reverse(conn: psycopg.Connection, diff_run_id: str | None, *, key: str | None) -> None:
     """A repair copies source rows onto the target: never while the target is the system of record."""
     from reconcile.diff.store import get_run
     from reconcile.direction import REVERSE, direction_of
 
     run = get_run(conn, diff_run_id) if diff_run_id else None
-    if direction_of(conn) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE):
+    if direction_of(conn, key=key) == REVERSE or (run is not None and run["settings"].get("direction") == REVERSE):
         raise RepairError("After write cutover the target is the system of record, and a repair would copy the old "
                           "source's rows over it; let the reverse replay bring the source in line (`reconcile reverse "
                           "run`), or roll back first.")
