@@ -95,6 +95,41 @@ def test_rollback_from_write_cutover_is_refused_without_evidence_and_passes_with
     assert gate_status(cfg, conn=conn)["chain"]["ok"]
 
 
+def test_the_two_person_rule_holds_for_the_rollback_from_write_cutover(cfg, conn):  # noqa: F811
+    """The system of record moves back: two authenticated people, as for the approvals; one person with two
+    names, or no authenticated identity, is refused; the rollback from read_cutover stays one person's call."""
+    from reconcile.gates.approver import airflow_responder
+    from tests.test_gates import make_config
+
+    to_write_cutover(cfg, conn)
+    reverse_state(cfg, caught_up_seconds_ago=1)
+    reverse_run(conn)
+    two = dataclasses.replace(cfg, stages={**cfg.stages, "gates": dataclasses.replace(cfg.gates, two_person=True)})
+    ana, bo = airflow_responder({"id": "u-ana", "name": "ana"}), airflow_responder({"id": "u-bo", "name": "bo"})
+    with pytest.raises(GateRefused, match="no authenticated identity") as unauthenticated:
+        rollback(two, by="ana", reason="bad numbers", conn=conn)
+    assert unauthenticated.value.failing == ("two_person",)
+    first = rollback(two, by="ana", reason="bad numbers", identity=ana, conn=conn)
+    assert first["status"] == "pending" and current_state(two, conn=conn) == "write_cutover"
+    assert gate_status(two, conn=conn)["pending"]["gate"] == "rollback"
+    with pytest.raises(GateRefused, match=r"ana and bo are one authenticated identity"):
+        rollback(two, by="bo", reason="agree", identity=ana, conn=conn)
+    with pytest.raises(GateRefused, match="second, different approver"):
+        rollback(two, by="ANA", reason="me again", identity=bo, conn=conn)
+    assert current_state(two, conn=conn) == "write_cutover"
+    second = rollback(two, by="bo", reason="agree", identity=bo, conn=conn)
+    assert second["status"] == "rolled_back" and second["approvers"] == ["ana", "bo"]
+    assert second["identities"] == ["airflow:u-ana", "airflow:u-bo"] and current_state(two, conn=conn) == "read_cutover"
+    (details,) = conn.execute("SELECT details FROM reconcile.audit_events WHERE event = 'rollback' ORDER BY seq DESC "
+                              "LIMIT 1").fetchone()
+    details = json.loads(details) if isinstance(details, str) else details
+    assert details["approver_identities"] == ["airflow:u-ana", "airflow:u-bo"] and details["first_approval"]
+    assert gate_status(two, conn=conn)["pending"] is None and gate_status(two, conn=conn)["chain"]["ok"]
+    # from read_cutover one authenticated person may roll back
+    one = rollback(two, by="bo", reason="back to shadow", identity=bo, conn=conn)
+    assert one["status"] == "rolled_back" and current_state(two, conn=conn) == "shadow"
+
+
 def _lagging(cfg, conn):
     reverse_state(cfg, caught_up_seconds_ago=3600)
 

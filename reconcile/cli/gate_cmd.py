@@ -184,6 +184,9 @@ def rollback_cmd(
                           identity=_caller(cfg, **{"--by": by, "--reason": reason, "--override": override}))
     except GateRefused as exc:
         _refused(exc, as_json)
+    if result["status"] == "pending":
+        _emit(result, as_json, f"rollback approved by {by}; waiting for a second, different approver (two-person rule)")
+        return
     _emit(result, as_json, f"rolled back {result['from']} -> {result['to']}"
                            + (" (override recorded)" if result["override"] else "")
                            + (f" on evidence {result['evidence_hash'][:12]}" if result.get("evidence_hash") else ""))

@@ -527,17 +527,12 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
                    "evaluation_run_id": ev.run_id, "failing": list(failing), **compared}
             approvers, identities = [by], [principal(who)]
             if s.two_person:
-                pending = st["pending"]
-                now = dt.datetime.now(dt.timezone.utc)
-                # A pending approval counts while fresh, and only when authenticated (one recorded before
-                # approvals were authenticated is replaced by this one).
-                fresh_pending = pending is not None and pending.get("gate") == gate and pending.get("from") == frm \
-                    and now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours) \
-                    and pending.get("identity") is not None
-                if not fresh_pending:
+                pending = _fresh_pending(st, gate, frm, s)
+                if pending is None:
                     decision["details"]["awaiting"] = "a second, different approver"
                     written = trail.append(t, [evaluated, decision])
-                    doc = {"gate": gate, "from": frm, "by": by, "identity": who, "at": iso(now),
+                    doc = {"gate": gate, "from": frm, "by": by, "identity": who,
+                           "at": iso(dt.datetime.now(dt.timezone.utc)),
                            "event_id": written[-1]["event_id"], "evidence_hash": ev.evidence_hash,
                            "override": overriding}
                     if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
@@ -571,6 +566,18 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
         else:
             result["pinned"] = _pin(c, config)
         return result
+
+
+def _fresh_pending(st: dict[str, Any], gate: str, frm: str, s: Any) -> dict[str, Any] | None:
+    """The state's pending first approval of ``gate`` from ``frm`` when it still counts: fresh (within
+    ``approval_ttl_hours``) and authenticated (one recorded before approvals were authenticated is replaced)."""
+    pending = st["pending"]
+    now = dt.datetime.now(dt.timezone.utc)
+    if pending is not None and pending.get("gate") == gate and pending.get("from") == frm \
+            and now - dt.datetime.fromisoformat(pending["at"]) <= dt.timedelta(hours=s.approval_ttl_hours) \
+            and pending.get("identity") is not None:
+        return pending
+    return None
 
 
 def _second_approver_problem(pending: dict[str, Any], by: str, who: dict[str, Any] | None,
@@ -618,18 +625,26 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
     ``evaluation``: the rollback gate's evaluation the person was shown (its hash is recorded next to the
     fresh one, as for approvals).
 
+    With ``[gates] two_person`` the rollback from ``write_cutover`` (the system of record moves back) needs
+    two authenticated people, as the approvals do: the first is recorded as pending (``status: "pending"``,
+    the state stays) and a second, different identity makes the rollback. The rollback from
+    ``read_cutover`` (the source never stopped being the system of record) stays one person's call.
+
     Returns:
-        ``{"status": "rolled_back", "from", "to", "override", "events", "published"}`` and, from
+        ``{"status": "rolled_back" | "pending", "from", "to", "override", "approvers", "identities", "events",
+        "published"}`` and, from
         write_cutover, ``"evidence_hash"``, ``"evaluation_run_id"``, ``"failing"``, ``"seen_evidence_hash"``.
 
     Raises:
         GateRefused: the state is ``shadow``, or ``write_cutover`` while a rollback criterion fails and
-            no override is given.
+            no override is given, or (two-person rule) the rollback is not authenticated or its second
+            approver is the first one.
     """
     by, reason = _required(by, "--by"), _required(reason, "--reason")
     override_reason = _optional(override_reason, "--override")
     who = checked_identity(identity)
     seen = _seen(evaluation, "rollback")
+    s = config.gates
     with _target(config, conn) as c:
         def transact(t: psycopg.Connection) -> dict[str, Any]:
             st = _read_state(t, cutover_key(config))
@@ -641,6 +656,7 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
             events: list[dict[str, Any]] = []
             out: dict[str, Any] = {}
             ev = None
+            approvers, identities, first_approval = [by], [principal(who)], None
             if frm == "write_cutover":
                 fresh = _evaluate_in(t, config, "rollback", st)
                 compared = _compared(seen, fresh)
@@ -655,25 +671,58 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
                                    "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
                                    "details": {"action": "rollback", "from": frm, "to": to, "rollback_reason": reason,
                                                "failing": list(ev.failing), "authenticated": who, **compared}})
+                if s.two_person:
+                    if who is None:
+                        raise _Refused("The two-person rule compares authenticated approvers and this rollback has no "
+                                       "authenticated identity; roll back with AWS credentials (`reconcile gate "
+                                       "rollback` records the STS caller) or through the reconcile_cutover DAG.",
+                                       ("two_person",), fresh, compared)
+                    pending = _fresh_pending(st, "rollback", frm, s)
+                    if pending is None:  # the first of two: recorded, the state stays
+                        if ev.passed:
+                            events.append({"event": "approval", "gate": gate, "actor": by, "reason": reason,
+                                           "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
+                                           "details": {"action": "rollback", "from": frm, "to": to, "passed": True,
+                                                       "failing": [], "authenticated": who, **compared}})
+                        events[-1]["details"]["awaiting"] = "a second, different approver"
+                        written = trail.append(t, events)
+                        doc = {"gate": gate, "from": frm, "by": by, "identity": who,
+                               "at": iso(dt.datetime.now(dt.timezone.utc)), "event_id": written[-1]["event_id"],
+                               "evidence_hash": ev.evidence_hash, "override": not ev.passed}
+                        if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
+                            raise GateError("The cutover state changed during the rollback; run the command again.")
+                        return {"status": "pending", "gate": gate, "from": frm, "to": to, "override": not ev.passed,
+                                **out, "approvers": [by], "identities": [principal(who)],
+                                "events": [w["event_id"] for w in written]}
+                    refusal = _second_approver_problem(pending, by, who, gate)
+                    if refusal:
+                        raise _Refused(refusal, ("two_person",), fresh, compared)
+                    approvers, identities = [pending["by"], by], [principal(pending.get("identity")), principal(who)]
+                    first_approval = pending["event_id"]
             overriding = ev is not None and not ev.passed
             events.append({"event": "rollback", "gate": gate, "actor": by, "reason": reason,
                            "evidence_hash": ev.evidence_hash if ev is not None else None,
                            "run_id": ev.run_id if ev is not None else None,
                            "details": {"from": frm, "to": to, "version": st["version"] + 1,
-                                       "override": overriding, "authenticated": who,
+                                       "override": overriding, "authenticated": who, "approvers": approvers,
+                                       "approver_identities": identities,
+                                       **({"first_approval": first_approval} if first_approval else {}),
                                        **({"passed": ev.passed, "failing": list(ev.failing)} if ev else {})}})
             written = trail.append(t, events)
             if t.execute(_MOVE_STATE, (to, by, reason, written[-1]["event_id"], cutover_key(config), st["version"])
                          ).rowcount != 1:
                 raise GateError("The cutover state changed during the rollback; run the command again.")
             return {"status": "rolled_back", "gate": gate, "from": frm, "to": to, "override": overriding, **out,
-                    "events": [w["event_id"] for w in written]}
+                    "approvers": approvers, "identities": identities, "events": [w["event_id"] for w in written]}
 
         try:
             result = _tx(c, config, transact, "gate rollback")
         except _Refused as refusal:
             raise _record_refusal(c, config, gate="rollback" if refusal.evaluation is not None else None, by=by,
                                   reason=reason, action="rollback", refusal=refusal, identity=who) from None
+        if result["status"] == "pending":
+            result["pinned"] = _pin(c, config)
+            return result
         result["published"] = _publish(c, config, actor=by, after=f"rolled back ({result['from']} -> {result['to']})")
         return result
 

@@ -46,9 +46,10 @@ class GateSettings:
     require_audit_run: bool = True
     """Without a stored audit run, the audit criteria fail (no evidence); false lets them pass."""
     two_person: bool = False
-    """Require a second approver before a gate transitions, with another authenticated identity (the AWS STS
-    caller of `reconcile gate approve`, or the Airflow user who answered the DAG's approval step);
-    unauthenticated approvals are refused."""
+    """Require a second approver before a gate transitions (the read and write gates, and the rollback from
+    write_cutover), with another authenticated identity (the AWS STS caller of `reconcile gate approve` or
+    `gate rollback`, or the Airflow user who answered the DAG's approval step); unauthenticated approvals are
+    refused."""
     approval_ttl_hours: Annotated[float, Bounds(gt=0, le=8760)] = 24.0
     """A first approval waiting for its second approver expires after this many hours (every approval
     re-evaluates the gate when it is recorded, whatever the age of the evaluation the approver saw)."""

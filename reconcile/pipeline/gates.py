@@ -178,7 +178,7 @@ def gate_transition(config: Config, gate: str, *, by: str, reason: str, override
             result = gates.rollback(config, by=by, reason=reason, override_reason=override_reason,
                                     evaluation=dict(evaluation) if evaluation is not None else None,
                                     identity=dict(identity) if identity is not None else None)
-            result["approvers"] = [by]
+            result.setdefault("approvers", [by])
         else:
             result = gates.approve(config, gate, by=by, reason=reason, override_reason=override_reason,
                                    evaluation=dict(evaluation) if evaluation is not None else None,
