@@ -97,8 +97,9 @@ class Side:
             conn = self.factory()
             if not conn.autocommit:
                 conn.autocommit = True
-            for stmt in SESSION:
-                conn.execute(stmt)
+            with conn.pipeline():  # one round trip for the session settings, not one per SET
+                for stmt in SESSION:
+                    conn.execute(stmt)
             exact_loaders(conn)
             self._local.conn = conn
             with self._lock:
