@@ -443,6 +443,27 @@ def _source(target: Target) -> tuple[Any, bool]:
     raise TypeError(f"run_with_retry needs a connection, a connection factory or a Reconnector, got {target!r}")
 
 
+def _pipelined(conn: psycopg.Connection, fn: Callable[[psycopg.Connection], R]) -> R:
+    """``fn(conn)`` in one transaction sent in libpq pipeline mode: ``BEGIN`` goes with ``fn``'s first read
+    and the ``COMMIT`` with everything after ``fn``'s last read, so a commit costs two round trips.
+
+    psycopg's ``conn.transaction()`` syncs (waits) on entry and exit inside a pipeline, so the block is
+    opened by hand. A server error skips the rest up to the sync (the ``COMMIT`` included) and is raised
+    at the sync; whatever fails, a transaction left open is rolled back before the error propagates.
+    """
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            result = fn(conn)
+            conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()  # also forgets statements prepared in the skipped part of the pipeline
+        raise
+
+
 def _check_ready(conn: Any) -> None:
     if not conn.autocommit:
         raise ValueError(
@@ -484,6 +505,7 @@ def run_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     label: str = "transaction",
+    pipeline: bool = False,
 ) -> R:
     """Run ``fn(conn)`` in one target transaction, retrying the whole transaction when that may help.
 
@@ -499,6 +521,11 @@ def run_with_retry(
         sleep: called with each backoff delay (tests inject a recorder).
         rng: source of the jitter (tests inject a seeded ``random.Random``).
         label: names the work in log lines.
+        pipeline: run the whole transaction in libpq pipeline mode: ``BEGIN`` travels with ``fn``'s first
+            statement, and the statements after ``fn``'s last read travel with the ``COMMIT`` (a round trip
+            a network away is paid twice, not once per statement). ``fn`` may still read (a fetch waits for
+            what was sent so far); an error in any statement surfaces at the commit's round trip, and
+            raising inside ``fn`` rolls back as usual.
 
     Returns:
         What ``fn`` returned on the attempt that committed.
@@ -520,6 +547,8 @@ def run_with_retry(
             try:
                 conn = source.get()
                 _check_ready(conn)
+                if pipeline:
+                    return _pipelined(conn, fn)
                 with conn.transaction():
                     result = fn(conn)
                 return result

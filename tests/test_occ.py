@@ -297,7 +297,8 @@ def counter_db(target_db):
     return target_db
 
 
-def test_concurrent_read_modify_write_ends_exact(counter_db):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_concurrent_read_modify_write_ends_exact(counter_db, pipeline):
     threads_n, increments = 4, 50
     counters = RetryCounters()
     policy = RetryPolicy(max_attempts=200, base_delay=0.001, max_delay=0.05)
@@ -313,7 +314,7 @@ def test_concurrent_read_modify_write_ends_exact(counter_db):
             with Reconnector(_connect(counter_db)) as conns:
                 rng = random.Random(seed)
                 for _ in range(increments):
-                    run_with_retry(conns, increment, policy=policy, counters=counters, rng=rng)
+                    run_with_retry(conns, increment, policy=policy, counters=counters, rng=rng, pipeline=pipeline)
         except BaseException as exc:  # surfaced in the main thread
             failures.append(exc)
 
@@ -330,7 +331,8 @@ def test_concurrent_read_modify_write_ends_exact(counter_db):
     assert counters.gave_up == 0
 
 
-def test_a_killed_session_is_retried_on_a_new_connection(counter_db):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_killed_session_is_retried_on_a_new_connection(counter_db, pipeline):
     counters = RetryCounters()
     killed = []
 
@@ -342,27 +344,67 @@ def test_a_killed_session_is_retried_on_a_new_connection(counter_db):
         conn.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
         return conn.info.backend_pid
 
-    pid = run_with_retry(_connect(counter_db), increment, counters=counters, sleep=lambda s: None)
+    pid = run_with_retry(_connect(counter_db), increment, counters=counters, sleep=lambda s: None, pipeline=pipeline)
     assert pid != killed[0]
     assert counters.connection_errors == 1 and counters.attempts == 2
     with psycopg.connect(counter_db) as conn:
         assert conn.execute("SELECT n FROM counter").fetchone()[0] == 1
 
 
-def test_3001_rows_raise_limit_exceeded_after_one_attempt(counter_db):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_3001_rows_raise_limit_exceeded_after_one_attempt(counter_db, pipeline):
     counters = RetryCounters()
     with psycopg.connect(counter_db, autocommit=True) as conn:
         with pytest.raises(LimitExceeded, match="split the work into smaller transactions"):
             run_with_retry(
                 conn,
                 lambda c: c.execute("INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 3001) g"),
-                counters=counters,
+                counters=counters, pipeline=pipeline,
             )
         assert counters.attempts == 1 and counters.retries == 0
         assert conn.execute("SELECT count(*) FROM wide").fetchone()[0] == 0
         # the connection is still usable, and 3,000 rows fit
-        run_with_retry(conn, lambda c: c.execute("INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 3000) g"))
+        run_with_retry(conn, lambda c: c.execute("INSERT INTO wide SELECT g, 'x' FROM generate_series(1, 3000) g"),
+                       pipeline=pipeline)
         assert conn.execute("SELECT count(*) FROM wide").fetchone()[0] == 3000
+
+
+def test_a_pipelined_transaction_is_all_or_nothing_and_leaves_the_connection_idle(counter_db):
+    """Pipelined, the writes travel with the COMMIT: a failing statement, or an exception raised in the
+    work after its read, commits none of them, and the connection is ready for the next transaction."""
+    from psycopg import errors, pq
+
+    class Moved(Exception):
+        pass
+
+    with psycopg.connect(counter_db, autocommit=True) as conn:
+        def dup(c):
+            c.execute("INSERT INTO wide VALUES (1, 'a')")
+            c.execute("INSERT INTO wide VALUES (1, 'again')")  # 23505: the rest, COMMIT included, is skipped
+            c.execute("UPDATE counter SET n = n + 1 WHERE id = 1")
+
+        def moved(c):
+            c.execute("INSERT INTO wide VALUES (2, 'b')")
+            (n,) = c.execute("SELECT n FROM counter WHERE id = 1").fetchone()
+            raise Moved(n)
+
+        with pytest.raises(errors.UniqueViolation):
+            run_with_retry(conn, dup, pipeline=True)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        with pytest.raises(Moved):
+            run_with_retry(conn, moved, pipeline=True)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT count(*) FROM wide").fetchone()[0] == 0
+        assert conn.execute("SELECT n FROM counter").fetchone()[0] == 0
+
+        def ok(c):
+            (n,) = c.execute("SELECT n FROM counter WHERE id = 1").fetchone()
+            c.execute("INSERT INTO wide VALUES (3, 'c')")
+            c.execute("UPDATE counter SET n = %s WHERE id = 1", (n + 5,))
+            return n
+
+        assert run_with_retry(conn, ok, pipeline=True) == 0
+        assert conn.execute("SELECT n, (SELECT count(*) FROM wide) FROM counter").fetchone() == (5, 1)
 
 
 def test_refuses_to_nest_inside_an_open_transaction(counter_db):

@@ -70,7 +70,6 @@ commit timestamp.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -644,18 +643,19 @@ class Replayer:
         writer, tracker, marks = self.writer, self.tracker, self.marks
         windows = tracker.pending(txns, count=self._window_count)
 
-        pipelined = self.settings.pipeline_apply
-
         def apply(conn: psycopg.Connection) -> int:
-            check_watermark(conn, slot, expected)  # read first: a moved watermark stops before any write
-            with conn.pipeline() if pipelined else contextlib.nullcontext():  # errors surface at the sync
-                written = writer.write(conn, net, fault)
-                tracker.write(conn, windows)
-                marks.write(conn, txns)
-                write_watermark(conn, slot, last, len(txns), caught_up)
+            # Read first: a moved watermark stops before any write is sent. Pipelined ([replay]
+            # pipeline_apply), BEGIN travels with this read and every write with the COMMIT: two round trips.
+            check_watermark(conn, slot, expected)
+            written = writer.write(conn, net, fault)
+            tracker.write(conn, windows)
+            marks.write(conn, txns)
+            write_watermark(conn, slot, last, len(txns), caught_up)
             return written
 
-        written = self._tx(apply, f"apply of {len(txns)} source transaction(s)")
+        written = run_with_retry(self._target, apply, policy=self.policy, counters=self.counters,
+                                 label=f"apply of {len(txns)} source transaction(s)",
+                                 pipeline=self.settings.pipeline_apply)
         tracker.commit(windows)
         marks.committed(txns)
         self._committed(txns, written, caught_up)

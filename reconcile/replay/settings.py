@@ -50,9 +50,10 @@ class ReplaySettings:
     """Refuse to apply while the initial backfill of a replicated table is incomplete (DESIGN.md, the
     copy/replay race); turn off only for tables that need no backfill (tests, empty tables)."""
     pipeline_apply: bool = True
-    """Send an apply transaction's writes (deletes, upserts, changed-key windows, repair marks, the watermark)
-    in one pipelined exchange (libpq pipeline mode) instead of one round trip each: what keeps the replay's
-    throughput when the target is a network round trip away (bench/latency.py). Off: one statement at a time."""
+    """Run each apply transaction in libpq pipeline mode: BEGIN travels with the watermark check, and the writes
+    (deletes, upserts, changed-key windows, repair marks, the watermark) with the COMMIT, so a commit costs two
+    round trips instead of one per statement: what keeps the replay's throughput when the target is a network
+    round trip away (bench/latency.py). Off: one statement at a time."""
     track_changes: bool = True
     """Record which keys each apply transaction changed (``reconcile.change_windows``, in the same target
     transaction), so an incremental diff verifies what changed; off, incremental diffs verify whole tables."""
