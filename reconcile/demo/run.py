@@ -276,10 +276,10 @@ def _summary(result: DemoResult, config_path: Path, echo: Callable[[str], None])
     if result.gate:
         ready = result.gate.get("passed")
         echo(f"  {'read gate':<24}{'all criteria pass: ready for approval' if ready else 'not ready'}")
-        for c in result.gate.get("criteria", []):
-            if not c.get("passed"):
-                echo(f"    - {c.get('name')}: {c.get('message')}")
-        if [c.get("name") for c in result.gate.get("criteria", []) if not c.get("passed")] == ["audit_blockers"]:
+        failing = [c for c in result.gate.get("criteria", []) if not c.get("passed")]
+        for c in failing:
+            echo(f"    - {c.get('name')}: {c.get('message')}")
+        if [c.get("name") for c in failing] == ["audit_blockers"]:
             echo("    (a blocker with a replacement invariant is retired on evidence: `reconcile gate retire FINDING`;"
                  " `reconcile demo --journey` walks every gate)")
     if result.injected:

@@ -529,14 +529,9 @@ def approve(config: Any, gate: str, *, by: str, reason: str, override_reason: st
             if s.two_person:
                 pending = _fresh_pending(st, gate, frm, s)
                 if pending is None:
-                    decision["details"]["awaiting"] = "a second, different approver"
-                    written = trail.append(t, [evaluated, decision])
-                    doc = {"gate": gate, "from": frm, "by": by, "identity": who,
-                           "at": iso(dt.datetime.now(dt.timezone.utc)),
-                           "event_id": written[-1]["event_id"], "evidence_hash": ev.evidence_hash,
-                           "override": overriding}
-                    if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
-                        raise GateError("The cutover state changed during the approval; run the command again.")
+                    written = _record_pending(t, config, st, [evaluated, decision], gate=gate, frm=frm, by=by,
+                                              who=who, evidence_hash=ev.evidence_hash, override=overriding,
+                                              action="approval")
                     return {**out, "status": "pending", "approvers": [by], "identities": identities,
                             "events": [w["event_id"] for w in written]}
                 refusal = _second_approver_problem(pending, by, who, gate)
@@ -578,6 +573,21 @@ def _fresh_pending(st: dict[str, Any], gate: str, frm: str, s: Any) -> dict[str,
             and pending.get("identity") is not None:
         return pending
     return None
+
+
+def _record_pending(t: psycopg.Connection, config: Any, st: dict[str, Any], events: list[dict[str, Any]], *,
+                    gate: str, frm: str, by: str, who: dict[str, Any] | None, evidence_hash: str, override: bool,
+                    action: str) -> list[dict[str, Any]]:
+    """The first of two approvals (two-person rule): its events, the last one marked as awaiting a second
+    approver, appended to the trail, and the pending approval stored on the state (which does not move).
+    Returns the written events."""
+    events[-1]["details"]["awaiting"] = "a second, different approver"
+    written = trail.append(t, events)
+    doc = {"gate": gate, "from": frm, "by": by, "identity": who, "at": iso(dt.datetime.now(dt.timezone.utc)),
+           "event_id": written[-1]["event_id"], "evidence_hash": evidence_hash, "override": override}
+    if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
+        raise GateError(f"The cutover state changed during the {action}; run the command again.")
+    return written
 
 
 def _second_approver_problem(pending: dict[str, Any], by: str, who: dict[str, Any] | None,
@@ -684,13 +694,9 @@ def rollback(config: Any, *, by: str, reason: str, override_reason: str | None =
                                            "evidence_hash": ev.evidence_hash, "run_id": ev.run_id,
                                            "details": {"action": "rollback", "from": frm, "to": to, "passed": True,
                                                        "failing": [], "authenticated": who, **compared}})
-                        events[-1]["details"]["awaiting"] = "a second, different approver"
-                        written = trail.append(t, events)
-                        doc = {"gate": gate, "from": frm, "by": by, "identity": who,
-                               "at": iso(dt.datetime.now(dt.timezone.utc)), "event_id": written[-1]["event_id"],
-                               "evidence_hash": ev.evidence_hash, "override": not ev.passed}
-                        if t.execute(_SET_PENDING, (canonical(doc), cutover_key(config), st["version"])).rowcount != 1:
-                            raise GateError("The cutover state changed during the rollback; run the command again.")
+                        written = _record_pending(t, config, st, events, gate=gate, frm=frm, by=by, who=who,
+                                                  evidence_hash=ev.evidence_hash, override=not ev.passed,
+                                                  action="rollback")
                         return {"status": "pending", "gate": gate, "from": frm, "to": to, "override": not ev.passed,
                                 **out, "approvers": [by], "identities": [principal(who)],
                                 "events": [w["event_id"] for w in written]}

@@ -352,8 +352,9 @@ class Replayer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tx(self, fn, label: str):
-        return run_with_retry(self._target, fn, policy=self.policy, counters=self.counters, label=label)
+    def _tx(self, fn, label: str, *, pipeline: bool = False):
+        return run_with_retry(self._target, fn, policy=self.policy, counters=self.counters, label=label,
+                              pipeline=pipeline)
 
     def _redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -653,9 +654,7 @@ class Replayer:
             write_watermark(conn, slot, last, len(txns), caught_up)
             return written
 
-        written = run_with_retry(self._target, apply, policy=self.policy, counters=self.counters,
-                                 label=f"apply of {len(txns)} source transaction(s)",
-                                 pipeline=self.settings.pipeline_apply)
+        written = self._tx(apply, f"apply of {len(txns)} source transaction(s)", pipeline=self.settings.pipeline_apply)
         tracker.commit(windows)
         marks.committed(txns)
         self._committed(txns, written, caught_up)
